@@ -1,0 +1,129 @@
+"""The one settings object: defaults < TOML file < environment (VMWORKER_*) < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("/etc/vmworker/vmworker.toml")
+REPO_HOOKDIRS = Path(__file__).resolve().parent.parent / "hookdirs"
+HOST_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def default_hooks_root() -> Path:
+    """/etc/vmworker/hooks where installed, the repo's hookdirs/ in development."""
+    installed = Path("/etc/vmworker/hooks")
+    return installed if installed.is_dir() else REPO_HOOKDIRS
+
+
+class RetryPolicy(BaseModel):
+    """How a transient libvirt error is retried (tenacity: exponential backoff with jitter)."""
+
+    attempts: int = Field(5, ge=1, le=100)
+    initial_s: float = Field(0.5, gt=0)
+    max_backoff_s: float = Field(10.0, gt=0)
+    deadline_s: float = Field(120.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything the worker and the CLI read. Field names are the TOML keys;
+    each one is also `VMWORKER_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VMWORKER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = Field("localhost", description="this host's id: the routing key of its queue")
+    broker: str = Field(
+        "amqp://guest:guest@localhost:5672//",
+        description="broker URL; several separated by ';' fail over in order",
+    )
+    libvirt_uri: str = "qemu:///system"
+    hooks_root: Path = Field(default_factory=default_hooks_root)
+    state_dir: Path = Path("/var/lib/vmworker")
+    prefix: str = Field("vm", description="name prefix of exchanges and queues (vm.ops, vm.events)")
+    concurrency: int = Field(8, ge=1, le=256, description="operations run at once (distinct VMs)")
+    prefetch: int = Field(0, ge=0, description="unacked messages held; 0 = 4 x concurrency")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    delivery_limit: int = Field(5, ge=1, description="x-delivery-limit of the host queue")
+    hook_timeout: float = Field(30.0, gt=0, description="seconds one hook script may run")
+    hook_output_limit: int = Field(4096, ge=256)
+    hook_prewarm: bool = Field(True, description="run Python hook scripts in a pre-forked runner")
+    inproc_hooks: bool = True
+    allow_raw_xml: bool = False
+    storage_roots: list[Path] = Field(default_factory=list)
+    allowed_publishers: list[str] = Field(
+        default_factory=list, description="user_id values accepted; empty accepts any"
+    )
+    heartbeat_interval: float = Field(30.0, gt=0, description="seconds between host heartbeats")
+    amqp_heartbeat: int = Field(30, ge=0, description="AMQP heartbeat (seconds)")
+    ops_log_max_age: str = Field("7D", description="retention of the vm.ops.log stream")
+    events_log_max_age: str = Field("7D", description="retention of the vm.events.log stream")
+    journal_retention_days: float = Field(7.0, gt=0)
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = off")
+    ssl_ca: Path | None = None
+    ssl_cert: Path | None = None
+    ssl_key: Path | None = None
+    retry: dict[str, RetryPolicy] = Field(default_factory=lambda: {"default": RetryPolicy()})
+    log_level: str = "info"
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_a_routing_word(cls, v: str) -> str:
+        if not HOST_RE.match(v):
+            raise ValueError("host id must match [A-Za-z0-9_-]+ (no dots)")
+        return v
+
+    @field_validator("storage_roots", "allowed_publishers", mode="before")
+    @classmethod
+    def _split_list(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.lstrip().startswith("["):
+            return [p for p in (s.strip() for s in v.split(",")) if p]
+        return v
+
+    # -- derived names ---------------------------------------------------------------
+    @property
+    def broker_urls(self) -> list[str]:
+        return [u.strip() for u in self.broker.split(";") if u.strip()]
+
+    @property
+    def effective_prefetch(self) -> int:
+        return self.prefetch or 4 * self.concurrency
+
+    def retry_policy(self, op: str) -> RetryPolicy:
+        return self.retry.get(op) or self.retry.get("default") or RetryPolicy()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config: Path | None = None, **flags: Any) -> Settings:
+    """Settings from the TOML file (`config`, else $VMWORKER_CONFIG, else the default path if it
+    exists), the environment, then `flags` (None values are ignored)."""
+    path = config or (Path(os.environ["VMWORKER_CONFIG"]) if "VMWORKER_CONFIG" in os.environ else None)
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    cls: type[Settings] = Settings
+    if path is not None:
+        cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    return cls(**{k: v for k, v in flags.items() if v is not None})

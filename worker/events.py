@@ -1,0 +1,77 @@
+"""Events (host -> everyone): CloudEvents 1.0 structured JSON on the `<prefix>.events` exchange."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+CONTENT_TYPE = "application/cloudevents+json"
+PHASES = ("before", "after", "fail")
+_WORD = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def routing_key(host: str, *words: str) -> str:
+    """`<host>.<op>.<phase>`, `<host>.state.<state>`, `<host>.host.heartbeat`; words sanitised."""
+    return ".".join([host, *(_WORD.sub("_", w) or "unknown" for w in words)])
+
+
+def cloud_event(
+    host: str, type_words: tuple[str, ...], *, subject: str | None, request_id: str | None,
+    data: dict[str, Any],
+) -> dict[str, Any]:
+    """A structured-mode CloudEvent. `type_words` is e.g. ("start_vm", "after")."""
+    ev: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": f"vmworker://{host}",
+        "type": "vmworker." + ".".join(type_words),
+        "time": now_iso(),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    if subject:
+        ev["subject"] = subject
+    if request_id:
+        ev["requestid"] = request_id
+    return ev
+
+
+def op_event(
+    host: str, op: str, phase: str, *, request_id: str | None, correlation_id: str | None,
+    vm_uuid: str | None, vm_name: str | None, **fields: Any,
+) -> tuple[str, dict[str, Any]]:
+    """(routing key, event) for one phase of one operation; `fields` go into `data`."""
+    assert phase in PHASES, phase
+    data: dict[str, Any] = {
+        "op": op,
+        "phase": phase,
+        "host": host,
+        "vm": {"uuid": vm_uuid, "name": vm_name},
+        "request_id": request_id,
+        "correlation_id": correlation_id,
+    }
+    data.update(fields)
+    ev = cloud_event(host, (op, phase), subject=vm_uuid, request_id=request_id, data=data)
+    return routing_key(host, op, phase), ev
+
+
+def as_duplicate(event: dict[str, Any], *, redelivered: bool) -> dict[str, Any]:
+    """A recorded terminal event, re-sent for a request that already finished."""
+    ev = json.loads(json.dumps(event))
+    ev["id"] = str(uuid.uuid4())
+    ev["time"] = now_iso()
+    ev["data"]["duplicate"] = True
+    ev["data"]["original_event_id"] = event["id"]
+    ev["data"]["redelivered"] = redelivered
+    return ev
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), default=str).encode()

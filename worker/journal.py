@@ -1,0 +1,224 @@
+"""The durable local record of requests and outgoing events (SQLite, WAL, fsync on commit).
+
+It is what makes a message_id run at most once per host (requests) and what keeps an event that
+the broker has not confirmed yet (outbox), published in order once the broker is back.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RECEIVED, STARTED, FINISHED = "received", "started", "finished"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id   TEXT PRIMARY KEY,
+    op           TEXT NOT NULL,
+    vm_uuid      TEXT,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    runs         INTEGER NOT NULL DEFAULT 0,
+    deliveries   INTEGER NOT NULL DEFAULT 0,
+    before_sent  INTEGER NOT NULL DEFAULT 0,
+    outcome      TEXT,
+    terminal     TEXT,
+    received_at  REAL NOT NULL,
+    updated_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_state ON requests(state, updated_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    routing_key  TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    sent_at      REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox(sent_at, seq);
+"""
+
+
+@dataclass
+class Request:
+    request_id: str
+    op: str
+    vm_uuid: str | None
+    state: str
+    attempts: int
+    runs: int
+    deliveries: int
+    before_sent: bool
+    outcome: str | None
+    terminal: dict[str, Any] | None
+
+
+@dataclass
+class OutboxEntry:
+    seq: int
+    routing_key: str
+    event: dict[str, Any]
+
+
+class Journal:
+    """Thread-safe: one connection, one lock; every write is its own durable transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- requests ----------------------------------------------------------------------
+    def get(self, request_id: str) -> Request | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT request_id, op, vm_uuid, state, attempts, runs, deliveries, before_sent,"
+                " outcome, terminal FROM requests WHERE request_id=?",
+                (request_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Request(*row[:7], bool(row[7]), row[8], json.loads(row[9]) if row[9] else None)
+
+    def receive(self, request_id: str, op: str, vm_uuid: str | None) -> Request:
+        """Record a delivery of `request_id` (creating it if new) and return its record."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO requests(request_id, op, vm_uuid, state, deliveries, received_at,"
+                " updated_at) VALUES (?,?,?,?,1,?,?) ON CONFLICT(request_id) DO UPDATE SET"
+                " deliveries = deliveries + 1, updated_at = excluded.updated_at",
+                (request_id, op, vm_uuid, RECEIVED, now, now),
+            )
+        req = self.get(request_id)
+        assert req is not None
+        return req
+
+    def start(self, request_id: str, before: tuple[str, dict[str, Any]] | None) -> int | None:
+        """Mark a run as started; queue the `before` event unless one was already queued.
+        Returns the outbox seq of the `before` event, if queued now."""
+        seq = None
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET state=?, runs=runs+1, updated_at=? WHERE request_id=?",
+                (STARTED, time.time(), request_id),
+            )
+            if before is not None:
+                sent = db.execute(
+                    "SELECT before_sent FROM requests WHERE request_id=?", (request_id,)
+                ).fetchone()
+                if not sent or not sent[0]:
+                    seq = self._enqueue(db, *before)
+                    db.execute("UPDATE requests SET before_sent=1 WHERE request_id=?", (request_id,))
+        return seq
+
+    def add_attempts(self, request_id: str, n: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET attempts=attempts+? WHERE request_id=?", (n, request_id)
+            )
+
+    def finish(
+        self, request_id: str, outcome: str, terminal: tuple[str, dict[str, Any]]
+    ) -> int:
+        """Record the terminal event and queue it for publishing, in one transaction."""
+        rk, ev = terminal
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET state=?, outcome=?, terminal=?, updated_at=?"
+                " WHERE request_id=?",
+                (FINISHED, outcome, json.dumps([rk, ev]), time.time(), request_id),
+            )
+            return self._enqueue(db, rk, ev)
+
+    def terminal_of(self, req: Request) -> tuple[str, dict[str, Any]] | None:
+        if req.terminal is None:
+            return None
+        rk, ev = req.terminal  # stored as [routing_key, event]
+        return rk, ev
+
+    def unfinished(self) -> list[Request]:
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT request_id FROM requests WHERE state != ? ORDER BY received_at",
+                    (FINISHED,),
+                )
+            ]
+        return [r for r in (self.get(i) for i in ids) if r is not None]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state"))
+
+    # -- outbox ------------------------------------------------------------------------
+    def _enqueue(self, db: sqlite3.Connection, rk: str, ev: dict[str, Any]) -> int:
+        cur = db.execute(
+            "INSERT INTO outbox(routing_key, body, created_at) VALUES (?,?,?)",
+            (rk, json.dumps(ev, default=str), time.time()),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def enqueue(self, rk: str, ev: dict[str, Any]) -> int:
+        """Queue an event that belongs to no request state change (duplicates, state events)."""
+        with self._tx() as db:
+            return self._enqueue(db, rk, ev)
+
+    def pending(self, after_seq: int = 0, limit: int = 1000) -> list[OutboxEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, routing_key, body FROM outbox WHERE sent_at IS NULL AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [OutboxEntry(seq, rk, json.loads(body)) for seq, rk, body in rows]
+
+    def mark_sent(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE outbox SET sent_at=? WHERE seq=?", [(time.time(), s) for s in seqs]
+            )
+
+    def outbox_size(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+        return int(n)
+
+    def prune(self, older_than_s: float) -> int:
+        """Forget finished requests and sent events older than the retention."""
+        cutoff = time.time() - older_than_s
+        with self._tx() as db:
+            n = db.execute(
+                "DELETE FROM requests WHERE state=? AND updated_at < ?", (FINISHED, cutoff)
+            ).rowcount
+            db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (cutoff,))
+        return int(n)

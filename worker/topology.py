@@ -1,0 +1,89 @@
+"""The AMQP topology of DESIGN.md, declared idempotently at start (and after every reconnect)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kombu import Exchange, Queue
+from kombu.connection import Connection
+
+from worker.config import Settings
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    host: str
+    delivery_limit: int = 5
+    ops_max_age: str = "7D"
+    events_max_age: str = "7D"
+
+    @classmethod
+    def from_settings(cls, s: Settings, host: str | None = None) -> Topology:
+        return cls(s.prefix, host or s.host, s.delivery_limit, s.ops_log_max_age, s.events_log_max_age)
+
+    # exchanges
+    @property
+    def ops(self) -> Exchange:
+        return Exchange(f"{self.prefix}.ops", "topic", durable=True)
+
+    @property
+    def events(self) -> Exchange:
+        return Exchange(f"{self.prefix}.events", "topic", durable=True)
+
+    @property
+    def dlx(self) -> Exchange:
+        return Exchange(f"{self.prefix}.ops.dlx", "topic", durable=True)
+
+    # queues
+    @property
+    def host_queue(self) -> Queue:
+        return Queue(
+            f"{self.prefix}.ops.{self.host}", self.ops, routing_key=self.host, durable=True,
+            queue_arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self.delivery_limit,
+                "x-dead-letter-exchange": self.dlx.name,
+                "x-dead-letter-routing-key": self.host,
+            },
+        )
+
+    @property
+    def dead_queue(self) -> Queue:
+        return Queue(
+            f"{self.prefix}.ops.{self.host}.dead", self.dlx, routing_key=self.host, durable=True,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+
+    @property
+    def ops_log(self) -> Queue:
+        return stream(f"{self.prefix}.ops.log", self.ops, self.ops_max_age)
+
+    @property
+    def events_log(self) -> Queue:
+        return stream(f"{self.prefix}.events.log", self.events, self.events_max_age)
+
+    def declare(self, conn: Connection) -> None:
+        """Declare every exchange and queue this host uses; safe to repeat."""
+        with conn.channel() as ch:
+            for ex in (self.ops, self.events, self.dlx):
+                ex.bind(ch).declare()
+            for q in (self.host_queue, self.dead_queue, self.ops_log, self.events_log):
+                q.bind(ch).declare()
+
+    def declare_shared(self, conn: Connection) -> None:
+        """Only what publishers and readers need (exchanges and the two streams)."""
+        with conn.channel() as ch:
+            for ex in (self.ops, self.events, self.dlx):
+                ex.bind(ch).declare()
+            for q in (self.ops_log, self.events_log):
+                q.bind(ch).declare()
+
+
+def stream(name: str, exchange: Exchange, max_age: str, offset: object = "next") -> Queue:
+    """A stream queue bound to every key of `exchange`; `offset` is where a consumer starts."""
+    return Queue(
+        name, exchange, routing_key="#", durable=True,
+        queue_arguments={"x-queue-type": "stream", "x-max-age": max_age},
+        consumer_arguments={"x-stream-offset": offset},
+    )
