@@ -1,0 +1,17 @@
+"""Domain XML from a VM spec: one small module per domain section, composed in `domain`."""
+
+from handlers.domxml.domain import (
+    build_disk_xml,
+    build_domain_xml,
+    build_nic_xml,
+    default_domain_type,
+    domain_tree,
+)
+
+__all__ = [
+    "build_disk_xml",
+    "build_domain_xml",
+    "build_nic_xml",
+    "default_domain_type",
+    "domain_tree",
+]
