@@ -1,0 +1,155 @@
+"""The `vmworker` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from kombu import Connection
+
+from worker import logs
+from worker.config import Settings, load_settings
+from worker.topology import Topology
+
+_broker = click.option("--broker", help="broker URL (several separated by ';')")
+_config = click.option("--config", type=click.Path(path_type=Path), help="TOML config file")
+
+
+def _settings(config: Path | None, **flags: Any) -> Settings:
+    try:
+        return load_settings(config, **flags)
+    except Exception as exc:
+        raise click.ClickException(f"bad configuration: {exc}") from None
+
+
+def _connect(s: Settings) -> Connection:
+    return Connection(s.broker_urls, failover_strategy="round-robin",
+                      transport_options={"confirm_publish": True})
+
+
+@click.group()
+@click.version_option(package_name="vmworker")
+def main() -> None:
+    """vmworker: VM operations from RabbitMQ, run on this host's libvirt with hook chains."""
+
+
+@main.command()
+@click.option("--host", help="this host's id (the routing key of its queue)")
+@_broker
+@click.option("--libvirt", "libvirt_uri", help="libvirt URI (default qemu:///system)")
+@click.option("--hooks", "hooks_root", type=click.Path(path_type=Path), help="hooks root")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="journal directory")
+@click.option("--concurrency", type=int, help="operations at once (distinct VMs)")
+@_config
+def run(config: Path | None, **flags: Any) -> None:
+    """Consume this host's queue and run its operations until SIGTERM/SIGINT."""
+    s = _settings(config, **flags)
+    logs.configure(s.log_level)
+    from worker.service import Service
+
+    svc = Service(s)
+    svc.install_signal_handlers()
+    svc.run()
+
+
+@main.command()
+@click.option("--host", required=True, help="target host id")
+@click.argument("op")
+@click.option("--vm-uuid", required=True)
+@click.option("--vm-name")
+@click.option("--spec", type=click.File("r"), help="VM spec JSON file, or - for stdin")
+@click.option("--param", "params", multiple=True, metavar="K=V", help="op parameter (JSON value)")
+@click.option("--custom", multiple=True, metavar="K=V", help="custom property for hooks")
+@click.option("--request-id", help="message_id (default: a new uuid)")
+@click.option("--correlation-id")
+@click.option("--deadline", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z",
+              "%Y-%m-%dT%H:%M:%S"]), help="ISO 8601: not run after this time")
+@_broker
+@_config
+def publish(host: str, op: str, vm_uuid: str, vm_name: str | None, spec: Any,
+            params: tuple[str, ...], custom: tuple[str, ...], request_id: str | None,
+            correlation_id: str | None, deadline: datetime | None, broker: str | None,
+            config: Path | None) -> None:
+    """Publish one operation message to HOST; prints its request id."""
+    from worker.publish import build_body, parse_kv, publish_op
+
+    s = _settings(config, broker=broker, host=host)
+    vm: dict[str, Any] = json.load(spec) if spec else {}
+    vm["uuid"] = vm_uuid
+    if vm_name:
+        vm["name"] = vm_name
+    try:
+        body = build_body(op, vm, parse_kv(params, typed=True), parse_kv(custom, typed=False))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    topo = Topology.from_settings(s, host)
+    with _connect(s) as conn:
+        topo.declare_shared(conn)
+        rid = publish_op(conn, topo, body, request_id=request_id,
+                         correlation_id=correlation_id, deadline=deadline)
+    click.echo(rid)
+
+
+@main.command()
+@click.option("--host", help="only this host's events")
+@click.option("--vm", help="only this VM's events (uuid)")
+@click.option("--follow", is_flag=True, help="keep waiting for new events")
+@click.option("--from-start", is_flag=True, help="read the whole events log stream first")
+@click.option("--idle", type=float, default=2.0, show_default=True,
+              help="without --follow: stop after this many quiet seconds")
+@_broker
+@_config
+def events(host: str | None, vm: str | None, follow: bool, from_start: bool, idle: float,
+           broker: str | None, config: Path | None) -> None:
+    """Print events, one JSON object per line."""
+    from worker.subscribe import read_events
+
+    s = _settings(config, broker=broker)
+    topo = Topology.from_settings(s)
+    with _connect(s) as conn:
+        topo.declare_shared(conn)
+        try:
+            for ev in read_events(conn, topo, host=host, vm=vm, from_start=from_start,
+                                  follow=follow, idle_timeout=idle):
+                click.echo(json.dumps(ev, separators=(",", ":")))
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.argument("op", required=False)
+def schema(op: str | None) -> None:
+    """Print the JSON Schema of every op message, or of OP."""
+    from worker.messages import OP_MODELS, json_schemas
+
+    if op is None:
+        click.echo(json.dumps(json_schemas(), indent=2))
+        return
+    if op not in OP_MODELS:
+        raise click.BadParameter(f"unknown op {op!r}; known: {', '.join(sorted(OP_MODELS))}")
+    click.echo(json.dumps(OP_MODELS[op].model_json_schema(), indent=2))
+
+
+@main.command()
+@click.option("--slow", type=float, default=0.0, help="pause between steps (seconds)")
+def demo(slow: float) -> None:
+    """The whole path in one process, no services: kombu memory:// and libvirt test:///default."""
+    from worker.demo import run_demo
+
+    sys.exit(run_demo(pause=slow))
+
+
+def _add_optional_groups() -> None:
+    try:
+        from worker.hooks.cli import hooks
+    except ImportError:  # pragma: no cover - while the hooks CLI is being written
+        return
+    main.add_command(hooks)
+
+
+_add_optional_groups()

@@ -1,0 +1,200 @@
+"""Runs one operation: the `before_*` chain, the handler's libvirt call (retried when the error is
+transient), then the `after_*` or `after_*_fail` chain. Knows hooks and handlers, not AMQP."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+import handlers.lifecycle  # noqa: F401  (registers the lifecycle handlers)
+from handlers import HANDLERS, Ctx, Handler
+from handlers.connection import LibvirtConnection
+from handlers.libvirt_errors import from_libvirt
+from worker.config import Settings
+from worker.errors import OpError
+from worker.hooks import ChainResult, HookEngine
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Outcome:
+    """What the terminal event says about a run."""
+
+    ok: bool
+    state: str
+    duration_ms: float
+    attempts: int = 0
+    hooks: list[dict[str, Any]] = field(default_factory=list)
+    error: OpError | None = None
+    noop: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def phase(self) -> str:
+        return "after" if self.ok else "fail"
+
+    def event_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "attempt": self.attempts,
+            "duration_ms": round(self.duration_ms, 3),
+            "state": self.state,
+            "hooks": self.hooks,
+            "noop": self.noop,
+        }
+        out.update(self.notes)
+        if self.error is not None:
+            out["error"] = self.error.to_event()
+        return out
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, OpError) and exc.transient
+
+
+class Runner:
+    def __init__(self, settings: Settings, lv: LibvirtConnection, hooks: HookEngine) -> None:
+        self.settings = settings
+        self.lv = lv
+        self.hooks = hooks
+
+    def _ctx(self, op: Any) -> Ctx:
+        return Ctx(
+            conn=self.lv.get(),
+            op=op,
+            storage_roots=self.settings.storage_roots or None,
+            allow_raw_xml=self.settings.allow_raw_xml,
+        )
+
+    def _chain(self, point: str, payload: str, op: Any, context: dict[str, Any],
+               error: str | None = None) -> ChainResult:
+        res = self.hooks.run_chain(point, payload, vm_id=str(op.vm.uuid), custom=op.custom,
+                                   error=error, context=context)
+        return res
+
+    def _hooks_event(self, res: ChainResult) -> list[dict[str, Any]]:
+        return [{"point": res.point, **h} for h in res.to_event()]
+
+    def _libvirt(self, policy_op: str, fn: Any, *args: Any, done: Any = None) -> int:
+        """Call fn(*args) under the op's retry policy; returns the number of attempts."""
+        policy = self.settings.retry_policy(policy_op)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, OpError) and exc.details.get("connection_lost"):
+                self.lv.reset()
+            log.warning("libvirt call failed, retrying", attempt=state.attempt_number,
+                        error=str(exc), sleep_s=round(state.upcoming_sleep, 3))
+
+        retrying = Retrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.deadline_s),
+            wait=wait_exponential_jitter(initial=policy.initial_s, max=policy.max_backoff_s),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        n = 0
+        try:
+            for attempt in retrying:
+                with attempt:
+                    n += 1
+                    try:
+                        if n > 1 and done is not None and done():
+                            break  # the failed attempt had taken effect after all
+                        fn(*args)
+                    except libvirt.libvirtError as exc:
+                        raise from_libvirt(exc) from None
+        except OpError as exc:
+            exc.details["attempts"] = n
+            raise
+        return n
+
+    def _retried(self, op: str, fn: Any, done: Any = None) -> tuple[Any, int]:
+        """fn() under the op's retry policy: (its result, attempts made)."""
+        out: list[Any] = [None]
+        n = self._libvirt(op, lambda: out.__setitem__(0, fn()), done=done)
+        return out[0], n
+
+    def run(self, op: Any, *, request_id: str, context: dict[str, Any] | None = None) -> Outcome:
+        """Run `op` (a parsed operation message) to its outcome. Never raises."""
+        t0 = time.monotonic()
+        handler: Handler = HANDLERS[op.op]
+        context = {"op": op.op, "request_id": request_id, **(context or {})}
+        hooks: list[dict[str, Any]] = []
+        payload = f"<domain><uuid>{op.vm.uuid}</uuid></domain>"
+        ctx: Ctx | None = None
+        attempts = 1
+        try:
+            # libvirtd being away at the start counts as attempts of this op, too
+            ctx, opened = self._retried(op.op, lambda: self._ctx(op))
+            assert ctx is not None
+            done, _ = self._retried(op.op, lambda: handler.done(ctx))
+            if done:
+                return Outcome(True, ctx.state(), _ms(t0), opened, noop=True)
+            payload = handler.prepare(ctx)
+            before = self._chain(f"before_{handler.point}", payload, op, context)
+            hooks += self._hooks_event(before)
+            if before.failed:
+                first = before.first_failure
+                raise OpError(
+                    "hook_failed",
+                    f"before_{handler.point}: {first.name if first else '?'} failed"
+                    f" (rc={first.rc if first else '?'})",
+                    "hook",
+                    hook=first.name if first else None,
+                    details={"stderr": before.failure_stderr()},
+                )
+            payload = before.payload
+
+            def call() -> None:
+                ctx.conn = self.lv.get()
+                handler.execute(ctx, payload)
+
+            _, calls = self._retried(op.op, call, done=lambda: handler.done(ctx))
+            attempts = opened - 1 + calls
+            state = ctx.state()
+            after_payload = payload if state == "undefined" else _safe_xml(ctx, payload)
+            after = self._chain(f"after_{handler.point}", after_payload, op, context)
+            hooks += self._hooks_event(after)
+            return Outcome(True, state, _ms(t0), attempts, hooks, notes=dict(ctx.notes))
+        except OpError as exc:
+            err = exc
+            attempts = max(attempts, err.details.pop("attempts", 1))
+        except libvirt.libvirtError as exc:
+            err = from_libvirt(exc)
+        except Exception as exc:  # a bug must still end in a fail event, not a stuck message
+            log.exception("operation crashed")
+            err = OpError("internal", f"{type(exc).__name__}: {exc}", "internal")
+        fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=str(err))
+        hooks += self._hooks_event(fail)
+        state = "unknown"
+        if ctx is not None:
+            try:
+                state = ctx.state()
+            except libvirt.libvirtError:
+                pass
+        notes = dict(ctx.notes) if ctx is not None else {}
+        return Outcome(False, state, _ms(t0), attempts, hooks, err, notes=notes)
+
+
+def _safe_xml(ctx: Ctx, fallback: str) -> str:
+    try:
+        return ctx.current_xml()
+    except (OpError, libvirt.libvirtError):
+        return fallback
+
+
+def _ms(t0: float) -> float:
+    return (time.monotonic() - t0) * 1000.0

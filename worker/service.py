@@ -1,0 +1,455 @@
+"""The worker: one thread owns the AMQP connection (consumes, publishes, acks); a bounded pool runs
+operations, one at a time per VM in arrival order. Knows AMQP, not domains.
+
+Every event goes through the journal's outbox first and is published by the connection thread
+with publisher confirms; a message is acked only once its terminal event is confirmed.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from kombu import Connection, Consumer, Producer
+from kombu.message import Message
+
+from handlers.connection import LibvirtConnection
+from worker import events
+from worker.config import Settings
+from worker.errors import OpError
+from worker.hooks import HookEngine
+from worker.journal import FINISHED, STARTED, Journal
+from worker.messages import parse_operation, peek
+from worker.runner import Outcome, Runner
+from worker.topology import Topology
+
+log = structlog.get_logger()
+
+REASON_HEADERS = ("x-vmworker-error-code", "x-vmworker-error-source", "x-vmworker-reason")
+
+
+@dataclass
+class Delivery:
+    message: Message
+    generation: int
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self.message.delivery_info.get("redelivered"))
+
+
+@dataclass
+class Job:
+    request_id: str
+    op: Any
+    correlation_id: str | None
+    deliveries: list[Delivery]
+    recovered: bool = False
+
+    @property
+    def vm(self) -> str:
+        return str(self.op.vm.uuid)
+
+
+@dataclass
+class PendingAck:
+    """Ack (or dead-letter, then ack) these deliveries once outbox entry `seq` is confirmed."""
+
+    seq: int
+    deliveries: list[Delivery]
+    dead_letter: dict[str, str] | None = None
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    ran: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    published: int = 0
+    reconnects: int = 0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+
+
+class Service:
+    """`run()` blocks until `stop()`; safe to run in a thread (tests, the demo)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        libvirt: LibvirtConnection | None = None,
+        hooks: HookEngine | None = None,
+        transport_options: dict[str, Any] | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.host = settings.host
+        self.topology = Topology.from_settings(settings)
+        self.lv = libvirt or LibvirtConnection(settings.libvirt_uri)
+        self.hooks = hooks or HookEngine(
+            settings.hooks_root, timeout=settings.hook_timeout,
+            output_limit=settings.hook_output_limit, inproc=settings.inproc_hooks,
+            prewarm=settings.hook_prewarm,
+        )
+        self.runner = Runner(settings, self.lv, self.hooks)
+        self.journal = Journal(settings.state_dir / "journal.sqlite")
+        self.transport_options = transport_options or {}
+        self.on_event = on_event
+        self.stats = Stats()
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._generation = 0
+        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="op")
+        self._done: queue.Queue[tuple[Job, int, dict[str, str] | None]] = queue.Queue()
+        self._acks: deque[PendingAck] = deque()
+        self._vm_queues: dict[str, deque[Job]] = {}
+        self._running: set[str] = set()  # VMs with an operation in the pool
+        self._inflight: dict[str, Job] = {}  # request id -> job, queued or running here
+        self._wake = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def stop(self) -> None:
+        """Finish the operations already running, then return from run()."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self) -> None:
+        log.info("worker starting", host=self.host, broker=_redact(self.settings.broker_urls),
+                 libvirt=self.settings.libvirt_uri, hooks=str(self.settings.hooks_root))
+        self._host_chain("before_vmworker_start")
+        backoff = 1.0
+        try:
+            while True:
+                if self._stop.is_set() and not self._inflight:
+                    break
+                conn = self._connection()
+                try:
+                    conn.ensure_connection(
+                        errback=lambda exc, interval: log.warning(
+                            "broker unreachable", error=str(exc), retry_in_s=interval),
+                        max_retries=1,
+                    )
+                    self._serve(conn)
+                    backoff = 1.0
+                except (*conn.connection_errors, *conn.channel_errors, OSError) as exc:
+                    self.stats.reconnects += 1
+                    log.warning("broker connection lost", error=repr(exc), retry_in_s=backoff)
+                    self._wait_offline(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                finally:
+                    self.ready.clear()
+                    try:
+                        conn.release()
+                    except Exception:  # the socket may already be gone
+                        pass
+        finally:
+            self._pool.shutdown(wait=True)
+            self._host_chain("after_vmworker_stop")
+            self.journal.close()
+            self.lv.close()
+            log.info("worker stopped", host=self.host)
+
+    def _connection(self) -> Connection:
+        ssl: Any = None
+        if self.settings.ssl_ca or self.settings.ssl_cert:
+            import ssl as _ssl
+
+            ctx = _ssl.create_default_context(
+                cafile=str(self.settings.ssl_ca) if self.settings.ssl_ca else None)
+            if self.settings.ssl_cert:
+                ctx.load_cert_chain(str(self.settings.ssl_cert),
+                                    str(self.settings.ssl_key) if self.settings.ssl_key else None)
+            ssl = ctx
+        opts = {"confirm_publish": True, **self.transport_options}
+        return Connection(
+            self.settings.broker_urls, heartbeat=self.settings.amqp_heartbeat,
+            transport_options=opts, failover_strategy="round-robin", ssl=ssl,
+        )
+
+    def _wait_offline(self, seconds: float) -> None:
+        """While the broker is away, keep finishing jobs (their events wait in the outbox)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._collect_done()
+            if self._stop.is_set() and not self._inflight:
+                return
+            time.sleep(0.05)
+
+    # -- the connection thread -----------------------------------------------------------
+    def _serve(self, conn: Connection) -> None:
+        self._generation += 1
+        self.topology.declare(conn)
+        self._acks.clear()  # tags of an old channel are void; those messages come back
+        consume_ch = conn.channel()
+        consume_ch.basic_qos(0, self.settings.effective_prefetch, False)
+        self._producer = Producer(conn.channel())
+        consumer = Consumer(consume_ch, queues=[self.topology.host_queue],
+                            on_message=self._on_message, no_ack=False)
+        consumer.consume()
+        consuming = True
+        log.info("consuming", queue=self.topology.host_queue.name, generation=self._generation)
+        self.ready.set()
+        self._flush()
+        last_beat = time.monotonic()
+        while True:
+            if self._stop.is_set():
+                if consuming:
+                    consumer.cancel()
+                    consuming = False
+                    self._drop_queued()
+                if not self._inflight and not self._acks:
+                    return
+            try:
+                conn.drain_events(timeout=0.01 if self._inflight else 0.1)
+            except TimeoutError:
+                pass
+            self._collect_done()
+            self._flush()
+            if time.monotonic() - last_beat > 1.0:
+                conn.heartbeat_check()
+                last_beat = time.monotonic()
+
+    def _on_message(self, message: Message) -> None:
+        delivery = Delivery(message, self._generation)
+        self.stats.received += 1
+        props = message.properties
+        request_id = props.get("message_id")
+        correlation_id = props.get("correlation_id")
+        body: bytes = message.body if isinstance(message.body, bytes) else message.body.encode()
+        try:
+            if not request_id:
+                raise OpError("no_message_id", "message has no message_id property (the request"
+                              " id)", "validation")
+            op = parse_operation(body, max_bytes=self.settings.max_body_bytes)
+            self._authorize(props)
+        except OpError as err:
+            self._reject(delivery, body, request_id, correlation_id, err)
+            return
+        bound = log.bind(request_id=request_id, op=op.op, vm=str(op.vm.uuid))
+        job = self._inflight.get(request_id)
+        if job is not None:  # a redelivery (or a second copy) of something we are on
+            bound.info("already in progress here; will ack with it")
+            job.deliveries.append(delivery)
+            return
+        req = self.journal.receive(request_id, op.op, str(op.vm.uuid))
+        if req.state == FINISHED:
+            self._duplicate(delivery, req)
+            return
+        deadline = _deadline(message.headers or {})
+        if deadline is not None and deadline < datetime.now(UTC):
+            job = Job(request_id, op, correlation_id, [delivery])
+            err = OpError("expired", f"deadline {deadline.isoformat()} passed before the"
+                          " operation could start", "expired")
+            self._finish(job, Outcome(False, "unknown", 0.0, 0, error=err), dead_letter=False)
+            return
+        job = Job(request_id, op, correlation_id, [delivery], recovered=req.state == STARTED)
+        if job.recovered:
+            bound.info("recovering a request that started before a crash or requeue")
+        self._inflight[request_id] = job
+        self._vm_queues.setdefault(job.vm, deque()).append(job)
+        self._dispatch(job.vm)
+
+    def _authorize(self, props: dict[str, Any]) -> None:
+        allowed = self.settings.allowed_publishers
+        if allowed and props.get("user_id") not in allowed:
+            raise OpError("unauthorized", f"publisher {props.get('user_id')!r} is not allowed"
+                          " to order operations on this host", "unauthorized")
+
+    def _reject(self, d: Delivery, body: bytes, request_id: str | None,
+                correlation_id: str | None, err: OpError) -> None:
+        seen = peek(body)
+        log.warning("message rejected", request_id=request_id, error=str(err))
+        rk, ev = events.op_event(
+            self.host, seen.get("op") or "invalid", "fail", request_id=request_id,
+            correlation_id=correlation_id, vm_uuid=seen.get("vm_uuid"),
+            vm_name=seen.get("vm_name"), redelivered=d.redelivered, attempt=0,
+            duration_ms=0, state="unknown", hooks=[], error=err.to_event(),
+        )
+        seq = self.journal.enqueue(rk, ev)
+        self._acks.append(PendingAck(seq, [d], _reason(err)))
+        self._count("fail")
+
+    def _duplicate(self, d: Delivery, req: Any) -> None:
+        recorded = self.journal.terminal_of(req)
+        assert recorded is not None
+        rk, ev = recorded
+        seq = self.journal.enqueue(rk, events.as_duplicate(ev, redelivered=d.redelivered))
+        err = ev["data"].get("error")
+        dead = None
+        if ev["data"].get("phase") == "fail" and err and err.get("source") != "expired":
+            dead = _reason(OpError(err["code"], err["message"], err["source"]))
+        self._acks.append(PendingAck(seq, [d], dead))
+        self.stats.duplicates += 1
+        log.info("duplicate request: republishing its recorded terminal event",
+                 request_id=req.request_id, outcome=req.outcome)
+
+    # -- scheduling ----------------------------------------------------------------------
+    def _dispatch(self, vm: str) -> None:
+        if vm in self._running or self._stop.is_set():
+            return
+        q = self._vm_queues.get(vm)
+        if not q:
+            self._vm_queues.pop(vm, None)
+            return
+        job = q.popleft()
+        self._running.add(vm)
+        self._pool.submit(self._execute, job)
+
+    def _drop_queued(self) -> None:
+        """On stop: operations not yet started stay unacked; the broker gives them back."""
+        for vm, q in list(self._vm_queues.items()):
+            for job in q:
+                self._inflight.pop(job.request_id, None)
+            q.clear()
+            self._vm_queues.pop(vm, None)
+
+    # -- pool threads --------------------------------------------------------------------
+    def _execute(self, job: Job) -> None:
+        try:
+            structlog.contextvars.bind_contextvars(
+                host=self.host, request_id=job.request_id, op=job.op.op, vm=job.vm)
+            rk, ev = self._event(job, "before", recovered=job.recovered)
+            self.journal.start(job.request_id, (rk, ev))
+            outcome = self.runner.run(job.op, request_id=job.request_id,
+                                      context={"host": self.host})
+            self.stats.ran += 1
+            self._finish(job, outcome, dead_letter=True)
+        except BaseException:
+            log.exception("job crashed outside the runner")
+            # leave it unacked: the broker redelivers it, up to the delivery limit
+            self._done.put((job, -1, None))
+            raise
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    def _finish(self, job: Job, outcome: Outcome, *, dead_letter: bool) -> None:
+        """Record and queue the terminal event; the connection thread acks once it is confirmed."""
+        rk, ev = self._event(job, outcome.phase, recovered=job.recovered,
+                             **outcome.event_fields())
+        seq = self.journal.finish(job.request_id, outcome.phase, (rk, ev))
+        self.journal.add_attempts(job.request_id, outcome.attempts)
+        log.info("operation finished", request_id=job.request_id, op=job.op.op, vm=job.vm,
+                 phase=outcome.phase, state=outcome.state, attempts=outcome.attempts,
+                 duration_ms=round(outcome.duration_ms, 1),
+                 error=str(outcome.error) if outcome.error else None)
+        dead = _reason(outcome.error) if (dead_letter and outcome.error) else None
+        self._done.put((job, seq, dead))
+        self._count(outcome.phase)
+
+    def _event(self, job: Job, phase: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+        return events.op_event(
+            self.host, job.op.op, phase, request_id=job.request_id,
+            correlation_id=job.correlation_id, vm_uuid=job.vm, vm_name=job.op.vm_name,
+            redelivered=any(d.redelivered for d in job.deliveries), **fields,
+        )
+
+    def _count(self, outcome: str) -> None:
+        self.stats.by_outcome[outcome] = self.stats.by_outcome.get(outcome, 0) + 1
+
+    # -- back on the connection thread -------------------------------------------------------
+    def _collect_done(self) -> None:
+        while True:
+            try:
+                job, seq, dead = self._done.get_nowait()
+            except queue.Empty:
+                return
+            if self._inflight.get(job.request_id) is job:
+                del self._inflight[job.request_id]
+            self._running.discard(job.vm)
+            if seq >= 0:
+                self._acks.append(PendingAck(seq, job.deliveries, dead))
+            self._dispatch(job.vm)
+
+    def _flush(self) -> None:
+        """Publish every unsent outbox event in order (confirmed), then settle the acks that
+        were waiting on them: every PendingAck queued before this flush is now covered."""
+        settle = len(self._acks)
+        while batch := self.journal.pending():
+            sent: list[int] = []
+            try:
+                for entry in batch:
+                    self._publish_event(entry.routing_key, entry.event)
+                    sent.append(entry.seq)
+            finally:
+                self.journal.mark_sent(sent)
+        for _ in range(settle):
+            pa = self._acks.popleft()
+            for d in pa.deliveries:
+                if d.generation != self._generation:
+                    continue  # its channel is gone; the broker will redeliver it
+                if pa.dead_letter is not None:
+                    self._dead_letter(d.message, pa.dead_letter)
+                d.message.ack()
+
+    def _publish_event(self, rk: str, ev: dict[str, Any]) -> None:
+        self._producer.publish(
+            events.encode(ev), exchange=self.topology.events, routing_key=rk,
+            content_type=events.CONTENT_TYPE, content_encoding="utf-8", delivery_mode=2,
+            message_id=ev["id"],
+            correlation_id=ev["data"].get("correlation_id") if "data" in ev else None,
+            retry=False,
+        )
+        self.stats.published += 1
+        if self.on_event is not None:
+            self.on_event(rk, ev)
+
+    def _dead_letter(self, message: Message, reason: dict[str, str]) -> None:
+        props = message.properties
+        headers = {**(message.headers or {}), **reason,
+                   "x-original-user-id": props.get("user_id") or ""}
+        self._producer.publish(
+            message.body, exchange=self.topology.dlx, routing_key=self.host,
+            content_type=props.get("content_type") or "application/octet-stream",
+            content_encoding=props.get("content_encoding") or "binary",
+            message_id=props.get("message_id"), correlation_id=props.get("correlation_id"),
+            headers=headers, delivery_mode=2, retry=False,
+        )
+        self.stats.dead_lettered += 1
+
+    # -- host hook points ----------------------------------------------------------------
+    def _host_chain(self, point: str) -> None:
+        try:
+            import json
+
+            res = self.hooks.run_chain(point, json.dumps({"host": self.host}),
+                                       vm_id="", custom={}, context={"host": self.host})
+            if res.failed:
+                log.warning("host hook chain failed", point=point, stderr=res.failure_stderr())
+        except Exception:
+            log.exception("host hook chain crashed", point=point)
+
+
+def _reason(err: OpError) -> dict[str, str]:
+    return dict(zip(REASON_HEADERS, (err.code, err.source, err.message[:1000]), strict=True))
+
+
+def _deadline(headers: dict[str, Any]) -> datetime | None:
+    raw = headers.get("x-deadline")
+    if raw is None:
+        return None
+    if isinstance(raw, datetime):
+        return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
+    try:
+        dt = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _redact(urls: list[str]) -> list[str]:
+    import re
+
+    return [re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", u) for u in urls]
