@@ -1,0 +1,33 @@
+"""The hook engine: VDSM-compatible hook chains, knowing neither AMQP nor libvirt.
+
+    engine = HookEngine(root, timeout=30.0)
+    res = engine.run_chain("before_vm_start", domxml, vm_id=uuid, custom={"nestedvt": "true"})
+    if res.failed: ...            # res.failure_stderr(), res.to_event()
+    domxml = res.payload
+
+See docs/hooks.md for the protocol seen by scripts.
+"""
+
+from worker.hooks.custom import CustomPropertyError, validate_custom
+from worker.hooks.engine import ChainResult, HookEngine, ScriptResult
+from worker.hooks.inproc import HookContext, HookFailed
+from worker.hooks.points import OP_POINTS, POINTS, HookPoint, chains_for_op, get_point
+from worker.hooks.runner import Completed, ProcessRunner, Runner
+
+__all__ = [
+    "OP_POINTS",
+    "POINTS",
+    "ChainResult",
+    "Completed",
+    "CustomPropertyError",
+    "HookContext",
+    "HookEngine",
+    "HookFailed",
+    "HookPoint",
+    "ProcessRunner",
+    "Runner",
+    "ScriptResult",
+    "chains_for_op",
+    "get_point",
+    "validate_custom",
+]

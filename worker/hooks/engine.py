@@ -1,0 +1,482 @@
+"""The hook chain: run a point's scripts and in-process hooks in name order over one payload.
+
+Like a structlog processor chain, a hook chain is a list of steps and running it is a for
+loop: each step gets the last good payload and may hand back a new one. What VDSM does is
+kept (temp file, env, rc 0/1/2); what it lacks is added (timeouts, edit validation, every
+failure's stderr, checksums, refusal of insecure scripts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Lock
+from typing import Any, Literal
+
+import structlog
+from lxml import etree
+
+from worker.hooks.custom import validate_custom
+from worker.hooks.inproc import (
+    GROUP,
+    HookContext,
+    InprocHook,
+    call_with_timeout,
+    discover_inproc,
+)
+from worker.hooks.points import POINTS, HookPoint, get_point
+from worker.hooks.runner import Completed, ProcessRunner, Runner
+from worker.hooks.scripts import Script, discover
+
+HOOKLIB = Path(__file__).resolve().parent.parent / "hooklib"
+# context keys also exported to scripts, as `_hook_<key>`
+CONTEXT_ENV_KEYS = ("op", "request_id", "correlation_id", "host", "attempt")
+
+log = structlog.get_logger(__name__)
+
+Kind = Literal["script", "inproc"]
+
+
+@dataclass(frozen=True)
+class ScriptResult:
+    """The outcome of one step of a chain (a script or an in-process hook)."""
+
+    name: str
+    rc: int
+    duration_ms: int
+    sha256: str | None
+    changed_xml: bool = False
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    refused: str | None = None
+    timed_out: bool = False
+    discarded: str | None = None
+    kind: Kind = "script"
+
+    @property
+    def failed(self) -> bool:
+        return self.rc != 0
+
+    @property
+    def changed(self) -> bool:
+        return self.changed_xml
+
+    @property
+    def unexpected_rc(self) -> bool:
+        """rc outside VDSM's 0/1/2 (a signal gives a negative rc)."""
+        return self.rc > 2 or self.rc < 0
+
+    def to_event(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "rc": self.rc,
+            "duration_ms": self.duration_ms,
+            "sha256": self.sha256,
+            "changed_xml": self.changed_xml,
+            "stderr_tail": self.stderr_tail,
+            "stdout_tail": self.stdout_tail,
+            "refused": self.refused,
+            "timed_out": self.timed_out,
+            "discarded": self.discarded,
+        }
+
+
+@dataclass
+class ChainResult:
+    """A whole chain: the final payload and every step's outcome, in run order."""
+
+    point: str
+    payload: str
+    scripts: list[ScriptResult] = field(default_factory=list)
+    stopped: bool = False
+    input_payload: str = field(default="", repr=False)
+
+    @property
+    def failed(self) -> bool:
+        """True when any step failed (rc != 0), refused and timed-out steps included."""
+        return any(s.rc != 0 for s in self.scripts)
+
+    @property
+    def changed(self) -> bool:
+        return self.payload != self.input_payload
+
+    @property
+    def first_failure(self) -> ScriptResult | None:
+        return next((s for s in self.scripts if s.rc != 0), None)
+
+    @property
+    def failures(self) -> list[ScriptResult]:
+        return [s for s in self.scripts if s.rc != 0]
+
+    def failure_stderr(self) -> str:
+        """Every failing step's stderr tail, each labelled with its name and rc."""
+        parts = []
+        for s in self.failures:
+            what = "refused" if s.refused else "timed out" if s.timed_out else f"rc={s.rc}"
+            parts.append(f"[{s.name}: {what}] {s.stderr_tail.strip() or '(no stderr)'}")
+        return "\n".join(parts)
+
+    def to_event(self) -> list[dict[str, Any]]:
+        return [s.to_event() for s in self.scripts]
+
+
+@dataclass(frozen=True)
+class _Step:
+    name: str
+    kind: Kind
+    sha256: str | None
+    refused: str | None
+    script: Script | None = None
+    hook: InprocHook | None = None
+
+
+def _xml_parser() -> etree.XMLParser:
+    # no entity expansion, no network: a hook's output is not trusted to be benign
+    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+
+def _parse(point: HookPoint, data: bytes) -> Any:
+    """The payload parsed (lxml tree or JSON value); raises ValueError if it does not parse."""
+    if point.is_xml:
+        try:
+            return etree.ElementTree(etree.fromstring(data, _xml_parser()))
+        except etree.XMLSyntaxError as exc:
+            raise ValueError(f"invalid XML: {exc}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"invalid JSON: {exc}") from None
+
+
+def _canonical(point: HookPoint, data: bytes) -> Any:
+    """A form in which two payloads compare equal iff they mean the same (None: unparseable)."""
+    try:
+        parsed = _parse(point, data)
+    except ValueError:
+        return None
+    if point.is_xml:
+        return etree.tostring(parsed.getroot(), method="c14n")
+    return parsed
+
+
+def _serialize(point: HookPoint, value: Any) -> bytes:
+    if point.is_xml:
+        return etree.tostring(value, encoding="UTF-8")
+    return json.dumps(value).encode("utf-8")
+
+
+def _final_text(point: HookPoint, data: bytes) -> str:
+    if point.is_xml:
+        # lxml text without the XML declaration, so that etree.fromstring(str) accepts it
+        return etree.tostring(_parse(point, data), encoding="unicode")
+    return data.decode("utf-8")
+
+
+def _clean(value: str) -> str:
+    return value.replace("\0", "")
+
+
+class HookEngine:
+    """Runs hook chains from a hooks root. Thread-safe: chains of different VMs may overlap."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        timeout: float = 30.0,
+        output_limit: int = 4096,
+        inproc: bool = True,
+        prewarm: bool = False,
+        runner: Runner | None = None,
+        entry_point_group: str = GROUP,
+    ) -> None:
+        self.root = Path(root)
+        self.timeout = timeout
+        self.output_limit = output_limit
+        self.inproc = inproc
+        self.prewarm = prewarm
+        self.entry_point_group = entry_point_group
+        self.runner: Runner = runner if runner is not None else self._default_runner(prewarm)
+        self._inproc_hooks: dict[str, list[InprocHook]] | None = None
+        self._lock = Lock()
+
+    @staticmethod
+    def _default_runner(prewarm: bool) -> Runner:
+        return ProcessRunner()
+
+    # --- discovery -----------------------------------------------------------------------
+
+    def inproc_hooks(self) -> dict[str, list[InprocHook]]:
+        """point -> in-process hooks, scanned once per engine."""
+        if not self.inproc:
+            return {}
+        with self._lock:
+            if self._inproc_hooks is None:
+                self._inproc_hooks = discover_inproc(self.entry_point_group)
+            return self._inproc_hooks
+
+    def steps(self, point: str) -> list[_Step]:
+        """The chain of `point` as it would run now: scripts and in-process hooks by name."""
+        get_point(point)
+        steps = [
+            _Step(s.name, "script", s.sha256, s.refused, script=s)
+            for s in discover(self.root, point)
+        ]
+        steps += [
+            _Step(h.name, "inproc", h.sha256, h.refused, hook=h)
+            for h in self.inproc_hooks().get(point, [])
+        ]
+        steps.sort(key=lambda s: (s.name, s.kind))
+        return steps
+
+    def inventory(self) -> dict[str, list[dict[str, Any]]]:
+        """point -> [{name, sha256, kind, refused}] for every point that has any hook."""
+        inv: dict[str, list[dict[str, Any]]] = {}
+        for point in POINTS:
+            steps = self.steps(point)
+            if steps:
+                inv[point] = [
+                    {"name": s.name, "sha256": s.sha256, "kind": s.kind, "refused": s.refused}
+                    for s in steps
+                ]
+        return inv
+
+    # --- running -------------------------------------------------------------------------
+
+    def script_env(
+        self,
+        point: HookPoint,
+        payload_path: str,
+        *,
+        vm_id: str,
+        custom: Mapping[str, str],
+        error: str | None,
+        context: Mapping[str, Any],
+    ) -> dict[str, str]:
+        """The environment of every script of a chain (VDSM's, plus `_hook_*` extras)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("_hook_")}
+        env.update(custom)
+        env["vmId"] = vm_id
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, str(HOOKLIB)])
+        env[point.env_var] = payload_path
+        env["_hook_point"] = point.name
+        if error is not None:
+            env["_hook_error"] = _clean(error)
+        for key in CONTEXT_ENV_KEYS:
+            value = context.get(key)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                env[f"_hook_{key}"] = _clean(str(value))
+        return env
+
+    def run_chain(
+        self,
+        point: str,
+        payload: str,
+        *,
+        vm_id: str,
+        custom: Mapping[str, str] | None = None,
+        error: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> ChainResult:
+        """Run every hook of `point` over `payload`; never raises for a hook's fault.
+
+        ValueError for an unknown or path-like point, CustomPropertyError for a bad
+        custom property.
+        """
+        hp = get_point(point)
+        custom = dict(custom or {})
+        context = dict(context or {})
+        validate_custom(custom)
+        if not isinstance(vm_id, str) or "\0" in vm_id:
+            raise ValueError(f"invalid vm_id {vm_id!r}")
+        if not isinstance(payload, str):
+            payload = json.dumps(payload) if not hp.is_xml else str(payload)
+        result = ChainResult(point=point, payload=payload, input_payload=payload)
+        steps = self.steps(point)
+        if not steps:
+            return result
+
+        original = payload.encode("utf-8")
+        fd, path = tempfile.mkstemp(
+            prefix=f"vmworker-{point}-", suffix=".json" if hp.payload == "json" else ".xml"
+        )
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(original)
+            env = self.script_env(
+                hp, path, vm_id=vm_id, custom=custom, error=error, context=context
+            )
+            ctx = HookContext(
+                point=point,
+                vm_id=vm_id,
+                custom=custom,
+                error=error,
+                context=context,
+                log=log.bind(point=point, vm_id=vm_id),
+            )
+            good = original
+            for step in steps:
+                if step.kind == "script":
+                    res, good = self._run_script(hp, step, path, env, good)
+                else:
+                    res, good = self._run_inproc(hp, step, ctx, good, path)
+                self._log(hp, vm_id, res)
+                result.scripts.append(res)
+                if res.rc == 2:
+                    result.stopped = True
+                    break
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if good != original:
+            result.payload = _final_text(hp, good)
+        return result
+
+    def _judge(
+        self, hp: HookPoint, good: bytes, new: bytes, rc: int, timed_out: bool
+    ) -> tuple[bytes, bool, str | None]:
+        """(payload to go on with, changed, why the edit was discarded)."""
+        if new == good:
+            return good, False, None
+        if timed_out:
+            return good, False, "timed out"
+        if rc != 0:
+            return good, False, f"exited {rc}"
+        try:
+            _parse(hp, new)
+        except ValueError as exc:
+            return good, False, str(exc)
+        if _canonical(hp, new) == _canonical(hp, good):
+            return good, False, None  # rewritten but means the same: keep the old text
+        return new, True, None
+
+    def _run_script(
+        self, hp: HookPoint, step: _Step, path: str, env: Mapping[str, str], good: bytes
+    ) -> tuple[ScriptResult, bytes]:
+        assert step.script is not None
+        if step.refused:
+            return self._refused(step), good
+        argv: Sequence[str] = [str(step.script.path)]
+        done: Completed = self.runner.run(
+            argv, env, str(step.script.path.parent), self.timeout, self.output_limit
+        )
+        try:
+            with open(path, "rb") as f:
+                new = f.read()
+        except OSError:
+            new = b""  # the script removed or replaced the file: treated as an edit
+            removed = True
+        else:
+            removed = False
+        kept, changed, discarded = self._judge(hp, good, new, done.rc, done.timed_out)
+        if removed and kept is good:
+            discarded = discarded or "payload file removed"
+        if removed or new != kept:
+            _restore(path, kept)
+        return (
+            ScriptResult(
+                name=step.name,
+                rc=done.rc,
+                duration_ms=round(done.duration * 1000),
+                sha256=step.sha256,
+                changed_xml=changed,
+                stdout_tail=done.stdout_tail,
+                stderr_tail=done.stderr_tail,
+                timed_out=done.timed_out,
+                discarded=discarded,
+            ),
+            kept,
+        )
+
+    def _run_inproc(
+        self, hp: HookPoint, step: _Step, ctx: HookContext, good: bytes, path: str
+    ) -> tuple[ScriptResult, bytes]:
+        hook = step.hook
+        assert hook is not None
+        if step.refused or hook.func is None:
+            return self._refused(step), good
+        start = time.monotonic()
+        try:
+            value = _parse(hp, good) if good.strip() else None
+        except ValueError:
+            value = None  # the caller's payload itself does not parse: hand over None
+        out = call_with_timeout(hook.func, value, ctx, self.timeout)
+        # what the hook "wrote": its result, or the value it edited in place
+        new, unserializable = good, None
+        candidate = value if out.result is None else out.result
+        if candidate is not None and not out.timed_out:
+            if hp.is_xml and isinstance(candidate, etree._Element):
+                candidate = etree.ElementTree(candidate)
+            try:
+                new = _serialize(hp, candidate)
+            except (TypeError, ValueError) as exc:
+                unserializable = f"cannot serialize the result: {exc}"
+        kept, changed, discarded = self._judge(hp, good, new, out.rc, out.timed_out)
+        if kept != good:
+            _restore(path, kept)
+        return (
+            ScriptResult(
+                name=step.name,
+                rc=out.rc,
+                duration_ms=round((time.monotonic() - start) * 1000),
+                sha256=step.sha256,
+                changed_xml=changed,
+                stderr_tail=out.stderr[-self.output_limit :],
+                timed_out=out.timed_out,
+                discarded=unserializable or discarded,
+                kind="inproc",
+            ),
+            kept,
+        )
+
+    @staticmethod
+    def _refused(step: _Step) -> ScriptResult:
+        return ScriptResult(
+            name=step.name,
+            rc=1,
+            duration_ms=0,
+            sha256=step.sha256,
+            stderr_tail=step.refused or "refused",
+            refused=step.refused or "refused",
+            kind=step.kind,
+        )
+
+    @staticmethod
+    def _log(hp: HookPoint, vm_id: str, res: ScriptResult) -> None:
+        fields: dict[str, Any] = {
+            "point": hp.name,
+            "name": res.name,
+            "kind": res.kind,
+            "rc": res.rc,
+            "duration_ms": res.duration_ms,
+            "changed": res.changed_xml,
+            "vm_id": vm_id,
+        }
+        if res.refused:
+            log.warning("hook.refused", reason=res.refused, **fields)
+        elif res.timed_out:
+            log.warning("hook.timed_out", **fields)
+        elif res.unexpected_rc:
+            log.warning("hook.unexpected_rc", treated_as=1, **fields)
+        elif res.rc != 0 or res.discarded:
+            log.warning(
+                "hook.failed" if res.rc else "hook.edit_discarded",
+                discarded=res.discarded,
+                **fields,
+            )
+        else:
+            log.info("hook.ran", **fields)
+
+
+def _restore(path: str, data: bytes) -> None:
+    """Put the last good payload back for the next step."""
+    with open(path, "wb") as f:
+        f.write(data)

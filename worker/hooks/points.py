@@ -1,0 +1,115 @@
+"""Hook points as data: one row per base point, three chains (before/after/after_fail) each.
+
+VDSM spells the same table as 57 wrapper functions; here a point is a name, the kind of payload
+its scripts receive, and whether a failing chain aborts the operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+PayloadKind = Literal["domxml", "devicexml", "json"]
+Phase = Literal["before", "after", "after_fail"]
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One hook directory: `before_vm_start`, `after_disk_hotplug_fail`, ..."""
+
+    name: str
+    payload: PayloadKind
+    aborts: bool
+    base: str = ""
+    phase: Phase = "before"
+
+    @property
+    def is_xml(self) -> bool:
+        return self.payload != "json"
+
+    @property
+    def env_var(self) -> str:
+        """The variable naming the payload file, as in VDSM."""
+        return "_hook_json" if self.payload == "json" else "_hook_domxml"
+
+
+# (base point, payload kind, origin). VDSM's names first, then the points VDSM lacks.
+BASE_POINTS: tuple[tuple[str, PayloadKind, str], ...] = (
+    ("vm_start", "domxml", "vdsm"),
+    ("vm_cont", "domxml", "vdsm"),
+    ("vm_pause", "domxml", "vdsm"),
+    ("vm_destroy", "domxml", "vdsm"),
+    ("vm_migrate_source", "domxml", "vdsm"),
+    ("vm_migrate_destination", "domxml", "vdsm"),
+    ("vm_hibernate", "domxml", "vdsm"),
+    ("vm_dehibernate", "domxml", "vdsm"),
+    ("vm_set_ticket", "domxml", "vdsm"),
+    ("device_create", "devicexml", "vdsm"),
+    ("device_destroy", "devicexml", "vdsm"),
+    ("update_device", "devicexml", "vdsm"),
+    ("nic_hotplug", "devicexml", "vdsm"),
+    ("nic_hotunplug", "devicexml", "vdsm"),
+    ("disk_hotplug", "devicexml", "vdsm"),
+    ("disk_hotunplug", "devicexml", "vdsm"),
+    ("memory_hotplug", "devicexml", "vdsm"),
+    ("set_num_of_cpus", "domxml", "vdsm"),
+    ("vm_define", "domxml", "vmworker"),
+    ("vm_undefine", "domxml", "vmworker"),
+    ("vm_shutdown", "domxml", "vmworker"),
+    ("vm_reboot", "domxml", "vmworker"),
+    ("vmworker_start", "json", "vmworker"),
+    ("vmworker_stop", "json", "vmworker"),
+)
+
+
+def _chains(base: str, payload: PayloadKind) -> tuple[HookPoint, ...]:
+    return (
+        HookPoint(f"before_{base}", payload, True, base, "before"),
+        HookPoint(f"after_{base}", payload, False, base, "after"),
+        HookPoint(f"after_{base}_fail", payload, False, base, "after_fail"),
+    )
+
+
+POINTS: Mapping[str, HookPoint] = {
+    p.name: p for base, kind, _ in BASE_POINTS for p in _chains(base, kind)
+}
+
+# Which base point each operation of the message schema runs (DESIGN.md, Operations).
+OP_POINTS: Mapping[str, str] = {
+    "define_vm": "vm_define",
+    "start_vm": "vm_start",
+    "shutdown_vm": "vm_shutdown",
+    "destroy_vm": "vm_destroy",
+    "reboot_vm": "vm_reboot",
+    "pause_vm": "vm_pause",
+    "resume_vm": "vm_cont",
+    "undefine_vm": "vm_undefine",
+    "attach_disk": "disk_hotplug",
+    "detach_disk": "disk_hotunplug",
+    "attach_nic": "nic_hotplug",
+    "detach_nic": "nic_hotunplug",
+    "update_device": "update_device",
+    "set_vcpus": "set_num_of_cpus",
+    "set_memory": "memory_hotplug",
+}
+
+
+def get_point(name: str) -> HookPoint:
+    """The point called `name`; ValueError for a path-like or unknown name."""
+    if not isinstance(name, str) or "/" in name or ".." in name or "\0" in name:
+        raise ValueError(f"invalid hook point name {name!r}")
+    try:
+        return POINTS[name]
+    except KeyError:
+        raise ValueError(f"unknown hook point {name!r}") from None
+
+
+def chains_for_op(op: str) -> tuple[HookPoint, HookPoint, HookPoint]:
+    """(before, after, after_fail) for an operation name such as `start_vm`."""
+    base = OP_POINTS[op]
+    return (
+        POINTS[f"before_{base}"],
+        POINTS[f"after_{base}"],
+        POINTS[f"after_{base}_fail"],
+    )

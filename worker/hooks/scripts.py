@@ -1,0 +1,106 @@
+"""Finding a chain's scripts on disk, and deciding which of them may run.
+
+A chain is every regular executable file of `<root>/<point>/` (symlinks followed, dotfiles and
+subdirectories skipped) in plain sorted order, as in VDSM. A script is refused, never run,
+when it, its hook-point directory or the hooks root is group/world-writable or owned by
+someone other than root or the worker's effective uid. Directories above the root are the
+administrator's business and are not checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Script:
+    """One executable of a hook-point directory, as found now."""
+
+    name: str
+    path: Path
+    sha256: str | None
+    refused: str | None = None
+
+
+def trusted_uids() -> frozenset[int]:
+    return frozenset({0, os.geteuid()})
+
+
+def insecure(st: os.stat_result, what: str) -> str | None:
+    """Why a file or directory with this stat may not be trusted, or None."""
+    if st.st_uid not in trusted_uids():
+        return f"{what} is owned by uid {st.st_uid}, not root or the worker (uid {os.geteuid()})"
+    if st.st_mode & stat.S_IWOTH:
+        return f"{what} is world-writable (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_mode & stat.S_IWGRP:
+        return f"{what} is group-writable (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def check_dir(path: Path, what: str) -> str | None:
+    """Why this directory may not hold hooks, or None; a missing directory is fine."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{what} {path}: {exc.strerror}"
+    reason = insecure(st, what)
+    return f"{reason}: {path}" if reason else None
+
+
+def file_sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(65536), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _is_executable_file(path: Path) -> os.stat_result | None:
+    try:
+        st = os.stat(path)  # follows symlinks
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+        return None
+    return st
+
+
+def discover(root: Path, point: str) -> list[Script]:
+    """The scripts of `<root>/<point>/` in run order, each with why it is refused (or None)."""
+    pdir = root / point
+    try:
+        names = sorted(n for n in os.listdir(pdir) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        # a chain we cannot even list must not pass as an empty one
+        unreadable = f"hook directory {pdir}: {exc.strerror}"
+        return [Script(name=point, path=pdir, sha256=None, refused=unreadable)]
+    # one bad directory refuses every script in it: the chain fails closed
+    dir_reason = check_dir(root, "hooks root") or check_dir(pdir, "hook directory")
+    found: list[Script] = []
+    for name in names:
+        path = pdir / name
+        st = _is_executable_file(path)
+        if st is None:
+            continue
+        reason = dir_reason or insecure(st, "script")
+        found.append(Script(name=name, path=path, sha256=file_sha256(path), refused=reason))
+    return found
+
+
+def point_dirs(root: Path) -> list[str]:
+    """Every directory name directly under the hooks root (known point or not)."""
+    try:
+        return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
