@@ -48,13 +48,19 @@ def _start(ctx: Ctx, xml: str) -> None:
         ctx.conn.defineXML(_spec_xml(ctx))
     elif ctx.find() is None:
         ctx.domain()  # raises no_domain
-    flags = libvirt.VIR_DOMAIN_START_PAUSED if ctx.op.params.paused else 0
-    ctx.conn.createXML(xml, flags)
+    if not ctx.op.params.paused:
+        ctx.conn.createXML(xml, 0)
+        return
+    try:
+        ctx.conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+            raise
+        ctx.conn.createXML(xml, 0).suspend()  # drivers without the flag (the test driver)
 
 
 def _start_done(ctx: Ctx) -> bool:
-    want = {"paused"} | RUNNING if ctx.op.params.paused else RUNNING | {"paused"}
-    return ctx.state() in want
+    return ctx.state() in RUNNING | {"paused"}
 
 
 register(Handler("start_vm", "vm_start", prepare=_start_prepare, execute=_start, done=_start_done))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+import json
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    NoDecode,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -61,8 +63,8 @@ class Settings(BaseSettings):
     hook_prewarm: bool = Field(True, description="run Python hook scripts in a pre-forked runner")
     inproc_hooks: bool = True
     allow_raw_xml: bool = False
-    storage_roots: list[Path] = Field(default_factory=list)
-    allowed_publishers: list[str] = Field(
+    storage_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    allowed_publishers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="user_id values accepted; empty accepts any"
     )
     heartbeat_interval: float = Field(30.0, gt=0, description="seconds between host heartbeats")
@@ -87,7 +89,9 @@ class Settings(BaseSettings):
     @field_validator("storage_roots", "allowed_publishers", mode="before")
     @classmethod
     def _split_list(cls, v: Any) -> Any:
-        if isinstance(v, str) and not v.lstrip().startswith("["):
+        if isinstance(v, str):
+            if v.lstrip().startswith("["):
+                return json.loads(v)
             return [p for p in (s.strip() for s in v.split(",")) if p]
         return v
 

@@ -101,7 +101,8 @@ class Runner:
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.deadline_s),
-            wait=wait_exponential_jitter(initial=policy.initial_s, max=policy.max_backoff_s),
+            wait=wait_exponential_jitter(multiplier=policy.initial_s, max=policy.max_backoff_s,
+                                         jitter=policy.initial_s),
             before_sleep=before_sleep,
             reraise=True,
         )

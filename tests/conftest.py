@@ -1,0 +1,103 @@
+"""Fixtures shared by the integration tests: a real RabbitMQ and real libvirt, nothing mocked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    QEMU_URI,
+    Env,
+    EventTap,
+    ThreadWorker,
+    broker_conn,
+    delete_topology,
+    libvirt_cleanup,
+    unique,
+)
+
+
+@pytest.fixture(scope="session")
+def broker() -> None:
+    """RabbitMQ must answer; `make test` starts it (scripts/bootstrap broker)."""
+    try:
+        with broker_conn() as conn:
+            conn.ensure_connection(max_retries=3)
+    except Exception as exc:  # pragma: no cover - the environment, not the code
+        pytest.fail(f"RabbitMQ does not answer on 127.0.0.1:5672 ({exc}); run scripts/bootstrap")
+
+
+@pytest.fixture(scope="session")
+def qemu() -> str:
+    """A real qemu:///system libvirtd; `make test` starts it (scripts/bootstrap libvirtd)."""
+    rc = subprocess.run(["virsh", "-c", QEMU_URI, "version"], capture_output=True, timeout=30)
+    if rc.returncode != 0:
+        pytest.fail(f"no libvirtd on {QEMU_URI}: {rc.stderr.decode()[-500:]}")
+    return QEMU_URI
+
+
+@pytest.fixture
+def hooks_root(tmp_path: Path) -> Path:
+    """An empty hooks root (mode 0755, owned by us) a test may fill."""
+    root = tmp_path / "hooks"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    return root
+
+
+@pytest.fixture
+def env(broker: None, tmp_path: Path, hooks_root: Path) -> Iterator[Env]:
+    e = Env(prefix=unique("t"), host=unique("h"), state_dir=tmp_path / "state",
+            hooks_root=hooks_root)
+    try:
+        yield e
+    finally:
+        delete_topology(e.prefix, [e.host, *e.other_hosts])
+
+
+@pytest.fixture
+def tap(env: Env) -> Iterator[EventTap]:
+    t = EventTap(env.topology).start()
+    yield t
+    t.stop()
+
+
+@pytest.fixture
+def start_worker(env: Env) -> Iterator[Any]:
+    """start_worker(**settings) -> a started ThreadWorker; stopped at the end of the test."""
+    workers: list[ThreadWorker] = []
+
+    def start(**kw: Any) -> ThreadWorker:
+        w = ThreadWorker(env.settings(**kw)).start()
+        workers.append(w)
+        return w
+
+    yield start
+    for w in workers:
+        if w.thread.is_alive():
+            w.stop()
+
+
+@pytest.fixture
+def test_domains() -> Iterator[list[str]]:
+    with libvirt_cleanup("test:///default") as uuids:
+        yield uuids
+
+
+@pytest.fixture
+def qemu_domains(qemu: str) -> Iterator[list[str]]:
+    with libvirt_cleanup(qemu) as uuids:
+        yield uuids
+
+
+@pytest.fixture
+def have_virt_xml_validate() -> str:
+    path = shutil.which("virt-xml-validate")
+    if path is None:
+        pytest.fail("virt-xml-validate missing (Debian libvirt-clients); run scripts/bootstrap")
+    return path
