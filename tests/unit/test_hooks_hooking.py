@@ -73,6 +73,14 @@ for name in VM_CHANNELS_NAME:                                                  #
 """
 
 
+@pytest.fixture(autouse=True)
+def fast_python3(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`#!/usr/bin/env python3` finds this interpreter first (no version-manager shim)."""
+    bindir = tmp_path_factory.mktemp("bin")
+    (bindir / "python3").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     r = tmp_path / "hooks"
