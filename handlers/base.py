@@ -61,8 +61,12 @@ class Ctx:
     def domain(self) -> libvirt.virDomain:
         dom = self.find()
         if dom is None:
-            raise OpError("no_domain", f"no domain with uuid {self.uuid} on this host", "libvirt",
-                          libvirt_code=libvirt.VIR_ERR_NO_DOMAIN)
+            raise OpError(
+                "no_domain",
+                f"no domain with uuid {self.uuid} on this host",
+                "libvirt",
+                libvirt_code=libvirt.VIR_ERR_NO_DOMAIN,
+            )
         return dom
 
     def state(self) -> str:

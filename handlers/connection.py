@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import libvirt
@@ -40,10 +41,8 @@ class LibvirtConnection:
 
     def _close_locked(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 self._conn.close()
-            except libvirt.libvirtError:
-                pass
             self._conn = None
 
     def close(self) -> None:

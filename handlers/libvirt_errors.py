@@ -9,8 +9,11 @@ from worker.errors import OpError
 # the connection to libvirtd itself went away: retry after reconnecting
 _CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC}
 _CONNECTION_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
-_CONNECTION_DOMAIN_CODES = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR,
-                            libvirt.VIR_ERR_OPERATION_FAILED}
+_CONNECTION_DOMAIN_CODES = {
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_INTERNAL_ERROR,
+    libvirt.VIR_ERR_OPERATION_FAILED,
+}
 # the domain is busy for a moment: a job holds the state-change lock, a device or the agent is busy
 _BUSY_CODES = {
     libvirt.VIR_ERR_OPERATION_TIMEOUT,

@@ -18,9 +18,7 @@ RUNNING = {"running", "blocked"}
 
 
 def _spec_xml(ctx: Ctx) -> str:
-    return build_domain_xml(
-        ctx.op.vm, storage_roots=ctx.storage_roots, allow_raw=ctx.allow_raw_xml
-    )
+    return build_domain_xml(ctx.op.vm, storage_roots=ctx.storage_roots, allow_raw=ctx.allow_raw_xml)
 
 
 def _has_spec(ctx: Ctx) -> bool:
@@ -103,8 +101,11 @@ def _shutdown_done(ctx: Ctx) -> bool:
     return _is_off(ctx)
 
 
-register(Handler("shutdown_vm", "vm_shutdown", prepare=_domain_xml, execute=_shutdown,
-                 done=_shutdown_done))
+register(
+    Handler(
+        "shutdown_vm", "vm_shutdown", prepare=_domain_xml, execute=_shutdown, done=_shutdown_done
+    )
+)
 
 
 def _destroy(ctx: Ctx, _xml: str) -> None:
@@ -113,16 +114,21 @@ def _destroy(ctx: Ctx, _xml: str) -> None:
         dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL if ctx.op.params.graceful else 0)
 
 
-register(Handler("destroy_vm", "vm_destroy", prepare=_domain_xml, execute=_destroy,
-                 done=_shutdown_done))
+register(
+    Handler("destroy_vm", "vm_destroy", prepare=_domain_xml, execute=_destroy, done=_shutdown_done)
+)
 
 
 # -- reboot ----------------------------------------------------------------------------
 def _reboot(ctx: Ctx, _xml: str) -> None:
     dom = ctx.domain()
     if ctx.state() not in RUNNING:
-        raise OpError("not_running", f"cannot reboot a {ctx.state()} domain", "libvirt",
-                      libvirt_code=libvirt.VIR_ERR_OPERATION_INVALID)
+        raise OpError(
+            "not_running",
+            f"cannot reboot a {ctx.state()} domain",
+            "libvirt",
+            libvirt_code=libvirt.VIR_ERR_OPERATION_INVALID,
+        )
     dom.reboot(0)
 
 
@@ -167,13 +173,20 @@ def _undefine(ctx: Ctx, _xml: str) -> None:
         return
     if not _is_off(ctx):
         if not ctx.op.params.destroy:
-            raise OpError("running", "domain is running; set params.destroy to stop it first",
-                          "libvirt", libvirt_code=libvirt.VIR_ERR_OPERATION_INVALID)
+            raise OpError(
+                "running",
+                "domain is running; set params.destroy to stop it first",
+                "libvirt",
+                libvirt_code=libvirt.VIR_ERR_OPERATION_INVALID,
+            )
         dom.destroy()
     flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     if "<nvram" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE):
-        flags |= (libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM if ctx.op.params.keep_nvram
-                  else libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        flags |= (
+            libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+            if ctx.op.params.keep_nvram
+            else libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        )
     try:
         dom.undefineFlags(flags)
     except libvirt.libvirtError as exc:
@@ -182,5 +195,12 @@ def _undefine(ctx: Ctx, _xml: str) -> None:
         dom.undefine()  # drivers without flag support (the test driver)
 
 
-register(Handler("undefine_vm", "vm_undefine", prepare=_undefine_prepare, execute=_undefine,
-                 done=lambda ctx: ctx.find() is None))
+register(
+    Handler(
+        "undefine_vm",
+        "vm_undefine",
+        prepare=_undefine_prepare,
+        execute=_undefine,
+        done=lambda ctx: ctx.find() is None,
+    )
+)

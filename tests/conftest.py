@@ -52,8 +52,9 @@ def hooks_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def env(broker: None, tmp_path: Path, hooks_root: Path) -> Iterator[Env]:
-    e = Env(prefix=unique("t"), host=unique("h"), state_dir=tmp_path / "state",
-            hooks_root=hooks_root)
+    e = Env(
+        prefix=unique("t"), host=unique("h"), state_dir=tmp_path / "state", hooks_root=hooks_root
+    )
     try:
         yield e
     finally:
@@ -101,3 +102,22 @@ def have_virt_xml_validate() -> str:
     if path is None:
         pytest.fail("virt-xml-validate missing (Debian libvirt-clients); run scripts/bootstrap")
     return path
+
+
+@pytest.fixture
+def rabbit_node(tmp_path: Path) -> Iterator[Any]:
+    """rabbit_node(**kw) -> a started private RabbitNode (tests/brokers.py); always stopped."""
+    from tests.brokers import RabbitNode
+
+    nodes: list[RabbitNode] = []
+
+    def make(**kw: Any) -> RabbitNode:
+        node = RabbitNode(tmp_path, **kw)
+        nodes.append(node)
+        return node.start()
+
+    try:
+        yield make
+    finally:
+        for node in reversed(nodes):
+            node.stop()

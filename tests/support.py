@@ -46,8 +46,7 @@ def drain_queue(conn: Connection, name: str, timeout: float = 2.0) -> list[Any]:
     """Take every message out of a queue (acked); returns kombu messages."""
     got: list[Any] = []
     with conn.channel() as ch:
-        c = Consumer(ch, queues=[Queue(name, no_declare=True)], on_message=got.append,
-                     no_ack=True)
+        c = Consumer(ch, queues=[Queue(name, no_declare=True)], on_message=got.append, no_ack=True)
         c.consume()
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -77,10 +76,8 @@ def read_stream(conn: Connection, name: str, timeout: float = 3.0) -> list[Any]:
         idle = 0
         while time.monotonic() < end and idle < 3:
             n = len(got)
-            try:
+            with suppress(TimeoutError):
                 conn.drain_events(timeout=0.3)
-            except TimeoutError:
-                pass
             idle = idle + 1 if len(got) == n else 0
     return got
 
@@ -111,9 +108,14 @@ class EventTap:
 
     def start(self) -> EventTap:
         self._conn = broker_conn()
-        self._queue = Queue(f"{self.topology.prefix}.tap.{uuid.uuid4().hex[:8]}",
-                            self.topology.events, routing_key="#", exclusive=True,
-                            auto_delete=True, durable=False)
+        self._queue = Queue(
+            f"{self.topology.prefix}.tap.{uuid.uuid4().hex[:8]}",
+            self.topology.events,
+            routing_key="#",
+            exclusive=True,
+            auto_delete=True,
+            durable=False,
+        )
         self.topology.declare_shared(self._conn)
         self._queue.bind(self._conn.default_channel).declare()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -145,9 +147,12 @@ class EventTap:
             return [e for e in self.events if e.get("requestid") == request_id]
 
     def terminal(self, request_id: str, *, include_duplicates: bool = False) -> list[dict]:
-        return [e for e in self.of(request_id)
-                if e["data"].get("phase") in ("after", "fail")
-                and (include_duplicates or not e["data"].get("duplicate"))]
+        return [
+            e
+            for e in self.of(request_id)
+            if e["data"].get("phase") in ("after", "fail")
+            and (include_duplicates or not e["data"].get("duplicate"))
+        ]
 
     def wait(self, pred: Callable[[], Any], timeout: float = 20.0) -> Any:
         end = time.monotonic() + timeout
@@ -179,8 +184,13 @@ class Env:
 
     def settings(self, **kw: Any) -> Settings:
         base: dict[str, Any] = dict(
-            host=self.host, broker=BROKER, prefix=self.prefix, libvirt_uri=self.libvirt_uri,
-            state_dir=self.state_dir, hooks_root=self.hooks_root, hook_timeout=10,
+            host=self.host,
+            broker=BROKER,
+            prefix=self.prefix,
+            libvirt_uri=self.libvirt_uri,
+            state_dir=self.state_dir,
+            hooks_root=self.hooks_root,
+            hook_timeout=10,
             heartbeat_interval=3600,
         )
         base.update(self.extra)
@@ -191,9 +201,16 @@ class Env:
     def topology(self) -> Topology:
         return Topology(self.prefix, self.host)
 
-    def publish(self, op: str, vm: dict[str, Any] | None = None, *, body: Any = None,
-                params: dict[str, Any] | None = None, custom: dict[str, str] | None = None,
-                **kw: Any) -> str:
+    def publish(
+        self,
+        op: str,
+        vm: dict[str, Any] | None = None,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        custom: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> str:
         raw = body if body is not None else build_body(op, vm or {}, params, custom)
         with broker_conn() as conn:
             return publish_op(conn, self.topology, raw, **kw)
@@ -240,8 +257,11 @@ class ProcessWorker:
     def start(self) -> ProcessWorker:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop/kill
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"], env=self.env.env_vars(**self.settings),
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "worker", "run"],
+            env=self.env.env_vars(**self.settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_log("consuming", 30)
         return self
@@ -298,5 +318,9 @@ def libvirt_cleanup(uri: str) -> Iterator[list[str]]:
 
 def small_vm(name_tag: str = "vm") -> dict[str, Any]:
     """The smallest spec a real QEMU boots (no disk): 64 MiB, 1 vcpu, serial pty, VNC local."""
-    return {"uuid": str(uuid.uuid4()), "name": unique(f"vmw-test-{name_tag}-"), "vcpus": 1,
-            "memory_mib": 64}
+    return {
+        "uuid": str(uuid.uuid4()),
+        "name": unique(f"vmw-test-{name_tag}-"),
+        "vcpus": 1,
+        "memory_mib": 64,
+    }

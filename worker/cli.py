@@ -27,8 +27,9 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
 
 
 def _connect(s: Settings) -> Connection:
-    return Connection(s.broker_urls, failover_strategy="round-robin",
-                      transport_options={"confirm_publish": True})
+    return Connection(
+        s.broker_urls, failover_strategy="round-robin", transport_options={"confirm_publish": True}
+    )
 
 
 @click.group()
@@ -66,14 +67,27 @@ def run(config: Path | None, **flags: Any) -> None:
 @click.option("--custom", multiple=True, metavar="K=V", help="custom property for hooks")
 @click.option("--request-id", help="message_id (default: a new uuid)")
 @click.option("--correlation-id")
-@click.option("--deadline", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z",
-              "%Y-%m-%dT%H:%M:%S"]), help="ISO 8601: not run after this time")
+@click.option(
+    "--deadline",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
+    help="ISO 8601: not run after this time",
+)
 @_broker
 @_config
-def publish(host: str, op: str, vm_uuid: str, vm_name: str | None, spec: Any,
-            params: tuple[str, ...], custom: tuple[str, ...], request_id: str | None,
-            correlation_id: str | None, deadline: datetime | None, broker: str | None,
-            config: Path | None) -> None:
+def publish(
+    host: str,
+    op: str,
+    vm_uuid: str,
+    vm_name: str | None,
+    spec: Any,
+    params: tuple[str, ...],
+    custom: tuple[str, ...],
+    request_id: str | None,
+    correlation_id: str | None,
+    deadline: datetime | None,
+    broker: str | None,
+    config: Path | None,
+) -> None:
     """Publish one operation message to HOST; prints its request id."""
     from worker.publish import build_body, parse_kv, publish_op
 
@@ -89,8 +103,14 @@ def publish(host: str, op: str, vm_uuid: str, vm_name: str | None, spec: Any,
     topo = Topology.from_settings(s, host)
     with _connect(s) as conn:
         topo.declare_shared(conn)
-        rid = publish_op(conn, topo, body, request_id=request_id,
-                         correlation_id=correlation_id, deadline=deadline)
+        rid = publish_op(
+            conn,
+            topo,
+            body,
+            request_id=request_id,
+            correlation_id=correlation_id,
+            deadline=deadline,
+        )
     click.echo(rid)
 
 
@@ -99,12 +119,24 @@ def publish(host: str, op: str, vm_uuid: str, vm_name: str | None, spec: Any,
 @click.option("--vm", help="only this VM's events (uuid)")
 @click.option("--follow", is_flag=True, help="keep waiting for new events")
 @click.option("--from-start", is_flag=True, help="read the whole events log stream first")
-@click.option("--idle", type=float, default=2.0, show_default=True,
-              help="without --follow: stop after this many quiet seconds")
+@click.option(
+    "--idle",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="without --follow: stop after this many quiet seconds",
+)
 @_broker
 @_config
-def events(host: str | None, vm: str | None, follow: bool, from_start: bool, idle: float,
-           broker: str | None, config: Path | None) -> None:
+def events(
+    host: str | None,
+    vm: str | None,
+    follow: bool,
+    from_start: bool,
+    idle: float,
+    broker: str | None,
+    config: Path | None,
+) -> None:
     """Print events, one JSON object per line."""
     from worker.subscribe import read_events
 
@@ -113,8 +145,15 @@ def events(host: str | None, vm: str | None, follow: bool, from_start: bool, idl
     with _connect(s) as conn:
         topo.declare_shared(conn)
         try:
-            for ev in read_events(conn, topo, host=host, vm=vm, from_start=from_start,
-                                  follow=follow, idle_timeout=idle):
+            for ev in read_events(
+                conn,
+                topo,
+                host=host,
+                vm=vm,
+                from_start=from_start,
+                follow=follow,
+                idle_timeout=idle,
+            ):
                 click.echo(json.dumps(ev, separators=(",", ":")))
                 sys.stdout.flush()
         except KeyboardInterrupt:

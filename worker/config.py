@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
-    PydanticBaseSettingsSource,
     NoDecode,
+    PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -122,12 +122,18 @@ class Settings(BaseSettings):
 def load_settings(config: Path | None = None, **flags: Any) -> Settings:
     """Settings from the TOML file (`config`, else $VMWORKER_CONFIG, else the default path if it
     exists), the environment, then `flags` (None values are ignored)."""
-    path = config or (Path(os.environ["VMWORKER_CONFIG"]) if "VMWORKER_CONFIG" in os.environ else None)
+    path = config or (
+        Path(os.environ["VMWORKER_CONFIG"]) if "VMWORKER_CONFIG" in os.environ else None
+    )
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
     if path is not None and not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     cls: type[Settings] = Settings
     if path is not None:
-        cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+        cls = type(
+            "FileSettings",
+            (Settings,),
+            {"model_config": {**Settings.model_config, "toml_file": path}},
+        )
     return cls(**{k: v for k, v in flags.items() if v is not None})

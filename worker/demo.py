@@ -34,20 +34,41 @@ def _steps(vm_uuid: str) -> list[tuple[str, str, bytes | dict[str, Any], str]]:
     spec = {**ref, "vcpus": 1, "memory_mib": 256}
     return [
         ("define the VM from its spec", "define_vm", build_body("define_vm", spec), "after"),
-        ("start it (before_vm_start hooks run)", "start_vm",
-         build_body("start_vm", ref, custom={"demo": "yes"}), "after"),
+        (
+            "start it (before_vm_start hooks run)",
+            "start_vm",
+            build_body("start_vm", ref, custom={"demo": "yes"}),
+            "after",
+        ),
         ("pause it", "pause_vm", build_body("pause_vm", ref), "after"),
         ("resume it", "resume_vm", build_body("resume_vm", ref), "after"),
-        ("start it again: already running, a no-op", "start_vm", build_body("start_vm", ref),
-         "after"),
-        ("shut it down (ACPI, destroy after 5 s if needed)", "shutdown_vm",
-         build_body("shutdown_vm", ref, {"timeout": 5, "force": True}), "after"),
+        (
+            "start it again: already running, a no-op",
+            "start_vm",
+            build_body("start_vm", ref),
+            "after",
+        ),
+        (
+            "shut it down (ACPI, destroy after 5 s if needed)",
+            "shutdown_vm",
+            build_body("shutdown_vm", ref, {"timeout": 5, "force": True}),
+            "after",
+        ),
         ("a message that is not JSON", "-", b"{this is not json", "fail"),
         ("an op this worker does not know", "-", build_body("migrate_to_mars", ref), "fail"),
-        ("stop a VM that does not exist", "destroy_vm",
-         build_body("destroy_vm", {"uuid": str(uuid.uuid4())}), "fail"),
+        (
+            "stop a VM that does not exist",
+            "destroy_vm",
+            build_body("destroy_vm", {"uuid": str(uuid.uuid4())}),
+            "fail",
+        ),
         ("undefine it", "undefine_vm", build_body("undefine_vm", ref), "after"),
     ]
+
+
+def _hook_word(h: dict[str, Any]) -> str:
+    edited = " (edited XML)" if h.get("changed_xml") else ""
+    return f"{h['point']}/{h['name']} rc={h['rc']}{edited}"
 
 
 def _describe(ev: dict[str, Any]) -> str:
@@ -62,9 +83,13 @@ def _describe(ev: dict[str, Any]) -> str:
             parts.append("[yellow]no-op[/]")
     hooks = [h for h in d.get("hooks") or [] if h.get("name")]
     if hooks:
-        parts.append("hooks: " + ", ".join(
-            f"{h['point']}/{h['name']} rc={h['rc']}{' (edited XML)' if h.get('changed_xml') else ''}"
-            for h in hooks))
+        parts.append(
+            "hooks: "
+            + ", ".join(
+                f"{h['point']}/{h['name']} rc={h['rc']}{' (edited XML)' if h.get('changed_xml') else ''}"
+                for h in hooks
+            )
+        )
     err = d.get("error")
     if err:
         parts.append(f"[red]{err['source']}/{err['code']}: {err['message']}[/]")
@@ -77,15 +102,21 @@ def run_demo(pause: float = 0.0) -> int:
     console = Console(highlight=False)
     state = Path(tempfile.mkdtemp(prefix="vmworker-demo-"))
     settings = Settings(
-        host=HOST, broker="memory://", libvirt_uri="test:///default", state_dir=state,
-        hooks_root=REPO_HOOKDIRS, hook_timeout=10,
+        host=HOST,
+        broker="memory://",
+        libvirt_uri="test:///default",
+        state_dir=state,
+        hooks_root=REPO_HOOKDIRS,
+        hook_timeout=10,
     )
     from worker.service import Service
 
     svc = Service(settings, transport_options=MEMORY_OPTS)
     thread = threading.Thread(target=svc.run, name="worker", daemon=True)
-    console.print("[bold]vmworker demo[/]: one worker, kombu's in-memory broker, libvirt's "
-                  "test:///default driver, hooks from hookdirs/\n")
+    console.print(
+        "[bold]vmworker demo[/]: one worker, kombu's in-memory broker, libvirt's "
+        "test:///default driver, hooks from hookdirs/\n"
+    )
     thread.start()
     if not svc.ready.wait(15):
         console.print("[red]the worker did not start[/]")

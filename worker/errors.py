@@ -8,9 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Source = Literal[
-    "validation", "expired", "unauthorized", "hook", "libvirt", "timeout", "internal"
-]
+Source = Literal["validation", "expired", "unauthorized", "hook", "libvirt", "timeout", "internal"]
 
 
 @dataclass

@@ -23,7 +23,11 @@ def routing_key(host: str, *words: str) -> str:
 
 
 def cloud_event(
-    host: str, type_words: tuple[str, ...], *, subject: str | None, request_id: str | None,
+    host: str,
+    type_words: tuple[str, ...],
+    *,
+    subject: str | None,
+    request_id: str | None,
     data: dict[str, Any],
 ) -> dict[str, Any]:
     """A structured-mode CloudEvent. `type_words` is e.g. ("start_vm", "after")."""
@@ -44,8 +48,15 @@ def cloud_event(
 
 
 def op_event(
-    host: str, op: str, phase: str, *, request_id: str | None, correlation_id: str | None,
-    vm_uuid: str | None, vm_name: str | None, **fields: Any,
+    host: str,
+    op: str,
+    phase: str,
+    *,
+    request_id: str | None,
+    correlation_id: str | None,
+    vm_uuid: str | None,
+    vm_name: str | None,
+    **fields: Any,
 ) -> tuple[str, dict[str, Any]]:
     """(routing key, event) for one phase of one operation; `fields` go into `data`."""
     assert phase in PHASES, phase

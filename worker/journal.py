@@ -56,7 +56,7 @@ class Request:
     deliveries: int
     before_sent: bool
     outcome: str | None
-    terminal: dict[str, Any] | None
+    terminal: list[Any] | None  # [routing_key, event]
 
 
 @dataclass
@@ -103,7 +103,19 @@ class Journal:
             ).fetchone()
         if row is None:
             return None
-        return Request(*row[:7], bool(row[7]), row[8], json.loads(row[9]) if row[9] else None)
+        rid, op, vm, state, attempts, runs, deliveries, before_sent, outcome, terminal = row
+        return Request(
+            rid,
+            op,
+            vm,
+            state,
+            attempts,
+            runs,
+            deliveries,
+            bool(before_sent),
+            outcome,
+            json.loads(terminal) if terminal else None,
+        )
 
     def receive(self, request_id: str, op: str, vm_uuid: str | None) -> Request:
         """Record a delivery of `request_id` (creating it if new) and return its record."""
@@ -134,7 +146,9 @@ class Journal:
                 ).fetchone()
                 if not sent or not sent[0]:
                     seq = self._enqueue(db, *before)
-                    db.execute("UPDATE requests SET before_sent=1 WHERE request_id=?", (request_id,))
+                    db.execute(
+                        "UPDATE requests SET before_sent=1 WHERE request_id=?", (request_id,)
+                    )
         return seq
 
     def add_attempts(self, request_id: str, n: int) -> None:
@@ -143,9 +157,7 @@ class Journal:
                 "UPDATE requests SET attempts=attempts+? WHERE request_id=?", (n, request_id)
             )
 
-    def finish(
-        self, request_id: str, outcome: str, terminal: tuple[str, dict[str, Any]]
-    ) -> int:
+    def finish(self, request_id: str, outcome: str, terminal: tuple[str, dict[str, Any]]) -> int:
         """Record the terminal event and queue it for publishing, in one transaction."""
         rk, ev = terminal
         with self._tx() as db:
@@ -159,8 +171,8 @@ class Journal:
     def terminal_of(self, req: Request) -> tuple[str, dict[str, Any]] | None:
         if req.terminal is None:
             return None
-        rk, ev = req.terminal  # stored as [routing_key, event]
-        return rk, ev
+        rk, ev = req.terminal
+        return str(rk), dict(ev)
 
     def unfinished(self) -> list[Request]:
         with self._lock:

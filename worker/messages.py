@@ -55,7 +55,9 @@ class StartParams(_Strict):
 
 class ShutdownParams(_Strict):
     timeout: float = Field(60.0, gt=0, le=3600, description="seconds to wait for the guest")
-    force: bool = Field(False, description="destroy the domain if it is still running after timeout")
+    force: bool = Field(
+        False, description="destroy the domain if it is still running after timeout"
+    )
 
 
 class DestroyParams(_Strict):
@@ -68,6 +70,7 @@ class UndefineParams(_Strict):
 
 
 class _Op(_Strict):
+    op: str
     version: Literal[1] = 1
     vm: VmRef
     params: NoParams = Field(default_factory=NoParams)
@@ -131,6 +134,7 @@ OP_MODELS: dict[str, type[_Op]] = {
     for m in (DefineVm, StartVm, ShutdownVm, DestroyVm, RebootVm, PauseVm, ResumeVm, UndefineVm)
 }
 
+
 def register_op(model: type[_Op]) -> None:
     """Add an op model (handler families that bring their own ops call this at import)."""
     OP_MODELS[model.model_fields["op"].annotation.__args__[0]] = model  # type: ignore[union-attr]
@@ -144,7 +148,7 @@ def peek(body: bytes) -> dict[str, Any]:
         return {}
     if not isinstance(doc, dict):
         return {}
-    vm = doc.get("vm") if isinstance(doc.get("vm"), dict) else {}
+    vm: dict[str, Any] = doc["vm"] if isinstance(doc.get("vm"), dict) else {}
     op = doc.get("op")
     return {
         "op": op if isinstance(op, str) and op in OP_MODELS else None,
@@ -193,4 +197,4 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return {name: model.model_json_schema() for name, model in sorted(OP_MODELS.items())}
 
 
-__all__ = ["OP_MODELS", "OpError", "parse_operation", "peek", "json_schemas", "register_op"]
+__all__ = ["OP_MODELS", "OpError", "json_schemas", "parse_operation", "peek", "register_op"]

@@ -29,8 +29,12 @@ def parse_kv(pairs: tuple[str, ...] | list[str], *, typed: bool) -> dict[str, An
     return out
 
 
-def build_body(op: str, vm: dict[str, Any], params: dict[str, Any] | None = None,
-               custom: dict[str, str] | None = None) -> dict[str, Any]:
+def build_body(
+    op: str,
+    vm: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    custom: dict[str, str] | None = None,
+) -> dict[str, Any]:
     body: dict[str, Any] = {"version": 1, "op": op, "vm": vm}
     if params:
         body["params"] = params
@@ -40,10 +44,16 @@ def build_body(op: str, vm: dict[str, Any], params: dict[str, Any] | None = None
 
 
 def publish_op(
-    conn: Connection, topology: Topology, body: dict[str, Any] | bytes, *,
-    request_id: str | None = None, correlation_id: str | None = None,
-    deadline: datetime | None = None, headers: dict[str, Any] | None = None,
-    user_id: str | None = None, routing_key: str | None = None,
+    conn: Connection,
+    topology: Topology,
+    body: dict[str, Any] | bytes,
+    *,
+    request_id: str | None = None,
+    correlation_id: str | None = None,
+    deadline: datetime | None = None,
+    headers: dict[str, Any] | None = None,
+    user_id: str | None = None,
+    routing_key: str | None = None,
 ) -> str:
     """Publish one operation message to `<prefix>.ops` (confirmed); returns its request id."""
     request_id = request_id or str(uuid.uuid4())
@@ -56,10 +66,18 @@ def publish_op(
         props["user_id"] = user_id
     with conn.channel() as ch:
         Producer(ch).publish(
-            raw, exchange=topology.ops, routing_key=routing_key or topology.host,
-            content_type="application/json", content_encoding="utf-8", delivery_mode=2,
-            message_id=request_id, correlation_id=correlation_id,
-            timestamp=int(datetime.now(UTC).timestamp()), headers=hdrs, retry=True,
-            declare=[topology.ops], **props,
+            raw,
+            exchange=topology.ops,
+            routing_key=routing_key or topology.host,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            message_id=request_id,
+            correlation_id=correlation_id,
+            timestamp=int(datetime.now(UTC).timestamp()),
+            headers=hdrs,
+            retry=True,
+            declare=[topology.ops],
+            **props,
         )
     return request_id

@@ -3,6 +3,7 @@ transient), then the `after_*` or `after_*_fail` chain. Knows hooks and handlers
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,10 +79,12 @@ class Runner:
             allow_raw_xml=self.settings.allow_raw_xml,
         )
 
-    def _chain(self, point: str, payload: str, op: Any, context: dict[str, Any],
-               error: str | None = None) -> ChainResult:
-        res = self.hooks.run_chain(point, payload, vm_id=str(op.vm.uuid), custom=op.custom,
-                                   error=error, context=context)
+    def _chain(
+        self, point: str, payload: str, op: Any, context: dict[str, Any], error: str | None = None
+    ) -> ChainResult:
+        res = self.hooks.run_chain(
+            point, payload, vm_id=str(op.vm.uuid), custom=op.custom, error=error, context=context
+        )
         return res
 
     def _hooks_event(self, res: ChainResult) -> list[dict[str, Any]]:
@@ -95,14 +98,19 @@ class Runner:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, OpError) and exc.details.get("connection_lost"):
                 self.lv.reset()
-            log.warning("libvirt call failed, retrying", attempt=state.attempt_number,
-                        error=str(exc), sleep_s=round(state.upcoming_sleep, 3))
+            log.warning(
+                "libvirt call failed, retrying",
+                attempt=state.attempt_number,
+                error=str(exc),
+                sleep_s=round(state.upcoming_sleep, 3),
+            )
 
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.deadline_s),
-            wait=wait_exponential_jitter(multiplier=policy.initial_s, max=policy.max_backoff_s,
-                                         jitter=policy.initial_s),
+            wait=wait_exponential_jitter(
+                multiplier=policy.initial_s, max=policy.max_backoff_s, jitter=policy.initial_s
+            ),
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -182,10 +190,8 @@ class Runner:
         hooks += self._hooks_event(fail)
         state = "unknown"
         if ctx is not None:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 state = ctx.state()
-            except libvirt.libvirtError:
-                pass
         notes = dict(ctx.notes) if ctx is not None else {}
         return Outcome(False, state, _ms(t0), attempts, hooks, err, notes=notes)
 

@@ -7,6 +7,7 @@ with publisher confirms; a message is acked only once its terminal event is conf
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import threading
@@ -97,8 +98,10 @@ class Service:
         self.topology = Topology.from_settings(settings)
         self.lv = libvirt or LibvirtConnection(settings.libvirt_uri)
         self.hooks = hooks or HookEngine(
-            settings.hooks_root, timeout=settings.hook_timeout,
-            output_limit=settings.hook_output_limit, inproc=settings.inproc_hooks,
+            settings.hooks_root,
+            timeout=settings.hook_timeout,
+            output_limit=settings.hook_output_limit,
+            inproc=settings.inproc_hooks,
             prewarm=settings.hook_prewarm,
         )
         self.runner = Runner(settings, self.lv, self.hooks)
@@ -127,8 +130,13 @@ class Service:
             signal.signal(sig, lambda *_: self.stop())
 
     def run(self) -> None:
-        log.info("worker starting", host=self.host, broker=_redact(self.settings.broker_urls),
-                 libvirt=self.settings.libvirt_uri, hooks=str(self.settings.hooks_root))
+        log.info(
+            "worker starting",
+            host=self.host,
+            broker=_redact(self.settings.broker_urls),
+            libvirt=self.settings.libvirt_uri,
+            hooks=str(self.settings.hooks_root),
+        )
         self._host_chain("before_vmworker_start")
         backoff = 1.0
         try:
@@ -139,7 +147,8 @@ class Service:
                 try:
                     conn.ensure_connection(
                         errback=lambda exc, interval: log.warning(
-                            "broker unreachable", error=str(exc), retry_in_s=interval),
+                            "broker unreachable", error=str(exc), retry_in_s=interval
+                        ),
                         max_retries=1,
                     )
                     self._serve(conn)
@@ -151,10 +160,8 @@ class Service:
                     backoff = min(backoff * 2, 30.0)
                 finally:
                     self.ready.clear()
-                    try:
+                    with contextlib.suppress(Exception):  # the socket may already be gone
                         conn.release()
-                    except Exception:  # the socket may already be gone
-                        pass
         finally:
             self._pool.shutdown(wait=True)
             self._host_chain("after_vmworker_stop")
@@ -168,15 +175,21 @@ class Service:
             import ssl as _ssl
 
             ctx = _ssl.create_default_context(
-                cafile=str(self.settings.ssl_ca) if self.settings.ssl_ca else None)
+                cafile=str(self.settings.ssl_ca) if self.settings.ssl_ca else None
+            )
             if self.settings.ssl_cert:
-                ctx.load_cert_chain(str(self.settings.ssl_cert),
-                                    str(self.settings.ssl_key) if self.settings.ssl_key else None)
+                ctx.load_cert_chain(
+                    str(self.settings.ssl_cert),
+                    str(self.settings.ssl_key) if self.settings.ssl_key else None,
+                )
             ssl = ctx
         opts = {"confirm_publish": True, **self.transport_options}
         return Connection(
-            self.settings.broker_urls, heartbeat=self.settings.amqp_heartbeat,
-            transport_options=opts, failover_strategy="round-robin", ssl=ssl,
+            self.settings.broker_urls,
+            heartbeat=self.settings.amqp_heartbeat,
+            transport_options=opts,
+            failover_strategy="round-robin",
+            ssl=ssl,
         )
 
     def _wait_offline(self, seconds: float) -> None:
@@ -196,8 +209,9 @@ class Service:
         consume_ch = conn.channel()
         consume_ch.basic_qos(0, self.settings.effective_prefetch, False)
         self._producer = Producer(conn.channel())
-        consumer = Consumer(consume_ch, queues=[self.topology.host_queue],
-                            on_message=self._on_message, no_ack=False)
+        consumer = Consumer(
+            consume_ch, queues=[self.topology.host_queue], on_message=self._on_message, no_ack=False
+        )
         consumer.consume()
         consuming = True
         log.info("consuming", queue=self.topology.host_queue.name, generation=self._generation)
@@ -212,10 +226,8 @@ class Service:
                     self._drop_queued()
                 if not self._inflight and not self._acks:
                     return
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=0.01 if self._inflight else 0.1)
-            except TimeoutError:
-                pass
             self._collect_done()
             self._flush()
             if time.monotonic() - last_beat > 1.0:
@@ -231,8 +243,11 @@ class Service:
         body: bytes = message.body if isinstance(message.body, bytes) else message.body.encode()
         try:
             if not request_id:
-                raise OpError("no_message_id", "message has no message_id property (the request"
-                              " id)", "validation")
+                raise OpError(
+                    "no_message_id",
+                    "message has no message_id property (the request id)",
+                    "validation",
+                )
             op = parse_operation(body, max_bytes=self.settings.max_body_bytes)
             self._authorize(props)
         except OpError as err:
@@ -251,9 +266,12 @@ class Service:
         deadline = _deadline(message.headers or {})
         if deadline is not None and deadline < datetime.now(UTC):
             job = Job(request_id, op, correlation_id, [delivery])
-            err = OpError("expired", f"deadline {deadline.isoformat()} passed before the"
-                          " operation could start", "expired")
-            self._finish(job, Outcome(False, "unknown", 0.0, 0, error=err), dead_letter=False)
+            expired = OpError(
+                "expired",
+                f"deadline {deadline.isoformat()} passed before the operation could start",
+                "expired",
+            )
+            self._finish(job, Outcome(False, "unknown", 0.0, 0, error=expired), dead_letter=False)
             return
         job = Job(request_id, op, correlation_id, [delivery], recovered=req.state == STARTED)
         if job.recovered:
@@ -265,18 +283,37 @@ class Service:
     def _authorize(self, props: dict[str, Any]) -> None:
         allowed = self.settings.allowed_publishers
         if allowed and props.get("user_id") not in allowed:
-            raise OpError("unauthorized", f"publisher {props.get('user_id')!r} is not allowed"
-                          " to order operations on this host", "unauthorized")
+            raise OpError(
+                "unauthorized",
+                f"publisher {props.get('user_id')!r} is not allowed"
+                " to order operations on this host",
+                "unauthorized",
+            )
 
-    def _reject(self, d: Delivery, body: bytes, request_id: str | None,
-                correlation_id: str | None, err: OpError) -> None:
+    def _reject(
+        self,
+        d: Delivery,
+        body: bytes,
+        request_id: str | None,
+        correlation_id: str | None,
+        err: OpError,
+    ) -> None:
         seen = peek(body)
         log.warning("message rejected", request_id=request_id, error=str(err))
         rk, ev = events.op_event(
-            self.host, seen.get("op") or "invalid", "fail", request_id=request_id,
-            correlation_id=correlation_id, vm_uuid=seen.get("vm_uuid"),
-            vm_name=seen.get("vm_name"), redelivered=d.redelivered, attempt=0,
-            duration_ms=0, state="unknown", hooks=[], error=err.to_event(),
+            self.host,
+            seen.get("op") or "invalid",
+            "fail",
+            request_id=request_id,
+            correlation_id=correlation_id,
+            vm_uuid=seen.get("vm_uuid"),
+            vm_name=seen.get("vm_name"),
+            redelivered=d.redelivered,
+            attempt=0,
+            duration_ms=0,
+            state="unknown",
+            hooks=[],
+            error=err.to_event(),
         )
         seq = self.journal.enqueue(rk, ev)
         self._acks.append(PendingAck(seq, [d], _reason(err)))
@@ -293,8 +330,11 @@ class Service:
             dead = _reason(OpError(err["code"], err["message"], err["source"]))
         self._acks.append(PendingAck(seq, [d], dead))
         self.stats.duplicates += 1
-        log.info("duplicate request: republishing its recorded terminal event",
-                 request_id=req.request_id, outcome=req.outcome)
+        log.info(
+            "duplicate request: republishing its recorded terminal event",
+            request_id=req.request_id,
+            outcome=req.outcome,
+        )
 
     # -- scheduling ----------------------------------------------------------------------
     def _dispatch(self, vm: str) -> None:
@@ -320,11 +360,13 @@ class Service:
     def _execute(self, job: Job) -> None:
         try:
             structlog.contextvars.bind_contextvars(
-                host=self.host, request_id=job.request_id, op=job.op.op, vm=job.vm)
+                host=self.host, request_id=job.request_id, op=job.op.op, vm=job.vm
+            )
             rk, ev = self._event(job, "before", recovered=job.recovered)
             self.journal.start(job.request_id, (rk, ev))
-            outcome = self.runner.run(job.op, request_id=job.request_id,
-                                      context={"host": self.host})
+            outcome = self.runner.run(
+                job.op, request_id=job.request_id, context={"host": self.host}
+            )
             self.stats.ran += 1
             self._finish(job, outcome, dead_letter=True)
         except BaseException:
@@ -337,23 +379,35 @@ class Service:
 
     def _finish(self, job: Job, outcome: Outcome, *, dead_letter: bool) -> None:
         """Record and queue the terminal event; the connection thread acks once it is confirmed."""
-        rk, ev = self._event(job, outcome.phase, recovered=job.recovered,
-                             **outcome.event_fields())
+        rk, ev = self._event(job, outcome.phase, recovered=job.recovered, **outcome.event_fields())
         seq = self.journal.finish(job.request_id, outcome.phase, (rk, ev))
         self.journal.add_attempts(job.request_id, outcome.attempts)
-        log.info("operation finished", request_id=job.request_id, op=job.op.op, vm=job.vm,
-                 phase=outcome.phase, state=outcome.state, attempts=outcome.attempts,
-                 duration_ms=round(outcome.duration_ms, 1),
-                 error=str(outcome.error) if outcome.error else None)
+        log.info(
+            "operation finished",
+            request_id=job.request_id,
+            op=job.op.op,
+            vm=job.vm,
+            phase=outcome.phase,
+            state=outcome.state,
+            attempts=outcome.attempts,
+            duration_ms=round(outcome.duration_ms, 1),
+            error=str(outcome.error) if outcome.error else None,
+        )
         dead = _reason(outcome.error) if (dead_letter and outcome.error) else None
         self._done.put((job, seq, dead))
         self._count(outcome.phase)
 
     def _event(self, job: Job, phase: str, **fields: Any) -> tuple[str, dict[str, Any]]:
         return events.op_event(
-            self.host, job.op.op, phase, request_id=job.request_id,
-            correlation_id=job.correlation_id, vm_uuid=job.vm, vm_name=job.op.vm_name,
-            redelivered=any(d.redelivered for d in job.deliveries), **fields,
+            self.host,
+            job.op.op,
+            phase,
+            request_id=job.request_id,
+            correlation_id=job.correlation_id,
+            vm_uuid=job.vm,
+            vm_name=job.op.vm_name,
+            redelivered=any(d.redelivered for d in job.deliveries),
+            **fields,
         )
 
     def _count(self, outcome: str) -> None:
@@ -396,8 +450,12 @@ class Service:
 
     def _publish_event(self, rk: str, ev: dict[str, Any]) -> None:
         self._producer.publish(
-            events.encode(ev), exchange=self.topology.events, routing_key=rk,
-            content_type=events.CONTENT_TYPE, content_encoding="utf-8", delivery_mode=2,
+            events.encode(ev),
+            exchange=self.topology.events,
+            routing_key=rk,
+            content_type=events.CONTENT_TYPE,
+            content_encoding="utf-8",
+            delivery_mode=2,
             message_id=ev["id"],
             correlation_id=ev["data"].get("correlation_id") if "data" in ev else None,
             retry=False,
@@ -408,14 +466,22 @@ class Service:
 
     def _dead_letter(self, message: Message, reason: dict[str, str]) -> None:
         props = message.properties
-        headers = {**(message.headers or {}), **reason,
-                   "x-original-user-id": props.get("user_id") or ""}
+        headers = {
+            **(message.headers or {}),
+            **reason,
+            "x-original-user-id": props.get("user_id") or "",
+        }
         self._producer.publish(
-            message.body, exchange=self.topology.dlx, routing_key=self.host,
+            message.body,
+            exchange=self.topology.dlx,
+            routing_key=self.host,
             content_type=props.get("content_type") or "application/octet-stream",
             content_encoding=props.get("content_encoding") or "binary",
-            message_id=props.get("message_id"), correlation_id=props.get("correlation_id"),
-            headers=headers, delivery_mode=2, retry=False,
+            message_id=props.get("message_id"),
+            correlation_id=props.get("correlation_id"),
+            headers=headers,
+            delivery_mode=2,
+            retry=False,
         )
         self.stats.dead_lettered += 1
 
@@ -424,8 +490,13 @@ class Service:
         try:
             import json
 
-            res = self.hooks.run_chain(point, json.dumps({"host": self.host}),
-                                       vm_id="", custom={}, context={"host": self.host})
+            res = self.hooks.run_chain(
+                point,
+                json.dumps({"host": self.host}),
+                vm_id="",
+                custom={},
+                context={"host": self.host},
+            )
             if res.failed:
                 log.warning("host hook chain failed", point=point, stderr=res.failure_stderr())
         except Exception:

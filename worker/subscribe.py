@@ -3,6 +3,7 @@ stream. Used by `vmworker events`, the monitor, history and the tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -18,15 +19,24 @@ from worker.topology import Topology, stream
 def live_queue(topology: Topology, host: str | None = None) -> Queue:
     """A private, auto-deleted queue bound to the events of one host (or all)."""
     return Queue(
-        f"{topology.prefix}.events.tap.{uuid.uuid4().hex[:12]}", topology.events,
-        routing_key=f"{host}.#" if host else "#", exclusive=True, auto_delete=True,
+        f"{topology.prefix}.events.tap.{uuid.uuid4().hex[:12]}",
+        topology.events,
+        routing_key=f"{host}.#" if host else "#",
+        exclusive=True,
+        auto_delete=True,
         durable=False,
     )
 
 
 def read_events(
-    conn: Connection, topology: Topology, *, host: str | None = None, vm: str | None = None,
-    from_start: bool = False, follow: bool = False, idle_timeout: float = 1.0,
+    conn: Connection,
+    topology: Topology,
+    *,
+    host: str | None = None,
+    vm: str | None = None,
+    from_start: bool = False,
+    follow: bool = False,
+    idle_timeout: float = 1.0,
     queue: Queue | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield events (CloudEvent dicts) in order. Without `follow`, stop once nothing has
@@ -46,8 +56,10 @@ def read_events(
         if not isinstance(ev, dict):
             return
         data = ev.get("data") or {}
-        if host and data.get("host") != host and not str(ev.get("source", "")).endswith(
-            f"//{host}"
+        if (
+            host
+            and data.get("host") != host
+            and not str(ev.get("source", "")).endswith(f"//{host}")
         ):
             return
         if vm and ev.get("subject") != vm:
@@ -60,10 +72,8 @@ def read_events(
         consumer.consume()
         last = time.monotonic()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=0.2)
-            except TimeoutError:
-                pass
             if buf:
                 last = time.monotonic()
                 yield from buf

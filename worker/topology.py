@@ -20,7 +20,9 @@ class Topology:
 
     @classmethod
     def from_settings(cls, s: Settings, host: str | None = None) -> Topology:
-        return cls(s.prefix, host or s.host, s.delivery_limit, s.ops_log_max_age, s.events_log_max_age)
+        return cls(
+            s.prefix, host or s.host, s.delivery_limit, s.ops_log_max_age, s.events_log_max_age
+        )
 
     # exchanges
     @property
@@ -39,7 +41,10 @@ class Topology:
     @property
     def host_queue(self) -> Queue:
         return Queue(
-            f"{self.prefix}.ops.{self.host}", self.ops, routing_key=self.host, durable=True,
+            f"{self.prefix}.ops.{self.host}",
+            self.ops,
+            routing_key=self.host,
+            durable=True,
             queue_arguments={
                 "x-queue-type": "quorum",
                 "x-delivery-limit": self.delivery_limit,
@@ -51,7 +56,10 @@ class Topology:
     @property
     def dead_queue(self) -> Queue:
         return Queue(
-            f"{self.prefix}.ops.{self.host}.dead", self.dlx, routing_key=self.host, durable=True,
+            f"{self.prefix}.ops.{self.host}.dead",
+            self.dlx,
+            routing_key=self.host,
+            durable=True,
             queue_arguments={"x-queue-type": "quorum"},
         )
 
@@ -83,7 +91,10 @@ class Topology:
 def stream(name: str, exchange: Exchange, max_age: str, offset: object = "next") -> Queue:
     """A stream queue bound to every key of `exchange`; `offset` is where a consumer starts."""
     return Queue(
-        name, exchange, routing_key="#", durable=True,
+        name,
+        exchange,
+        routing_key="#",
+        durable=True,
         queue_arguments={"x-queue-type": "stream", "x-max-age": max_age},
         consumer_arguments={"x-stream-offset": offset},
     )

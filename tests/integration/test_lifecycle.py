@@ -12,8 +12,13 @@ from tests.support import broker_conn, queue_depth, read_stream
 
 
 def _spec(**kw):  # type: ignore[no-untyped-def]
-    return {"uuid": str(uuid.uuid4()), "name": f"vmw-{uuid.uuid4().hex[:8]}", "vcpus": 1,
-            "memory_mib": 128, **kw}
+    return {
+        "uuid": str(uuid.uuid4()),
+        "name": f"vmw-{uuid.uuid4().hex[:8]}",
+        "vcpus": 1,
+        "memory_mib": 128,
+        **kw,
+    }
 
 
 def _run(env, tap, op, vm, **kw):  # type: ignore[no-untyped-def]

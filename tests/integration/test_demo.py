@@ -1,0 +1,28 @@
+"""`vmworker demo` (what `make demo` runs): the whole path with no services, exit 0."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_demo_prints_before_and_after_for_every_step_and_exits_0():
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "TERM": "dumb"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    for op in ("define_vm", "start_vm", "pause_vm", "resume_vm", "shutdown_vm", "undefine_vm"):
+        assert re.search(rf"before\s+{op}", text), op
+        assert re.search(rf"after\s+{op}", text), op
+    assert "validation/not_json" in text
+    assert "validation/unknown_op" in text
+    assert "libvirt/no_domain" in text
+    assert "no-op" in text
+    assert "demo OK" in text
+    assert "3 dead-lettered" in text
