@@ -94,3 +94,18 @@ def next_disk_target(bus: str, used: Iterable[str]) -> str:
         if name not in taken:
             return name
         index += 1
+
+
+def assign_targets(drives: Sequence[tuple[str, str | None]]) -> list[str]:
+    """Target names for `(bus, wanted_target)` pairs, in order, without clashes.
+
+    Wanted targets are kept and reserved first; the others get the next free name of their bus.
+    """
+    used = {target for _, target in drives if target is not None}
+    out = []
+    for bus, target in drives:
+        if target is None:
+            target = next_disk_target(bus, used)
+            used.add(target)
+        out.append(target)
+    return out

@@ -1,12 +1,11 @@
-"""virtio-serial `<channel>` elements, the QEMU guest agent's first."""
+"""virtio-serial `<channel>` elements: the QEMU guest agent, the SPICE agent, extra sockets."""
 
 from __future__ import annotations
 
 from lxml import etree
 
 from handlers.domxml._xml import element, sub
-
-GUEST_AGENT = "org.qemu.guest_agent.0"
+from handlers.spec import GUEST_AGENT_CHANNEL, SPICE_AGENT_CHANNEL
 
 
 def unix_channel(name: str, path: str | None = None) -> etree._Element:
@@ -14,4 +13,15 @@ def unix_channel(name: str, path: str | None = None) -> etree._Element:
     el = element("channel", type="unix")
     sub(el, "source", mode="bind", path=path)
     sub(el, "target", type="virtio", name=name)
+    return el
+
+
+def guest_agent() -> etree._Element:
+    return unix_channel(GUEST_AGENT_CHANNEL)
+
+
+def spice_agent() -> etree._Element:
+    """The SPICE vdagent channel (clipboard, resolution, USB redirection control)."""
+    el = element("channel", type="spicevmc")
+    sub(el, "target", type="virtio", name=SPICE_AGENT_CHANNEL)
     return el

@@ -20,16 +20,18 @@ def identity(spec: VmSpec) -> list[etree._Element]:
 
 
 def metadata(spec: VmSpec) -> etree._Element:
-    """`<metadata>` holding `<vmworker:vm>`: marks the domain as ours."""
+    """`<metadata>` holding `<vmworker:vm>` (marks the domain as ours) with one child per key."""
     meta = element("metadata")
-    etree.SubElement(meta, f"{{{XMLNS}}}vm", nsmap={PREFIX: XMLNS})
+    vm = etree.SubElement(meta, f"{{{XMLNS}}}vm", nsmap={PREFIX: XMLNS})
+    for key in sorted(spec.metadata):
+        etree.SubElement(vm, f"{{{XMLNS}}}{key}").text = spec.metadata[key]
     return meta
 
 
 def lifecycle(spec: VmSpec) -> list[etree._Element]:
     """What libvirt does when the guest powers off, reboots or crashes."""
     return [
-        element("on_poweroff", "destroy"),
-        element("on_reboot", "restart"),
-        element("on_crash", "destroy"),
+        element("on_poweroff", spec.on_poweroff),
+        element("on_reboot", spec.on_reboot),
+        element("on_crash", spec.on_crash),
     ]
