@@ -155,6 +155,7 @@ class Runner:
             payload = handler.prepare(ctx)
             before = self._chain(f"before_{handler.point}", payload, op, context)
             hooks += self._hooks_event(before)
+            payload = before.payload  # the fail chain, too, sees the last good payload
             if before.failed:
                 first = before.first_failure
                 raise OpError(
@@ -165,7 +166,6 @@ class Runner:
                     hook=first.name if first else None,
                     details={"stderr": before.failure_stderr()},
                 )
-            payload = before.payload
 
             def call() -> None:
                 ctx.conn = self.lv.get()
