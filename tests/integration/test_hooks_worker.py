@@ -149,8 +149,8 @@ def test_rc5_is_reported_unexpected_and_treated_as_1(
     test_domains.append(vm["uuid"])
     d = start(env, tap, vm)
     assert d["phase"] == "after"  # after-chains only report
-    odd = [h for h in d["hooks"] if h["name"] == "10_odd"][0]
-    assert odd["rc"] == 5
+    odd = next(h for h in d["hooks"] if h["name"] == "10_odd")
+    assert odd["rc"] == 5 and odd["unexpected_rc"] is True
     assert names(d, "after_vm_start") == ["10_odd", "20_next"]
 
 

@@ -77,6 +77,7 @@ class ScriptResult:
             "name": self.name,
             "kind": self.kind,
             "rc": self.rc,
+            "unexpected_rc": self.unexpected_rc,
             "duration_ms": self.duration_ms,
             "sha256": self.sha256,
             "changed_xml": self.changed_xml,
