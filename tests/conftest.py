@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.support import (
     QEMU_URI,
@@ -20,6 +21,13 @@ from tests.support import (
     libvirt_cleanup,
     unique,
 )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """CLI commands configure structlog globally; no test may inherit another's set-up."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
