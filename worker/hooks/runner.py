@@ -78,11 +78,127 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _pidfd(pid: int) -> int | None:
+def pidfd(pid: int) -> int | None:
+    """A descriptor readable when `pid` exits (Linux >= 5.3), or None."""
     try:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
+
+
+class Exit(Protocol):
+    """How `drain` learns that a started script ended, and ends it."""
+
+    def fileno(self) -> int | None:
+        """A descriptor readable when the script may have ended (None: poll instead)."""
+
+    def poll(self) -> int | None:
+        """The rc if the script has ended, without blocking."""
+
+    def kill(self) -> None:
+        """SIGKILL the script's whole process group."""
+
+    def wait(self, timeout: float | None) -> int | None:
+        """The rc, or None if the script is still running after timeout seconds."""
+
+
+def drain(
+    stdout: int, stderr: int, ended: Exit, *, start: float, timeout: float, output_limit: int
+) -> Completed:
+    """Read both output pipes while the script runs, keeping tails; enforce the timeout.
+
+    Closes the two pipe descriptors. After the script exits, output still coming from
+    children it left behind is read for EXIT_GRACE_S more, then left.
+    """
+    out, err = TailBuffer(output_limit), TailBuffer(output_limit)
+    deadline = start + timeout
+    timed_out = False
+    exit_fd = ended.fileno()
+    sel = selectors.DefaultSelector()
+    rc: int | None = None
+    try:
+        sel.register(stdout, selectors.EVENT_READ, out)
+        sel.register(stderr, selectors.EVENT_READ, err)
+        if exit_fd is not None:
+            sel.register(exit_fd, selectors.EVENT_READ, None)
+        open_pipes = 2
+        exited_at: float | None = None
+        while open_pipes:
+            now = time.monotonic()
+            if exited_at is None:
+                rc = ended.poll()
+                if rc is not None:
+                    exited_at = now
+                    if exit_fd is not None:
+                        sel.unregister(exit_fd)
+            limit = deadline if exited_at is None else min(deadline, exited_at + EXIT_GRACE_S)
+            if now >= limit:
+                if exited_at is None:
+                    timed_out = True
+                    ended.kill()
+                break
+            wait = limit - now
+            if exited_at is None and exit_fd is None:
+                wait = min(wait, 0.05)  # nothing wakes us at the exit: poll
+            for key, _ in sel.select(wait):
+                if key.data is None:
+                    continue  # the exit descriptor: the loop head polls
+                chunk = os.read(key.fd, _CHUNK)
+                if chunk:
+                    key.data.feed(chunk)
+                else:
+                    sel.unregister(key.fileobj)
+                    open_pipes -= 1
+        if rc is None and not timed_out:
+            # output closed early, but the script may still be running
+            rc = ended.wait(max(0.0, deadline - time.monotonic()))
+            if rc is None:
+                timed_out = True
+                ended.kill()
+        if rc is None:
+            rc = ended.wait(None)
+    finally:
+        sel.close()
+        os.close(stdout)
+        os.close(stderr)
+        if rc is None:  # only after an exception above
+            ended.kill()
+            ended.wait(None)
+    return Completed(
+        rc=-9 if rc is None else rc,
+        stdout_tail=out.text(),
+        stderr_tail=err.text(),
+        duration=time.monotonic() - start,
+        timed_out=timed_out,
+        truncated=out.truncated or err.truncated,
+    )
+
+
+class _PopenExit:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.fd = pidfd(proc.pid)
+
+    def fileno(self) -> int | None:
+        return self.fd
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:  # never once reaped: the pgid could be reused
+            kill_group(self.proc.pid)
+
+    def wait(self, timeout: float | None) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class ProcessRunner:
@@ -116,65 +232,14 @@ class ProcessRunner:
                 duration=time.monotonic() - start,
             )
         assert proc.stdout is not None and proc.stderr is not None
-        out, err = TailBuffer(output_limit), TailBuffer(output_limit)
-        deadline = start + timeout
-        timed_out = False
-        pidfd = _pidfd(proc.pid)
-        sel = selectors.DefaultSelector()
+        ended = _PopenExit(proc)
+        # drain owns (and closes) its own copies of the pipe descriptors
+        out_fd, err_fd = os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno())
+        proc.stdout.close()
+        proc.stderr.close()
         try:
-            sel.register(proc.stdout, selectors.EVENT_READ, out)
-            sel.register(proc.stderr, selectors.EVENT_READ, err)
-            if pidfd is not None:
-                sel.register(pidfd, selectors.EVENT_READ, None)
-            open_pipes = 2
-            exited_at: float | None = None
-            while open_pipes:
-                now = time.monotonic()
-                if exited_at is None and proc.poll() is not None:
-                    exited_at = now
-                    if pidfd is not None:
-                        sel.unregister(pidfd)
-                limit = deadline if exited_at is None else min(deadline, exited_at + EXIT_GRACE_S)
-                if now >= limit:
-                    if exited_at is None:
-                        timed_out = True
-                        kill_group(proc.pid)
-                    break
-                wait = limit - now
-                if exited_at is None and pidfd is None:
-                    wait = min(wait, 0.05)  # no pidfd: poll the script a few times a second
-                for key, _ in sel.select(wait):
-                    if key.data is None:
-                        continue  # pidfd readable: the loop head sees the exit
-                    chunk = os.read(key.fd, _CHUNK)
-                    if chunk:
-                        key.data.feed(chunk)
-                    else:
-                        sel.unregister(key.fileobj)
-                        open_pipes -= 1
-            if not timed_out:
-                try:
-                    # output closed early but the script may still be running
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    kill_group(proc.pid)
-            if timed_out:
-                proc.wait()
+            return drain(
+                out_fd, err_fd, ended, start=start, timeout=timeout, output_limit=output_limit
+            )
         finally:
-            sel.close()
-            if pidfd is not None:
-                os.close(pidfd)
-            proc.stdout.close()
-            proc.stderr.close()
-            if proc.returncode is None:  # only on an exception above
-                kill_group(proc.pid)
-                proc.wait()
-        return Completed(
-            rc=proc.returncode,
-            stdout_tail=out.text(),
-            stderr_tail=err.text(),
-            duration=time.monotonic() - start,
-            timed_out=timed_out,
-            truncated=out.truncated or err.truncated,
-        )
+            ended.close()
