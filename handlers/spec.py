@@ -616,7 +616,7 @@ class NicSpec(_Model):
     mode: Literal["vepa", "bridge", "private", "passthrough"] | None = Field(
         default=None, description="macvtap mode, `direct` only (default bridge)."
     )
-    model: Literal["virtio", "e1000", "e1000e", "rtl8139", "vmxnet3"] = "virtio"
+    model: Literal["virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "usb-net"] = "virtio"
     mac: Mac | None = Field(
         default=None, description="Unset: derived from the VM uuid and NIC position (52:54:00:...)."
     )

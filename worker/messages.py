@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 
-from handlers.spec import VmSpec
+from handlers.spec import BandwidthSpec, DiskSpec, NicSpec, VmSpec
 from worker.errors import OpError, validation
 from worker.hooks import CustomPropertyError, validate_custom
 
@@ -129,9 +129,114 @@ class UndefineVm(_Op):
     params: UndefineParams = Field(default_factory=UndefineParams)  # type: ignore[assignment]
 
 
+class _DeviceParams(_Strict):
+    live: bool | None = Field(None, description="change the running domain (default: if running)")
+    persistent: bool = Field(True, description="change the persistent definition too")
+
+
+class AttachDiskParams(_DeviceParams):
+    disk: DiskSpec
+
+
+class _DetachParams(_DeviceParams):
+    wait_s: float = Field(10.0, gt=0, le=600, description="how long the guest may take to let go")
+
+
+class DetachDiskParams(_DetachParams):
+    target: str = Field(pattern=r"^(vd|sd|hd)[a-z]{1,3}$", description="guest device, e.g. vdb")
+
+
+class AttachNicParams(_DeviceParams):
+    nic: NicSpec
+
+
+class DetachNicParams(_DetachParams):
+    mac: str = Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+
+    @field_validator("mac")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class UpdateCdromParams(_DeviceParams):
+    device: Literal["cdrom"]
+    target: str = Field(pattern=r"^(sd|hd)[a-z]{1,3}$")
+    path: str | None = Field(None, description="ISO to insert; null ejects the media")
+
+
+class UpdateNicParams(_DeviceParams):
+    device: Literal["nic"]
+    mac: str = Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    link_state: Literal["up", "down"] | None = None
+    bandwidth: BandwidthSpec | None = None
+
+
+class SetVcpusParams(_DeviceParams):
+    count: int = Field(ge=1, le=512)
+
+
+class SetMemoryParams(_DeviceParams):
+    memory_mib: int = Field(ge=16, description="the new total; growing hotplugs a DIMM")
+    node: int = Field(0, ge=0, description="guest NUMA node of a hotplugged DIMM")
+
+
+class AttachDisk(_Op):
+    op: Literal["attach_disk"]
+    params: AttachDiskParams  # type: ignore[assignment]
+
+
+class DetachDisk(_Op):
+    op: Literal["detach_disk"]
+    params: DetachDiskParams  # type: ignore[assignment]
+
+
+class AttachNic(_Op):
+    op: Literal["attach_nic"]
+    params: AttachNicParams  # type: ignore[assignment]
+
+
+class DetachNic(_Op):
+    op: Literal["detach_nic"]
+    params: DetachNicParams  # type: ignore[assignment]
+
+
+class UpdateDevice(_Op):
+    op: Literal["update_device"]
+    params: Annotated[  # type: ignore[assignment]
+        UpdateCdromParams | UpdateNicParams, Field(discriminator="device")
+    ]
+
+
+class SetVcpus(_Op):
+    op: Literal["set_vcpus"]
+    params: SetVcpusParams  # type: ignore[assignment]
+
+
+class SetMemory(_Op):
+    op: Literal["set_memory"]
+    params: SetMemoryParams  # type: ignore[assignment]
+
+
 OP_MODELS: dict[str, type[_Op]] = {
     m.model_fields["op"].annotation.__args__[0]: m  # type: ignore[union-attr]
-    for m in (DefineVm, StartVm, ShutdownVm, DestroyVm, RebootVm, PauseVm, ResumeVm, UndefineVm)
+    for m in (
+        DefineVm,
+        StartVm,
+        ShutdownVm,
+        DestroyVm,
+        RebootVm,
+        PauseVm,
+        ResumeVm,
+        UndefineVm,
+        AttachDisk,
+        DetachDisk,
+        AttachNic,
+        DetachNic,
+        UpdateDevice,
+        SetVcpus,
+        SetMemory,
+    )
 }
 
 

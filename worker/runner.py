@@ -19,6 +19,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+import handlers.devices
 import handlers.lifecycle  # noqa: F401  (registers the lifecycle handlers)
 from handlers import HANDLERS, Ctx, Handler
 from handlers.connection import LibvirtConnection
@@ -174,7 +175,9 @@ class Runner:
             _, calls = self._retried(op.op, call, done=lambda: handler.done(ctx))
             attempts = opened - 1 + calls
             state = ctx.state()
-            after_payload = payload if state == "undefined" else _safe_xml(ctx, payload)
+            after_payload = (
+                payload if handler.device or state == "undefined" else _safe_xml(ctx, payload)
+            )
             after = self._chain(f"after_{handler.point}", after_payload, op, context)
             hooks += self._hooks_event(after)
             return Outcome(True, state, _ms(t0), attempts, hooks, notes=dict(ctx.notes))
