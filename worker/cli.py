@@ -27,9 +27,13 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
 
 
 def _connect(s: Settings) -> Connection:
-    return Connection(
-        s.broker_urls, failover_strategy="round-robin", transport_options={"confirm_publish": True}
-    )
+    """The same connection builder as the worker's (failover, TLS, login method)."""
+    from worker.amqp import connect
+
+    try:
+        return connect(s)
+    except ValueError as exc:
+        raise click.ClickException(f"bad broker configuration: {exc}") from None
 
 
 @click.group()
@@ -72,6 +76,7 @@ def run(config: Path | None, **flags: Any) -> None:
     type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"]),
     help="ISO 8601: not run after this time",
 )
+@click.option("--user-id", help="user_id property (default: the broker URL's user)")
 @_broker
 @_config
 def publish(
@@ -85,6 +90,7 @@ def publish(
     request_id: str | None,
     correlation_id: str | None,
     deadline: datetime | None,
+    user_id: str | None,
     broker: str | None,
     config: Path | None,
 ) -> None:
@@ -101,8 +107,11 @@ def publish(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     topo = Topology.from_settings(s, host)
+    from worker.amqp import broker_user
+
     with _connect(s) as conn:
-        topo.declare_shared(conn)
+        if s.declare_shared:
+            topo.declare_shared(conn)
         rid = publish_op(
             conn,
             topo,
@@ -110,6 +119,7 @@ def publish(
             request_id=request_id,
             correlation_id=correlation_id,
             deadline=deadline,
+            user_id=user_id or broker_user(s),  # checked by the broker, then by the worker
         )
     click.echo(rid)
 
@@ -143,7 +153,8 @@ def events(
     s = _settings(config, broker=broker)
     topo = Topology.from_settings(s)
     with _connect(s) as conn:
-        topo.declare_shared(conn)
+        if s.declare_shared:
+            topo.declare_shared(conn)
         try:
             for ev in read_events(
                 conn,
@@ -184,6 +195,9 @@ def demo(slow: float) -> None:
 
 
 def _add_optional_groups() -> None:
+    from worker.brokeradmin import broker
+
+    main.add_command(broker)
     try:
         from worker.hooks.cli import hooks
     except ImportError:  # pragma: no cover - while the hooks CLI is being written

@@ -6,7 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     ssl_ca: Path | None = None
     ssl_cert: Path | None = None
     ssl_key: Path | None = None
+    login_method: Literal["AMQPLAIN", "PLAIN", "EXTERNAL"] | None = Field(
+        None, description="SASL mechanism; EXTERNAL = the client certificate names the user"
+    )
+    declare_shared: bool = Field(
+        True,
+        description="declare the shared exchanges and streams at start; false where "
+        "`vmworker broker setup` made them and this host's broker user may not",
+    )
     retry: dict[str, RetryPolicy] = Field(default_factory=lambda: {"default": RetryPolicy()})
     log_level: str = "info"
 

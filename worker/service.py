@@ -25,6 +25,7 @@ from kombu.message import Message
 
 from handlers.connection import LibvirtConnection
 from worker import events
+from worker.amqp import connect
 from worker.config import Settings
 from worker.errors import OpError
 from worker.hooks import HookEngine
@@ -137,6 +138,11 @@ class Service:
             libvirt=self.settings.libvirt_uri,
             hooks=str(self.settings.hooks_root),
         )
+        if not self.settings.allowed_publishers:
+            log.warning(
+                "allowed_publishers is empty: any broker user that may publish to"
+                f" {self.topology.ops.name} can order operations on this host"
+            )
         self._host_chain("before_vmworker_start")
         backoff = 1.0
         try:
@@ -170,26 +176,10 @@ class Service:
             log.info("worker stopped", host=self.host)
 
     def _connection(self) -> Connection:
-        ssl: Any = None
-        if self.settings.ssl_ca or self.settings.ssl_cert:
-            import ssl as _ssl
-
-            ctx = _ssl.create_default_context(
-                cafile=str(self.settings.ssl_ca) if self.settings.ssl_ca else None
-            )
-            if self.settings.ssl_cert:
-                ctx.load_cert_chain(
-                    str(self.settings.ssl_cert),
-                    str(self.settings.ssl_key) if self.settings.ssl_key else None,
-                )
-            ssl = ctx
-        opts = {"confirm_publish": True, **self.transport_options}
-        return Connection(
-            self.settings.broker_urls,
+        return connect(
+            self.settings,
             heartbeat=self.settings.amqp_heartbeat,
-            transport_options=opts,
-            failover_strategy="round-robin",
-            ssl=ssl,
+            transport_options=self.transport_options,
         )
 
     def _wait_offline(self, seconds: float) -> None:
@@ -204,13 +194,17 @@ class Service:
     # -- the connection thread -----------------------------------------------------------
     def _serve(self, conn: Connection) -> None:
         self._generation += 1
-        self.topology.declare(conn)
+        self.topology.declare(conn, shared=self.settings.declare_shared)
         self._acks.clear()  # tags of an old channel are void; those messages come back
         consume_ch = conn.channel()
         consume_ch.basic_qos(0, self.settings.effective_prefetch, False)
         self._producer = Producer(conn.channel())
         consumer = Consumer(
-            consume_ch, queues=[self.topology.host_queue], on_message=self._on_message, no_ack=False
+            consume_ch,
+            queues=[self.topology.host_queue],
+            on_message=self._on_message,
+            no_ack=False,
+            auto_declare=False,  # declared above; a host's own broker user may not declare more
         )
         consumer.consume()
         consuming = True
@@ -242,6 +236,7 @@ class Service:
         correlation_id = props.get("correlation_id")
         body: bytes = message.body if isinstance(message.body, bytes) else message.body.encode()
         try:
+            self._authorize(props)  # first: nothing from a stranger is parsed or journaled
             if not request_id:
                 raise OpError(
                     "no_message_id",
@@ -249,7 +244,6 @@ class Service:
                     "validation",
                 )
             op = parse_operation(body, max_bytes=self.settings.max_body_bytes)
-            self._authorize(props)
         except OpError as err:
             self._reject(delivery, body, request_id, correlation_id, err)
             return

@@ -1,0 +1,56 @@
+"""Broker identities for the security tests: users made with `vmworker broker grant` (the real
+command, through click's runner), always revoked at the end of the test."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from typing import Any
+from urllib.parse import quote
+
+from click.testing import CliRunner
+
+from worker.brokeradmin import Rabbitmqctl
+from worker.cli import main
+
+
+class Identities:
+    """Grants users on a broker node (the shared one by default) and revokes them all."""
+
+    def __init__(self, base_url: str, ctl: Rabbitmqctl | None = None) -> None:
+        self.base_url = base_url  # amqp://guest:guest@HOST:PORT/VHOST: user and password replaced
+        self.ctl = ctl or Rabbitmqctl()
+        self.users: list[str] = []
+
+    def grant(self, *args: str) -> str:
+        """`vmworker broker grant ARGS` (a password is generated); returns the user's URL."""
+        node = ["--node", self.ctl.node] if self.ctl.node else []
+        res = CliRunner().invoke(main, ["broker", "grant", *args, *node], catch_exceptions=False,
+                                 env=self.ctl.env)
+        assert res.exit_code == 0, res.output
+        user = args[args.index("--host") + 1] if "--host" in args else args[1]
+        self.users.append(user)
+        password = res.stdout.strip()
+        assert password and "\n" not in password, res.output  # printed once, alone on stdout
+        return self.url(user, password)
+
+    def url(self, user: str, password: str) -> str:
+        scheme, rest = self.base_url.split("://", 1)
+        where = rest.split("@", 1)[1]
+        return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{where}"
+
+    def revoke_all(self) -> None:
+        for user in self.users:
+            with suppress(Exception):
+                res = CliRunner().invoke(
+                    main,
+                    ["broker", "revoke", "--user", user,
+                     *(["--node", self.ctl.node] if self.ctl.node else [])],
+                    env=self.ctl.env,
+                )
+                assert res.exit_code == 0, res.output
+        self.users.clear()
+
+
+def refused(exc: Any) -> bool:
+    """True for the broker's 403 ACCESS_REFUSED."""
+    return getattr(exc, "reply_code", None) == 403 or "ACCESS_REFUSED" in str(exc)
