@@ -99,7 +99,7 @@ def test_message_without_message_id_is_rejected(env, tap, start_worker):
             routing_key=env.host,
             content_type="application/json",
         )
-    fail = tap.wait(lambda: [e for e in tap.events if e["data"]["phase"] == "fail"])[0]
+    fail = tap.wait(lambda: [e for e in tap.events if e["data"].get("phase") == "fail"])[0]
     assert fail["data"]["error"]["code"] == "no_message_id"
     with broker_conn() as c:
         assert len(drain_queue(c, env.topology.dead_queue.name)) == 1
