@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS requests (
     runs         INTEGER NOT NULL DEFAULT 0,
     deliveries   INTEGER NOT NULL DEFAULT 0,
     before_sent  INTEGER NOT NULL DEFAULT 0,
+    final_delivery INTEGER NOT NULL DEFAULT 0,
     outcome      TEXT,
     terminal     TEXT,
     received_at  REAL NOT NULL,
@@ -57,6 +58,7 @@ class Request:
     before_sent: bool
     outcome: str | None
     terminal: list[Any] | None  # [routing_key, event]
+    final_delivery: bool = False  # running on the broker's last delivery (x-delivery-limit)
 
 
 @dataclass
@@ -76,6 +78,11 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(requests)")}
+        if "final_delivery" not in cols:  # a journal written by an older version
+            self._db.execute(
+                "ALTER TABLE requests ADD COLUMN final_delivery INTEGER NOT NULL DEFAULT 0"
+            )
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -98,12 +105,12 @@ class Journal:
         with self._lock:
             row = self._db.execute(
                 "SELECT request_id, op, vm_uuid, state, attempts, runs, deliveries, before_sent,"
-                " outcome, terminal FROM requests WHERE request_id=?",
+                " outcome, terminal, final_delivery FROM requests WHERE request_id=?",
                 (request_id,),
             ).fetchone()
         if row is None:
             return None
-        rid, op, vm, state, attempts, runs, deliveries, before_sent, outcome, terminal = row
+        rid, op, vm, state, attempts, runs, deliveries, before_sent, outcome, terminal, final = row
         return Request(
             rid,
             op,
@@ -115,6 +122,7 @@ class Journal:
             bool(before_sent),
             outcome,
             json.loads(terminal) if terminal else None,
+            bool(final),
         )
 
     def receive(self, request_id: str, op: str, vm_uuid: str | None) -> Request:
@@ -150,6 +158,15 @@ class Journal:
                         "UPDATE requests SET before_sent=1 WHERE request_id=?", (request_id,)
                     )
         return seq
+
+    def mark_final_delivery(self, request_id: str) -> None:
+        """This delivery is the broker's last one: if the worker dies running it, the broker
+        dead-letters the message and it never comes back (Service._reconcile_journal)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE requests SET final_delivery=1, updated_at=? WHERE request_id=?",
+                (time.time(), request_id),
+            )
 
     def add_attempts(self, request_id: str, n: int) -> None:
         with self._tx() as db:
@@ -226,11 +243,12 @@ class Journal:
         return int(n)
 
     def prune(self, older_than_s: float) -> int:
-        """Forget finished requests and sent events older than the retention."""
+        """Forget requests and sent events untouched for longer than the retention; returns the
+        number of requests forgotten. Unsent events are always kept. An unfinished request that
+        old will not be redelivered any more (the broker's consumer timeout and delivery limit
+        are far shorter), so it goes too."""
         cutoff = time.time() - older_than_s
         with self._tx() as db:
-            n = db.execute(
-                "DELETE FROM requests WHERE state=? AND updated_at < ?", (FINISHED, cutoff)
-            ).rowcount
+            n = db.execute("DELETE FROM requests WHERE updated_at < ?", (cutoff,)).rowcount
             db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (cutoff,))
         return int(n)

@@ -172,7 +172,11 @@ class Runner:
                 ctx.conn = self.lv.get()
                 handler.execute(ctx, payload)
 
-            _, calls = self._retried(op.op, call, done=lambda: handler.done(ctx))
+            def took_effect() -> bool:  # after a failed attempt, on a live connection
+                ctx.conn = self.lv.get()
+                return bool(handler.done(ctx))
+
+            _, calls = self._retried(op.op, call, done=took_effect)
             attempts = opened - 1 + calls
             state = ctx.state()
             after_payload = (
