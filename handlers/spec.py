@@ -333,11 +333,29 @@ class TimerSpec(_Model):
     tickpolicy: Literal["delay", "catchup", "merge", "discard"] | None = None
 
 
+# tick policies QEMU implements per timer (libvirt refuses the others at define time)
+_TICKPOLICIES: dict[str, tuple[str, ...]] = {
+    "rtc": ("delay", "catchup"),
+    "pit": ("delay", "catchup", "discard"),
+    "hpet": ("delay", "catchup", "merge", "discard"),
+    "tsc": ("delay", "catchup", "merge", "discard"),
+    "kvmclock": (),
+    "hypervclock": (),
+}
+
+
 @rule("TimerSpec")
 def _timer_tickpolicy(x: TimerSpec) -> None:
-    """A `tickpolicy` is not allowed on the kvmclock and hypervclock timers."""
-    if x.tickpolicy is not None and x.name in ("kvmclock", "hypervclock"):
-        raise ValueError(f"tickpolicy: not allowed on the {x.name} timer")
+    """A timer's `tickpolicy` is one QEMU implements for it (rtc: delay/catchup; pit: not
+    merge; none on kvmclock and hypervclock)."""
+    allowed = _TICKPOLICIES[x.name]
+    if x.tickpolicy is not None and x.tickpolicy not in allowed:
+        if not allowed:
+            raise ValueError(f"tickpolicy: not allowed on the {x.name} timer")
+        raise ValueError(
+            f"tickpolicy: {x.tickpolicy} is not supported on the {x.name} timer "
+            f"(use {' or '.join(allowed)})"
+        )
 
 
 DEFAULT_TIMERS: tuple[TimerSpec, ...] = (
@@ -651,6 +669,13 @@ def _queues_need_virtio(n: NicSpec) -> None:
 
 
 @rule("NicSpec")
+def _mtu_not_on_direct(n: NicSpec) -> None:
+    """`mtu` cannot be set on `direct` (macvtap) NICs; they take the host interface's MTU."""
+    if n.mtu is not None and n.type == "direct":
+        raise ValueError("mtu: not supported on direct NICs (they use the host NIC's MTU)")
+
+
+@rule("NicSpec")
 def _target_dev_not_reserved(n: NicSpec) -> None:
     """`target_dev` may not use libvirt's own prefixes (vnet, vif, macvtap, macvlan)."""
     if n.target_dev is not None and n.target_dev.startswith(_RESERVED_TAP):
@@ -705,15 +730,17 @@ class VideoSpec(_Model):
     vram_kib: int | None = Field(default=None, ge=1024, le=1048576)
     heads: int = Field(default=1, ge=1, le=16)
     monitors: int = Field(
-        default=1, ge=1, le=4, description="qxl only: one video device per monitor (VDI)."
+        default=1, ge=1, le=4, description="qxl/virtio: one video device per monitor (VDI)."
     )
 
 
 @rule("VideoSpec")
-def _monitors_need_qxl(x: VideoSpec) -> None:
-    """`video.monitors` above 1 needs `model: qxl` (one device per monitor, as seed 003)."""
-    if x.monitors > 1 and x.model != "qxl":
-        raise ValueError(f"monitors: more than one needs model qxl, not {x.model}")
+def _multihead_needs_qxl_or_virtio(x: VideoSpec) -> None:
+    """`video.monitors` or `video.heads` above 1 needs `model` qxl or virtio (the others
+    can be neither secondary devices nor multi-head)."""
+    for name in ("monitors", "heads"):
+        if getattr(x, name) > 1 and x.model not in ("qxl", "virtio"):
+            raise ValueError(f"{name}: more than one needs model qxl or virtio, not {x.model}")
 
 
 class ChannelSpec(_Model):
@@ -846,8 +873,10 @@ class VmSpec(_Model):
     )
     emulator: AbsPath | None = Field(default=None, description="QEMU binary; unset: libvirt's.")
 
-    vcpus: int = Field(default=1, ge=1, le=512, description="vCPUs at start.")
-    max_vcpus: int | None = Field(default=None, ge=1, le=512, description="Hotplug ceiling.")
+    vcpus: int = Field(default=1, ge=1, le=255, description="vCPUs at start.")
+    max_vcpus: int | None = Field(
+        default=None, ge=1, le=255, description="Hotplug ceiling (255: the pc machine limit)."
+    )
     cpu: CpuSpec | None = None
     cpu_shares: int | None = Field(default=None, ge=2, le=262144, description="cgroup weight.")
 
@@ -1118,10 +1147,10 @@ def _channel_names(vm: VmSpec) -> None:
 
 
 @rule("VmSpec")
-def _hyperv_panic_needs_hyperv(vm: VmSpec) -> None:
-    """`panic.model: hyperv` needs `features.hyperv`."""
-    if vm.panic is not None and vm.panic.model == "hyperv" and vm.features.hyperv is None:
-        raise ValueError("panic.model: hyperv needs features.hyperv")
+def _uefi_needs_acpi(vm: VmSpec) -> None:
+    """UEFI firmware needs `features.acpi` (x86 UEFI boots through ACPI tables)."""
+    if vm.os.firmware == "uefi" and not vm.features.acpi:
+        raise ValueError("features.acpi: UEFI firmware needs ACPI")
 
 
 @rule("VmSpec")

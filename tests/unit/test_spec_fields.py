@@ -43,6 +43,7 @@ def test_bad_names_are_refused(name: str) -> None:
     ("data", "field"),
     [
         ({"vcpus": 0}, "vcpus"),
+        ({"max_vcpus": 256}, "max_vcpus"),
         ({"memory_mib": 8}, "memory_mib"),
         ({"cpu_shares": 1}, "cpu_shares"),
         ({"domain_type": "xen"}, "domain_type"),

@@ -69,6 +69,21 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("_boot_devices_unique", {"os": {"boot": ["hd", "hd"]}}, "boot: lists a device twice"),
     ("_menu_timeout_needs_menu", {"os": {"boot_menu_timeout_ms": 10}}, "boot_menu_timeout_ms"),
     # features and clock
+    (
+        "_uefi_needs_acpi",
+        {"os": {"firmware": "uefi"}, "features": {"acpi": False}},
+        "features.acpi: UEFI firmware needs ACPI",
+    ),
+    (
+        "_timer_tickpolicy",
+        {"clock": {"timers": [{"name": "rtc", "tickpolicy": "merge"}]}},
+        "tickpolicy: merge is not supported on the rtc timer",
+    ),
+    (
+        "_timer_tickpolicy",
+        {"clock": {"timers": [{"name": "pit", "tickpolicy": "merge"}]}},
+        "tickpolicy: merge is not supported on the pit timer",
+    ),
     ("_hyperv_dependencies", {"features": {"hyperv": {"vpindex": False}}}, "synic: needs vpindex"),
     (
         "_hyperv_dependencies",
@@ -166,6 +181,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     # NICs
     ("_host_ifname", {"nics": [{"source": "a-very-long-bridge0"}]}, "source: a host interface"),
+    (
+        "_mtu_not_on_direct",
+        {"nics": [{"type": "direct", "source": "eth0", "mtu": 9000}]},
+        "mtu: not supported on direct NICs",
+    ),
     ("_mode_only_direct", {"nics": [{"source": "br0", "mode": "vepa"}]}, "mode: only for direct"),
     (
         "_queues_need_virtio",
@@ -212,7 +232,16 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "password: VNC passwords have at most 8 characters",
     ),
     ("_spice_options_need_spice", {"graphics": {"spice": {}}}, "spice: options only apply"),
-    ("_monitors_need_qxl", {"video": {"model": "vga", "monitors": 2}}, "monitors: more than one"),
+    (
+        "_multihead_needs_qxl_or_virtio",
+        {"video": {"model": "vga", "monitors": 2}},
+        "monitors: more than one needs model qxl or virtio",
+    ),
+    (
+        "_multihead_needs_qxl_or_virtio",
+        {"video": {"model": "bochs", "heads": 2}},
+        "heads: more than one needs model qxl or virtio",
+    ),
     (
         "_channel_names",
         {"channels": [{"name": "org.qemu.guest_agent.0"}]},
@@ -275,11 +304,6 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "_rng_period_needs_rate",
         {"rng": {"rate_period_ms": 100}},
         "rate_period_ms: needs rate_bytes",
-    ),
-    (
-        "_hyperv_panic_needs_hyperv",
-        {"panic": {"model": "hyperv"}},
-        "panic.model: hyperv needs features.hyperv",
     ),
 ]
 
