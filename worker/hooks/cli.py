@@ -145,6 +145,7 @@ def _indent(text: str) -> str:
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds per script")
 @click.option("--no-inproc", is_flag=True, help="leave out in-process (entry-point) hooks")
 @click.option("--raw-diff", is_flag=True, help="diff the exact text, not a pretty-printed form")
+@click.option("--prewarm", is_flag=True, help="run python3 scripts in the pre-warmed runner")
 def run_hooks(
     point: str,
     xml_file: IO[str] | None,
@@ -157,6 +158,7 @@ def run_hooks(
     timeout: float,
     no_inproc: bool,
     raw_diff: bool,
+    prewarm: bool,
 ) -> None:
     """Dry-run the chain of POINT on a copy of the payload: each hook's outcome, then the diff.
 
@@ -173,7 +175,7 @@ def run_hooks(
     payload = source.read()
     custom = _parse_custom(custom_pairs)
     root = hooks_root or default_hooks_root()
-    engine = HookEngine(root, timeout=timeout, inproc=not no_inproc)
+    engine = HookEngine(root, timeout=timeout, inproc=not no_inproc, prewarm=prewarm)
     try:
         res = engine.run_chain(
             point,
@@ -185,6 +187,8 @@ def run_hooks(
         )
     except CustomPropertyError as exc:
         raise click.BadParameter(str(exc), param_hint="--custom") from None
+    finally:
+        engine.close()
 
     click.secho(f"{point} ({hp.payload}) in {root}", bold=True)
     if not res.scripts:

@@ -31,6 +31,7 @@ from worker.hooks.inproc import (
     discover_inproc,
 )
 from worker.hooks.points import POINTS, HookPoint, get_point
+from worker.hooks.prewarm import ForkServerRunner
 from worker.hooks.runner import Completed, ProcessRunner, Runner
 from worker.hooks.scripts import Script, discover
 
@@ -210,7 +211,15 @@ class HookEngine:
 
     @staticmethod
     def _default_runner(prewarm: bool) -> Runner:
+        if prewarm:
+            return ForkServerRunner(ProcessRunner())
         return ProcessRunner()
+
+    def close(self) -> None:
+        """Stop the runner's helper processes (the fork servers of `prewarm=True`), if any."""
+        close = getattr(self.runner, "close", None)
+        if callable(close):
+            close()
 
     # --- discovery -----------------------------------------------------------------------
 
