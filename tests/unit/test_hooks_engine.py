@@ -403,3 +403,25 @@ def test_every_base_point_has_before_after_and_fail_chains() -> None:
 
 def test_scriptresult_is_reexported() -> None:
     assert ScriptResult.__name__ == "ScriptResult"
+
+
+def test_restore_does_not_write_through_a_planted_symlink(root: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    hook(
+        root,
+        "before_vm_start",
+        "10_plant",
+        sh(f'rm "$_hook_domxml"; ln -s "{victim}" "$_hook_domxml"'),
+    )
+    hook(root, "before_vm_start", "20_check", sh('grep -q web-1 "$_hook_domxml"'))
+    res = run(root)
+    assert victim.read_text() == "precious"
+    assert res.scripts[0].discarded and res.scripts[1].rc == 0 and res.payload == DOMXML
+
+
+def test_a_directory_left_at_the_payload_path_is_replaced(root: Path) -> None:
+    hook(root, "before_vm_start", "10_dir", sh('rm "$_hook_domxml"; mkdir "$_hook_domxml"'))
+    hook(root, "before_vm_start", "20_check", sh('grep -q web-1 "$_hook_domxml"'))
+    res = run(root)
+    assert res.scripts[0].discarded and res.scripts[1].rc == 0 and res.payload == DOMXML

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -487,6 +488,14 @@ class HookEngine:
 
 
 def _restore(path: str, data: bytes) -> None:
-    """Put the last good payload back for the next step."""
-    with open(path, "wb") as f:
+    """Put the last good payload back for the next step, as a new regular file.
+
+    Never through whatever a script left at the path (a symlink, say).
+    """
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        os.unlink(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
