@@ -88,6 +88,7 @@ BootOrder = Annotated[int, Field(ge=1, le=65535)]
 IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,15}$")]
 Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
 BusName = Literal["virtio", "virtio-scsi", "sata", "ide"]
+CacheMode = Literal["none", "writethrough", "writeback", "directsync", "unsafe", "default"]
 
 # a disk bus's target name prefix (handlers.storage assigns the letters)
 TARGET_PREFIX: dict[str, str] = {"virtio": "vd", "virtio-scsi": "sd", "sata": "sd", "ide": "hd"}
@@ -229,13 +230,13 @@ class HugepagesSpec(_Model):
 class OsSpec(_Model):
     """Machine type, firmware and boot order."""
 
-    arch: Literal["x86_64", "i686"] = "x86_64"
+    arch: Literal["x86_64", "i686"] = Field(default="x86_64", description="Guest architecture.")
     machine: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="QEMU machine type (`pc`, `q35`, `pc-q35-7.2`, ...); unset: libvirt's default.",
     )
-    firmware: Literal["bios", "uefi"] = "bios"
+    firmware: Literal["bios", "uefi"] = Field(default="bios", description="SeaBIOS or OVMF.")
     loader: AbsPath | None = Field(
         default=None,
         description="UEFI code image (pflash, read-only); unset with `uefi`: libvirt picks one.",
@@ -249,8 +250,10 @@ class OsSpec(_Model):
         default_factory=list,
         description="Boot devices in order; or use `boot_order` on devices, not both.",
     )
-    boot_menu: bool = False
-    boot_menu_timeout_ms: int | None = Field(default=None, ge=0, le=65535)
+    boot_menu: bool = Field(default=False, description="Show the firmware's boot menu.")
+    boot_menu_timeout_ms: int | None = Field(
+        default=None, ge=0, le=65535, description="How long the menu waits."
+    )
 
     @property
     def is_q35(self) -> bool:
@@ -318,11 +321,13 @@ def _hyperv_dependencies(hv: HypervSpec) -> None:
 class FeaturesSpec(_Model):
     """Platform features."""
 
-    acpi: bool = True
+    acpi: bool = Field(default=True, description="Needed for ACPI shutdown and for UEFI.")
     apic: bool = True
-    pae: bool = False
+    pae: bool = Field(default=False, description="Implied on x86_64; for 32-bit guests.")
     kvm_hidden: bool = Field(default=False, description="Hide KVM from the guest (GPU drivers).")
-    hyperv: HypervSpec | None = None
+    hyperv: HypervSpec | None = Field(
+        default=None, description="Hyper-V enlightenments (Windows guests); `{}` for the usual set."
+    )
 
 
 class TimerSpec(_Model):
@@ -368,7 +373,10 @@ DEFAULT_TIMERS: tuple[TimerSpec, ...] = (
 class ClockSpec(_Model):
     """Guest clock: UTC (Linux) or local time (Windows) and its timers."""
 
-    offset: Literal["utc", "localtime"] = "utc"
+    offset: Literal["utc", "localtime"] = Field(
+        default="utc",
+        description="What the guest's RTC holds: UTC (Linux) or local time (Windows).",
+    )
     timers: list[TimerSpec] | None = Field(
         default=None, description="Unset: rtc catchup, pit delay, hpet off; `[]`: none."
     )
@@ -462,7 +470,9 @@ def _iotune_total_excludes_pair(t: IoTuneSpec) -> None:
 class DiskSpec(_Model):
     """A disk: a host file, a block device, an iSCSI LUN or a Ceph RBD image."""
 
-    type: Literal["file", "block", "iscsi", "rbd"] = "file"
+    type: Literal["file", "block", "iscsi", "rbd"] = Field(
+        default="file", description="Where the data is; says which of path/iscsi/rbd is set."
+    )
     path: AbsPath | None = Field(
         default=None, description="File or block device (`file`, `block`)."
     )
@@ -480,17 +490,27 @@ class DiskSpec(_Model):
         pattern=r"^(vd|sd|hd)[a-z]{1,3}$",
         description="Guest device name (`vdb`); unset: the next free one for the bus.",
     )
-    cache: (
-        Literal["none", "writethrough", "writeback", "directsync", "unsafe", "default"] | None
-    ) = None
-    io: Literal["native", "threads", "io_uring"] | None = None
-    discard: Literal["unmap", "ignore"] | None = None
-    iotune: IoTuneSpec | None = None
-    shareable: bool = False
-    readonly: bool = False
-    serial: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.+ -]{1,20}$")
-    wwn: str | None = Field(default=None, pattern=r"^(0x)?[0-9a-fA-F]{16}$")
-    boot_order: BootOrder | None = None
+    cache: CacheMode | None = Field(
+        default=None, description="Host page cache mode; unset: QEMU's default."
+    )
+    io: Literal["native", "threads", "io_uring"] | None = Field(
+        default=None, description="AIO mode; native needs cache none or directsync."
+    )
+    discard: Literal["unmap", "ignore"] | None = Field(
+        default=None, description="Pass the guest's TRIM/UNMAP to the image."
+    )
+    iotune: IoTuneSpec | None = Field(default=None, description="I/O limits (QoS).")
+    shareable: bool = Field(default=False, description="Several guests may attach it (raw only).")
+    readonly: bool = Field(default=False, description="Not on ide or sata.")
+    serial: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.+ -]{1,20}$", description="Serial the guest sees."
+    )
+    wwn: str | None = Field(
+        default=None,
+        pattern=r"^(0x)?[0-9a-fA-F]{16}$",
+        description="World Wide Name (virtio-scsi, ide).",
+    )
+    boot_order: BootOrder | None = Field(default=None, description="Per-device boot priority.")
 
 
 @rule("DiskSpec")
@@ -558,8 +578,12 @@ class CdromSpec(_Model):
     """A CD-ROM drive, empty when `path` is not set."""
 
     path: AbsPath | None = Field(default=None, description="ISO image; unset: empty drive.")
-    bus: Literal["sata", "ide", "virtio-scsi"] = "sata"
-    target: str | None = Field(default=None, pattern=r"^(sd|hd)[a-z]{1,3}$")
+    bus: Literal["sata", "ide", "virtio-scsi"] = Field(
+        default="sata", description="ide only on non-q35 machines."
+    )
+    target: str | None = Field(
+        default=None, pattern=r"^(sd|hd)[a-z]{1,3}$", description="Unset: next free name."
+    )
     boot_order: BootOrder | None = None
 
 
@@ -592,8 +616,8 @@ def _peak_not_below_average(x: RateSpec) -> None:
 class BandwidthSpec(_Model):
     """NIC QoS, as seen from the guest: `inbound` is what it receives."""
 
-    inbound: RateSpec | None = None
-    outbound: RateSpec | None = None
+    inbound: RateSpec | None = Field(default=None, description="Traffic to the guest.")
+    outbound: RateSpec | None = Field(default=None, description="Traffic from the guest.")
 
 
 @rule("BandwidthSpec")
@@ -606,7 +630,9 @@ def _bandwidth_not_empty(x: BandwidthSpec) -> None:
 class FilterrefSpec(_Model):
     """An nwfilter applied to the NIC, e.g. clean-traffic with the guest's IP."""
 
-    name: str = Field(default="clean-traffic", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str = Field(
+        default="clean-traffic", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="nwfilter name."
+    )
     ip: list[IPvAnyAddress] = Field(default_factory=list, description="Allowed guest IPs.")
     parameters: dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")], XmlText] = (
         Field(default_factory=dict)
@@ -626,7 +652,9 @@ _RESERVED_TAP = ("vnet", "vif", "macvtap", "macvlan")
 class NicSpec(_Model):
     """A network interface: on a bridge, a libvirt network, or direct (macvtap) on a host NIC."""
 
-    type: Literal["bridge", "network", "direct"] = "bridge"
+    type: Literal["bridge", "network", "direct"] = Field(
+        default="bridge", description="Host bridge, libvirt network, or macvtap on a host NIC."
+    )
     source: str = Field(
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
         description="Bridge name, libvirt network name or host interface (direct).",
@@ -634,14 +662,20 @@ class NicSpec(_Model):
     mode: Literal["vepa", "bridge", "private", "passthrough"] | None = Field(
         default=None, description="macvtap mode, `direct` only (default bridge)."
     )
-    model: Literal["virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "usb-net"] = "virtio"
+    model: Literal["virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "usb-net"] = Field(
+        default="virtio", description="NIC model the guest sees."
+    )
     mac: Mac | None = Field(
         default=None, description="Unset: derived from the VM uuid and NIC position (52:54:00:...)."
     )
-    bandwidth: BandwidthSpec | None = None
-    filterref: FilterrefSpec | None = None
-    mtu: int | None = Field(default=None, ge=68, le=65535)
-    link_state: Literal["up", "down"] | None = None
+    bandwidth: BandwidthSpec | None = Field(default=None, description="QoS (traffic shaping).")
+    filterref: FilterrefSpec | None = Field(
+        default=None, description="nwfilter, e.g. anti-spoofing."
+    )
+    mtu: int | None = Field(default=None, ge=68, le=65535, description="Not on direct NICs.")
+    link_state: Literal["up", "down"] | None = Field(
+        default=None, description="Start with the link down to cut the guest off."
+    )
     target_dev: IfName | None = Field(default=None, description="Host-side tap name.")
     queues: int | None = Field(default=None, ge=1, le=256, description="virtio multiqueue.")
     boot_order: BootOrder | None = None
@@ -703,9 +737,16 @@ class GraphicsSpec(_Model):
     """A remote display."""
 
     type: Literal["vnc", "spice"] = "vnc"
-    listen: IPvAnyAddress = Field(default=IPv4Address("127.0.0.1"))
+    listen: IPvAnyAddress = Field(
+        default=IPv4Address("127.0.0.1"), description="Address to listen on (IPv4 or IPv6)."
+    )
     port: int | None = Field(default=None, ge=5900, le=65535, description="Unset: autoport.")
-    password: str | None = Field(default=None, min_length=1, pattern=r"^[\x20-\x7e]+$")
+    password: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[\x20-\x7e]+$",
+        description="Printable ASCII; at most 8 characters for VNC.",
+    )
     spice: SpiceSpec | None = Field(default=None, description="SPICE only; unset: defaults.")
 
 
@@ -727,8 +768,8 @@ class VideoSpec(_Model):
     """The video card."""
 
     model: Literal["vga", "cirrus", "qxl", "virtio", "bochs", "none"] = "vga"
-    vram_kib: int | None = Field(default=None, ge=1024, le=1048576)
-    heads: int = Field(default=1, ge=1, le=16)
+    vram_kib: int | None = Field(default=None, ge=1024, le=1048576, description="Video RAM.")
+    heads: int = Field(default=1, ge=1, le=16, description="Outputs of one card (qxl, virtio).")
     monitors: int = Field(
         default=1, ge=1, le=4, description="qxl/virtio: one video device per monitor (VDI)."
     )
@@ -762,7 +803,9 @@ class ControllersSpec(_Model):
     virtio_scsi: bool | None = Field(
         default=None, description="Unset: added when a disk or CD-ROM uses virtio-scsi."
     )
-    virtio_scsi_queues: int | None = Field(default=None, ge=1, le=64)
+    virtio_scsi_queues: int | None = Field(
+        default=None, ge=1, le=64, description="virtio-scsi multiqueue."
+    )
 
 
 class PciHostdevSpec(_Model):
@@ -770,7 +813,7 @@ class PciHostdevSpec(_Model):
 
     address: PciAddress = Field(description="Host address `dddd:bb:ss.f` (domain optional).")
     managed: bool = Field(default=True, description="libvirt detaches it from the host driver.")
-    rom_bar: bool | None = None
+    rom_bar: bool | None = Field(default=None, description="Expose the device's option ROM.")
     boot_order: BootOrder | None = None
 
 
@@ -814,9 +857,11 @@ def _balloon_stats_need_virtio(x: BalloonSpec) -> None:
 class RngSpec(_Model):
     """A virtio RNG fed from a host random device."""
 
-    source: Literal["/dev/urandom", "/dev/random", "/dev/hwrng"] = "/dev/urandom"
-    rate_bytes: int | None = Field(default=None, ge=1)
-    rate_period_ms: int | None = Field(default=None, ge=1)
+    source: Literal["/dev/urandom", "/dev/random", "/dev/hwrng"] = Field(
+        default="/dev/urandom", description="Host entropy source."
+    )
+    rate_bytes: int | None = Field(default=None, ge=1, description="At most this many bytes ...")
+    rate_period_ms: int | None = Field(default=None, ge=1, description="... per this period.")
 
 
 @rule("RngSpec")
@@ -830,15 +875,17 @@ class WatchdogSpec(_Model):
     """A watchdog device and what happens when the guest stops feeding it."""
 
     model: Literal["i6300esb", "ib700"] = "i6300esb"
-    action: Literal["reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi"] = (
-        "reset"
+    action: Literal["reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi"] = Field(
+        default="reset", description="What libvirt does when the guest stops feeding it."
     )
 
 
 class PanicSpec(_Model):
     """A panic notifier, so a guest kernel panic becomes an `on_crash` event."""
 
-    model: Literal["isa", "hyperv"] = "isa"
+    model: Literal["isa", "hyperv"] = Field(
+        default="isa", description="isa (pvpanic) or hyperv (Windows crash MSRs)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -860,9 +907,16 @@ Lifecycle = Literal["destroy", "restart", "preserve", "rename-restart"]
 class VmSpec(_Model):
     """A whole virtual machine; everything but `uuid` and `name` has a default."""
 
-    uuid: Uuid
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)
-    description: XmlText | None = Field(default=None, max_length=4096)
+    uuid: Uuid = Field(description="The domain's UUID (any case, stored canonical).")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        min_length=1,
+        max_length=64,
+        description="The domain's name, unique on the host.",
+    )
+    description: XmlText | None = Field(
+        default=None, max_length=4096, description="Free text for people (`<description>`)."
+    )
     metadata: dict[MetaKey, Annotated[XmlText, Field(max_length=4096)]] = Field(
         default_factory=dict,
         description="Worker-owned keys (control plane ids, ...), stored in the domain under "
@@ -877,32 +931,40 @@ class VmSpec(_Model):
     max_vcpus: int | None = Field(
         default=None, ge=1, le=255, description="Hotplug ceiling (255: the pc machine limit)."
     )
-    cpu: CpuSpec | None = None
+    cpu: CpuSpec | None = Field(default=None, description="Unset: libvirt's default CPU model.")
     cpu_shares: int | None = Field(default=None, ge=2, le=262144, description="cgroup weight.")
 
-    memory_mib: int = Field(default=512, ge=16, le=16 * 1024 * 1024)
+    memory_mib: int = Field(
+        default=512, ge=16, le=16 * 1024 * 1024, description="Memory at start, MiB."
+    )
     max_memory_mib: int | None = Field(
         default=None, ge=16, le=16 * 1024 * 1024, description="Memory hotplug ceiling."
     )
     memory_slots: int = Field(default=16, ge=1, le=255, description="DIMM slots for hotplug.")
-    hugepages: HugepagesSpec | None = None
+    hugepages: HugepagesSpec | None = Field(default=None, description="Unset: normal pages.")
 
     os: OsSpec = Field(default_factory=OsSpec)
     features: FeaturesSpec = Field(default_factory=FeaturesSpec)
     clock: ClockSpec = Field(default_factory=ClockSpec)
-    on_poweroff: Lifecycle = "destroy"
-    on_reboot: Lifecycle = "restart"
-    on_crash: Lifecycle | Literal["coredump-destroy", "coredump-restart"] = "destroy"
+    on_poweroff: Lifecycle = Field(default="destroy", description="When the guest powers off.")
+    on_reboot: Lifecycle = Field(default="restart", description="When the guest reboots.")
+    on_crash: Lifecycle | Literal["coredump-destroy", "coredump-restart"] = Field(
+        default="destroy", description="When the guest crashes (see `panic`)."
+    )
 
-    disks: list[DiskSpec] = Field(default_factory=list, max_length=256)
+    disks: list[DiskSpec] = Field(
+        default_factory=list, max_length=256, description="Disks; targets are assigned in order."
+    )
     cdroms: list[CdromSpec] = Field(default_factory=list, max_length=8)
     nics: list[NicSpec] = Field(default_factory=list, max_length=64)
 
-    graphics: GraphicsSpec | None = None
+    graphics: GraphicsSpec | None = Field(default=None, description="Unset: no display (headless).")
     video: VideoSpec | None = Field(
         default=None, description="Unset with graphics: vga for VNC, qxl for SPICE."
     )
-    sound: Literal["ich6", "ich9", "ac97"] | None = None
+    sound: Literal["ich6", "ich9", "ac97"] | None = Field(
+        default=None, description="Sound card (seed 003 gives SPICE desktops ich6)."
+    )
     serial_console: bool = Field(default=True, description="A pty serial port and console.")
     guest_agent: bool = Field(default=True, description="The org.qemu.guest_agent.0 channel.")
     channels: list[ChannelSpec] = Field(default_factory=list, max_length=16)
@@ -911,9 +973,9 @@ class VmSpec(_Model):
     pci_devices: list[PciHostdevSpec] = Field(default_factory=list, max_length=32)
     usb_devices: list[UsbHostdevSpec] = Field(default_factory=list, max_length=16)
     balloon: BalloonSpec = Field(default_factory=BalloonSpec)
-    rng: RngSpec | None = None
-    watchdog: WatchdogSpec | None = None
-    panic: PanicSpec | None = None
+    rng: RngSpec | None = Field(default=None, description="Unset: no RNG device.")
+    watchdog: WatchdogSpec | None = Field(default=None, description="Unset: no watchdog.")
+    panic: PanicSpec | None = Field(default=None, description="Unset: no panic notifier.")
 
     raw_xml: XmlText | None = Field(
         default=None,
@@ -1083,9 +1145,15 @@ def _unique_macs(vm: VmSpec) -> None:
 
 @rule("VmSpec")
 def _usb_needs_controller(vm: VmSpec) -> None:
-    """USB host devices and USB redirection need a USB controller (`controllers.usb` not none)."""
+    """USB host devices, USB redirection and usb-net NICs need a USB controller
+    (`controllers.usb` not none)."""
     if vm.controllers.usb != "none":
         return
+    for i, n in enumerate(vm.nics):
+        if n.model == "usb-net":
+            raise ValueError(
+                f"nics[{i}].model: usb-net needs a USB controller, but controllers.usb is none"
+            )
     if vm.usb_devices:
         raise ValueError("usb_devices: needs a USB controller, but controllers.usb is none")
     if vm.usb_redirect:

@@ -275,6 +275,11 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
         "usb_redirect: needs a USB controller",
     ),
     (
+        "_usb_needs_controller",
+        {"nics": [{"source": "br0", "model": "usb-net"}], "controllers": {"usb": "none"}},
+        "nics[0].model: usb-net needs a USB controller",
+    ),
+    (
         "_usb_version_needs_layout",
         {"usb_devices": [{"vendor": "046d", "product": "c52b", "usb_version": 2}]},
         "usb_devices[0].usb_version: needs controllers.usb uhci-ehci-xhci",
