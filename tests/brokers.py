@@ -60,6 +60,7 @@ class RabbitNode:
       (default a free one), `verify` (`verify_peer`/`verify_none`, default `verify_peer`) and
       `fail_if_no_peer_cert` (default False): adds an AMQPS listener (`.tls_port`, `.tls_url`).
     - `extra_conf`: lines appended to the node's rabbitmq.conf (new-style sysctl format).
+    - `plugins`: plugins to enable (e.g. `rabbitmq_auth_mechanism_ssl` for EXTERNAL login).
     """
 
     def __init__(
@@ -69,8 +70,10 @@ class RabbitNode:
         port: int | None = None,
         tls: dict[str, Any] | None = None,
         extra_conf: str = "",
+        plugins: list[str] | None = None,
     ) -> None:
         self.name = name or f"vmwt-{uuid.uuid4().hex[:8]}"
+        self.plugins = list(plugins or [])
         self.nodename = f"{self.name}@localhost"
         self.port = port or free_port()
         self.dist_port = free_port()
@@ -124,7 +127,7 @@ class RabbitNode:
             conf.append(self.extra_conf.strip())
         (self.base / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
         (self.base / "rabbitmq-env.conf").write_text("")  # not the system's NODENAME
-        (self.base / "enabled_plugins").write_text("[].\n")
+        (self.base / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
 
     def env(self) -> dict[str, str]:
         """The environment both the server and rabbitmqctl run with."""

@@ -24,14 +24,22 @@ class Identities:
     def grant(self, *args: str) -> str:
         """`vmworker broker grant ARGS` (a password is generated); returns the user's URL."""
         node = ["--node", self.ctl.node] if self.ctl.node else []
-        res = CliRunner().invoke(main, ["broker", "grant", *args, *node], catch_exceptions=False,
-                                 env=self.ctl.env)
+        res = CliRunner().invoke(
+            main, ["broker", "grant", *args, *node], catch_exceptions=False, env=self._env()
+        )
         assert res.exit_code == 0, res.output
         user = args[args.index("--host") + 1] if "--host" in args else args[1]
         self.users.append(user)
         password = res.stdout.strip()
+        if "--certificate-only" in args:
+            assert password == "", res.output
+            return self.base_url.split("://", 1)[0] + "://" + self.base_url.split("@", 1)[1]
         assert password and "\n" not in password, res.output  # printed once, alone on stdout
         return self.url(user, password)
+
+    def _env(self) -> dict[str, str]:
+        """The environment the CLI's own rabbitmqctl runs with (a private node's, if any)."""
+        return {**(self.ctl.env or {}), "VMWORKER_RABBITMQCTL": self.ctl.executable}
 
     def url(self, user: str, password: str) -> str:
         scheme, rest = self.base_url.split("://", 1)
@@ -43,9 +51,14 @@ class Identities:
             with suppress(Exception):
                 res = CliRunner().invoke(
                     main,
-                    ["broker", "revoke", "--user", user,
-                     *(["--node", self.ctl.node] if self.ctl.node else [])],
-                    env=self.ctl.env,
+                    [
+                        "broker",
+                        "revoke",
+                        "--user",
+                        user,
+                        *(["--node", self.ctl.node] if self.ctl.node else []),
+                    ],
+                    env=self._env(),
                 )
                 assert res.exit_code == 0, res.output
         self.users.clear()

@@ -81,8 +81,9 @@ def test_host_identity_reaches_only_its_own_queues_and_routing_keys(env, identit
         "publish a heartbeat as another host": _publish(ta.events.name, f"{b}.host.heartbeat"),
         "publish an operation": _publish(ta.ops.name, a),
         "dead-letter as another host": _publish(ta.dlx.name, b),
-        "declare a shared exchange": lambda ch: ch.exchange_declare(ta.ops.name, "topic",
-                                                                    durable=True),
+        "declare a shared exchange": lambda ch: ch.exchange_declare(
+            ta.ops.name, "topic", durable=True
+        ),
         "delete another host's queue": lambda ch: ch.queue_delete(tb.host_queue.name),
         "read the events stream": _consume(ta.events_log.name),
         "forge user_id": _publish(ta.events.name, f"{a}.x.after", user_id="guest"),
@@ -116,10 +117,12 @@ def test_host_identity_reaches_only_its_own_queues_and_routing_keys(env, identit
     with pytest.raises(Exception) as lost:
         for _ in range(50):
             conn.drain_events(timeout=0.1)
-    assert "CONNECTION_FORCED" in str(lost.value) or "revoked" in str(lost.value) or isinstance(
-        lost.value, (ConnectionError, OSError)
+    assert (
+        "CONNECTION_FORCED" in str(lost.value)
+        or "revoked" in str(lost.value)
+        or isinstance(lost.value, (ConnectionError, OSError))
     ), lost.value
-    with pytest.raises(Exception, match="ACCESS_REFUSED|403"):
+    with pytest.raises(Exception, match=r"ACCESS_REFUSED|403"):
         Connection(url_a).connect()
 
 
@@ -141,12 +144,15 @@ def test_worker_with_host_identity_runs_an_operation_from_the_control_plane(
             main,
             ["publish", "--host", env.host, "define_vm", "--vm-uuid", vm["uuid"], "--spec", "-"],
             input=spec,
-            env={"VMWORKER_BROKER": url_plane, "VMWORKER_PREFIX": env.prefix,
-                 "VMWORKER_DECLARE_SHARED": "false"},
+            env={
+                "VMWORKER_BROKER": url_plane,
+                "VMWORKER_PREFIX": env.prefix,
+                "VMWORKER_DECLARE_SHARED": "false",
+            },
             catch_exceptions=False,
         )
         assert res.exit_code == 0, res.output
-        rid = res.stdout.strip()
+        rid = res.stdout.split()[-1]  # the last line; the worker in this process logs too
         term = tap.wait_terminal(rid)
         assert term["data"]["phase"] == "after", term["data"].get("error")
         assert term["data"]["state"] == "shutoff"
