@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
 
+from handlers.storage import IDE_TARGETS, TARGET_PREFIX
+
 # ---------------------------------------------------------------------------------------------
 # Scalar types
 
@@ -89,10 +91,6 @@ IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,15}$")]
 Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
 BusName = Literal["virtio", "virtio-scsi", "sata", "ide"]
 CacheMode = Literal["none", "writethrough", "writeback", "directsync", "unsafe", "default"]
-
-# a disk bus's target name prefix (handlers.storage assigns the letters)
-TARGET_PREFIX: dict[str, str] = {"virtio": "vd", "virtio-scsi": "sd", "sata": "sd", "ide": "hd"}
-IDE_TARGETS = ("hda", "hdb", "hdc", "hdd")
 
 
 Rule = Callable[[Any], None]

@@ -10,8 +10,8 @@ from worker.errors import OpError, validation
 
 QCOW2_MAGIC = b"QFI\xfb"
 
-# libvirt's target name prefix for each bus; sata and scsi share the `sd` names
-_PREFIX = {
+# each bus's target name prefix, by spec name and by libvirt name; sata and scsi share `sd`
+TARGET_PREFIX: dict[str, str] = {
     "virtio": "vd",
     "virtio-scsi": "sd",
     "scsi": "sd",
@@ -19,7 +19,7 @@ _PREFIX = {
     "usb": "sd",
     "ide": "hd",
 }
-_IDE_MAX = 4  # two IDE buses with a master and a slave each
+IDE_TARGETS = ("hda", "hdb", "hdc", "hdd")  # two IDE buses with a master and a slave each
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -72,7 +72,7 @@ def target_name(prefix: str, index: int) -> str:
 
 def target_prefix(bus: str) -> str:
     try:
-        return _PREFIX[bus]
+        return TARGET_PREFIX[bus]
     except KeyError:
         raise validation(f"bus: unknown bus {bus!r}", field="bus") from None
 
@@ -83,7 +83,7 @@ def next_disk_target(bus: str, used: Iterable[str]) -> str:
     taken = set(used)
     index = 0
     while True:
-        if prefix == "hd" and index >= _IDE_MAX:
+        if prefix == "hd" and index >= len(IDE_TARGETS):
             raise OpError(
                 code="no_free_target",
                 message="bus: no free IDE target (hda-hdd all used)",
