@@ -27,10 +27,13 @@ from handlers.connection import LibvirtConnection
 from worker import events
 from worker.amqp import connect
 from worker.config import Settings
+from worker.domevents import DomainEvents, Ownership
 from worker.errors import OpError
+from worker.heartbeat import Heartbeat, QueueDepth
 from worker.hooks import HookEngine
 from worker.journal import FINISHED, STARTED, Journal
 from worker.messages import parse_operation, peek
+from worker.metrics import Metrics
 from worker.runner import Outcome, Runner
 from worker.topology import Topology
 
@@ -56,6 +59,7 @@ class Job:
     correlation_id: str | None
     deliveries: list[Delivery]
     recovered: bool = False
+    replay_of: str | None = None  # the x-replay-of header: this request replays that one
 
     @property
     def vm(self) -> str:
@@ -110,6 +114,10 @@ class Service:
         self.transport_options = transport_options or {}
         self.on_event = on_event
         self.stats = Stats()
+        self.metrics = Metrics(self.host)
+        self.ownership = Ownership()  # VMs our own operations are changing (domevents)
+        self._domevents: DomainEvents | None = None
+        self._heartbeat: Heartbeat | None = None
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._generation = 0
@@ -146,6 +154,7 @@ class Service:
         self._host_chain("before_vmworker_start")
         backoff = 1.0
         try:
+            self._start_observers()
             while True:
                 if self._stop.is_set() and not self._inflight:
                     break
@@ -170,7 +179,9 @@ class Service:
                         conn.release()
         finally:
             self._pool.shutdown(wait=True)
+            self._goodbye()  # if not said on a connection, host.offline waits in the outbox
             self._host_chain("after_vmworker_stop")
+            self.metrics.close()
             self.journal.close()
             self.lv.close()
             log.info("worker stopped", host=self.host)
@@ -219,6 +230,8 @@ class Service:
                     consuming = False
                     self._drop_queued()
                 if not self._inflight and not self._acks:
+                    if self._goodbye():
+                        self._flush()  # host.offline, published before we leave
                     return
             with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=0.01 if self._inflight else 0.1)
@@ -231,6 +244,8 @@ class Service:
     def _on_message(self, message: Message) -> None:
         delivery = Delivery(message, self._generation)
         self.stats.received += 1
+        if delivery.redelivered:
+            self.metrics.redeliveries.inc()
         props = message.properties
         request_id = props.get("message_id")
         correlation_id = props.get("correlation_id")
@@ -268,6 +283,7 @@ class Service:
             self._finish(job, Outcome(False, "unknown", 0.0, 0, error=expired), dead_letter=False)
             return
         job = Job(request_id, op, correlation_id, [delivery], recovered=req.state == STARTED)
+        job.replay_of = (message.headers or {}).get("x-replay-of")
         if job.recovered:
             bound.info("recovering a request that started before a crash or requeue")
         self._inflight[request_id] = job
@@ -308,8 +324,10 @@ class Service:
             state="unknown",
             hooks=[],
             error=err.to_event(),
+            **_replay_fields(d.message.headers or {}),
         )
         seq = self.journal.enqueue(rk, ev)
+        self.metrics.rejected.labels(err.code).inc()
         self._acks.append(PendingAck(seq, [d], _reason(err)))
         self._count("fail")
 
@@ -324,6 +342,7 @@ class Service:
             dead = _reason(OpError(err["code"], err["message"], err["source"]))
         self._acks.append(PendingAck(seq, [d], dead))
         self.stats.duplicates += 1
+        self.metrics.duplicates.inc()
         log.info(
             "duplicate request: republishing its recorded terminal event",
             request_id=req.request_id,
@@ -358,9 +377,13 @@ class Service:
             )
             rk, ev = self._event(job, "before", recovered=job.recovered)
             self.journal.start(job.request_id, (rk, ev))
-            outcome = self.runner.run(
-                job.op, request_id=job.request_id, context={"host": self.host}
-            )
+            self.ownership.acquire(job.vm, job.request_id, job.op.op)
+            try:
+                outcome = self.runner.run(
+                    job.op, request_id=job.request_id, context={"host": self.host}
+                )
+            finally:
+                self.ownership.release(job.vm, job.request_id)
             self.stats.ran += 1
             self._finish(job, outcome, dead_letter=True)
         except BaseException:
@@ -390,6 +413,7 @@ class Service:
         dead = _reason(outcome.error) if (dead_letter and outcome.error) else None
         self._done.put((job, seq, dead))
         self._count(outcome.phase)
+        self.metrics.operation_finished(ev["data"])
 
     def _event(self, job: Job, phase: str, **fields: Any) -> tuple[str, dict[str, Any]]:
         return events.op_event(
@@ -401,6 +425,7 @@ class Service:
             vm_uuid=job.vm,
             vm_name=job.op.vm_name,
             redelivered=any(d.redelivered for d in job.deliveries),
+            **({"replay_of": job.replay_of} if job.replay_of else {}),
             **fields,
         )
 
@@ -478,6 +503,44 @@ class Service:
             retry=False,
         )
         self.stats.dead_lettered += 1
+        self.metrics.dead_letters.inc()
+
+    # -- observers: state events, heartbeat, metrics (docs/operations.md) --------------------
+    def _start_observers(self) -> None:
+        s = self.settings
+        self.metrics.bind(outbox=self.journal.outbox_size, inflight=lambda: len(self._inflight))
+        if s.metrics_port:
+            self.metrics.serve(s.metrics_port)
+        self._domevents = DomainEvents(
+            s.libvirt_uri,
+            self.host,
+            self.journal.enqueue,
+            ownership=self.ownership,
+            counter=self.metrics,
+        ).start()
+        self._heartbeat = Heartbeat(
+            host=self.host,
+            interval=s.heartbeat_interval,
+            sink=self.journal.enqueue,
+            libvirt_conn=self.lv,
+            hooks=self.hooks,
+            queue_depth=QueueDepth(self._connection, self.topology.host_queue.name),
+            outbox_size=self.journal.outbox_size,
+            in_flight=lambda: len(self._inflight),
+            on_beat=self.metrics.heartbeats.inc,
+            online_after=self.ready,
+        ).start()
+
+    def _goodbye(self) -> bool:
+        """Stop the observers and queue `host.offline`; True the first time only."""
+        dom, self._domevents = self._domevents, None
+        beat, self._heartbeat = self._heartbeat, None
+        if dom is not None:
+            dom.stop()
+        if beat is None:
+            return False
+        beat.stop(offline=True)
+        return True
 
     # -- host hook points ----------------------------------------------------------------
     def _host_chain(self, point: str) -> None:
@@ -499,6 +562,11 @@ class Service:
 
 def _reason(err: OpError) -> dict[str, str]:
     return dict(zip(REASON_HEADERS, (err.code, err.source, err.message[:1000]), strict=True))
+
+
+def _replay_fields(headers: dict[str, Any]) -> dict[str, Any]:
+    replay_of = headers.get("x-replay-of")
+    return {"replay_of": str(replay_of)} if replay_of else {}
 
 
 def _deadline(headers: dict[str, Any]) -> datetime | None:

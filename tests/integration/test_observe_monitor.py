@@ -1,0 +1,87 @@
+"""`vmworker monitor`: the fleet's picture, from events alone, rendered headless."""
+
+from __future__ import annotations
+
+import time
+
+import libvirt
+from click.testing import CliRunner
+from rich.console import Console
+
+from tests.support import BROKER, broker_conn, small_vm
+from worker.cli import main
+from worker.monitor import load_fleet, render
+
+STDERR = "quota exceeded: storage pool gold-7 is full"
+
+
+def test_monitor_shows_states_last_operations_and_the_failing_hooks_stderr(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    good, bad = small_vm("mon-ok"), small_vm("mon-bad")
+    test_domains += [good["uuid"], bad["uuid"]]
+    point = hooks_root / "before_vm_start"
+    point.mkdir(mode=0o755)
+    hook = point / "50_quota"
+    hook.write_text(
+        f'#!/bin/sh\nif [ "$vmId" = "{bad["uuid"]}" ]; then echo "{STDERR}" >&2; exit 2; fi\n'
+    )
+    hook.chmod(0o755)
+    w = start_worker()
+    w.service.ownership.grace_s = 0.2
+
+    for op, vm in (("start_vm", good), ("pause_vm", {"uuid": good["uuid"]}), ("start_vm", bad)):
+        tap.wait_terminal(env.publish(op, vm))
+    time.sleep(0.3)
+    # the guest goes away behind the worker's back: only a state event tells
+    libvirt.open("test:///default").lookupByUUIDString(good["uuid"]).destroy()
+    tap.wait(lambda: [e for e in tap.events if e["type"] == "vmworker.state.stopped"])
+    w.stop()
+    tap.wait(lambda: [e for e in tap.events if e["type"] == "vmworker.host.offline"])
+
+    with broker_conn() as conn:
+        view = load_fleet(conn, env.topology, idle=0.5)
+    g, b = view.vms[good["uuid"]], view.vms[bad["uuid"]]
+    assert (g.state, g.last_op, g.result, g.last_change) == (
+        "shutoff",
+        "pause_vm",
+        "ok",
+        "stopped (destroyed)",
+    )
+    assert (b.last_op, b.result) == ("start_vm", "failed")
+    assert view.hosts[env.host].status == "offline"
+    [failure] = list(view.failures)
+    assert failure.hook == "50_quota" and STDERR in (failure.stderr or "")
+
+    console = Console(record=True, width=220)
+    console.print(render(view))
+    screen = console.export_text()
+    assert env.host in screen and "offline" in screen
+    for line_has in (
+        (good["name"], "shutoff", "stopped (destroyed)", "pause_vm", "ok"),
+        (bad["name"], "start_vm", "failed", "hook/hook_failed"),
+    ):
+        assert any(all(part in line for part in line_has) for line in screen.splitlines()), (
+            line_has,
+            screen,
+        )
+    assert STDERR in screen and "50_quota" in screen
+
+    # the command itself, replaying the log
+    res = CliRunner().invoke(
+        main,
+        [
+            "monitor",
+            "--once",
+            "--broker",
+            BROKER,
+            "--prefix",
+            env.prefix,
+            "--idle",
+            "0.5",
+            "--width",
+            "220",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert STDERR in res.output and good["name"] in res.output and "offline" in res.output

@@ -1,0 +1,218 @@
+"""The host's heartbeat: its inventory, as an event, every `heartbeat_interval` seconds.
+
+`<host>.host.online` at start and `<host>.host.heartbeat` afterwards carry the same data (worker
+version and uptime, libvirt and hypervisor versions, every domain with its state, the installed
+hooks with their sha256, the depth of the host queue and of the outbox); `<host>.host.offline`
+is queued on a clean stop. Events go through `sink` (the journal's outbox), like every other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import libvirt
+import structlog
+from kombu import Connection
+
+from handlers.base import STATE_NAMES
+from handlers.connection import LibvirtConnection
+from worker import events
+from worker.hooks import HookEngine
+
+log = structlog.get_logger()
+
+
+def worker_version() -> str:
+    try:
+        return metadata.version("vmworker")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def _version(n: int) -> str:
+    """libvirt's packed version number (9000000) as text (9.0.0)."""
+    return f"{n // 1_000_000}.{n // 1000 % 1000}.{n % 1000}"
+
+
+class QueueDepth:
+    """Depth of one queue, read with a passive declare on a connection of its own (the
+    service's connection belongs to its thread)."""
+
+    def __init__(self, connect: Callable[[], Connection], queue: str) -> None:
+        self.connect = connect
+        self.queue = queue
+        self._conn: Connection | None = None
+
+    def __call__(self) -> int | None:
+        for attempt in (1, 2):  # a kept connection may have been closed by the broker meanwhile
+            try:
+                if self._conn is None:
+                    self._conn = self.connect()
+                    self._conn.ensure_connection(max_retries=1)
+                with self._conn.channel() as ch:
+                    return int(ch.queue_declare(self.queue, passive=True).message_count)
+            except Exception as exc:  # broker away or queue missing: unknown, not fatal
+                self.close()
+                if attempt == 2:
+                    log.debug("queue depth unknown", queue=self.queue, error=str(exc))
+        return None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.release()
+
+
+class Heartbeat:
+    """A thread that queues the host's inventory as an event on a fixed schedule."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        interval: float,
+        sink: Callable[[str, dict[str, Any]], Any],
+        libvirt_conn: LibvirtConnection,
+        hooks: HookEngine,
+        queue_depth: Callable[[], int | None] | None = None,
+        outbox_size: Callable[[], int] | None = None,
+        in_flight: Callable[[], int] | None = None,
+        on_beat: Callable[[], None] | None = None,
+        online_after: threading.Event | None = None,
+    ) -> None:
+        self.host = host
+        self.interval = interval
+        self.sink = sink
+        self.lv = libvirt_conn
+        self.hooks = hooks
+        self.queue_depth = queue_depth
+        self.outbox_size = outbox_size
+        self.in_flight = in_flight
+        self.on_beat = on_beat
+        self.online_after = online_after
+        self.started_mono = time.monotonic()
+        self.started_at = events.now_iso()
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._said_offline = False
+
+    def inventory(self) -> dict[str, Any]:
+        """The `data` of a heartbeat: everything the control plane knows of this host."""
+        data: dict[str, Any] = {
+            "host": self.host,
+            "worker": {
+                "version": worker_version(),
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            },
+            "interval_s": self.interval,
+        }
+        data["libvirt"], data["domains"] = self._libvirt()
+        try:
+            data["hooks"] = self.hooks.inventory()
+        except Exception as exc:
+            data["hooks"] = None
+            data["hooks_error"] = str(exc)
+        data["queue_depth"] = self.queue_depth() if self.queue_depth else None
+        data["outbox"] = _call(self.outbox_size)
+        data["operations_in_flight"] = _call(self.in_flight)
+        return data
+
+    def _libvirt(self) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+        info: dict[str, Any] = {"uri": self.lv.uri}
+        try:
+            conn = self.lv.get()
+            info["version"] = _version(conn.getLibVersion())
+            info["hypervisor"] = conn.getType()
+            info["hypervisor_version"] = _version(conn.getVersion())
+            domains = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    state = STATE_NAMES.get(dom.state()[0], "unknown")
+                    domains.append(
+                        {
+                            "uuid": dom.UUIDString(),
+                            "name": dom.name(),
+                            "state": state,
+                            "persistent": bool(dom.isPersistent()),
+                        }
+                    )
+                except libvirt.libvirtError:
+                    continue  # undefined while we listed
+            return info, domains
+        except libvirt.libvirtError as exc:
+            info["error"] = str(exc)
+            self.lv.reset()
+            return info, None
+
+    def _queue(self, kind: str, data: dict[str, Any]) -> None:
+        ev = events.cloud_event(self.host, ("host", kind), subject=None, request_id=None, data=data)
+        self.sink(events.routing_key(self.host, "host", kind), ev)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> Heartbeat:
+        """Queue `host.online` with the full inventory (once `online_after` is set, or an
+        interval has passed), then a heartbeat every interval."""
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        if self.online_after is not None:  # the host queue exists by then: its depth is known
+            self.online_after.wait(self.interval)
+        if self._stop.is_set():
+            return
+        self._queue("online", self.inventory())
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            due += self.interval
+            if due < time.monotonic():  # we fell behind (a suspended host): skip, not burst
+                due = time.monotonic() + self.interval
+            try:
+                self._queue("heartbeat", self.inventory())
+                self.beats += 1
+                if self.on_beat is not None:
+                    self.on_beat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def stop(self, *, offline: bool = True, reason: str = "stopped") -> None:
+        """Stop beating; with `offline`, queue `host.offline` (once)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        if offline and not self._said_offline:
+            self._said_offline = True
+            self._queue(
+                "offline",
+                {
+                    "host": self.host,
+                    "reason": reason,
+                    "worker": {
+                        "version": worker_version(),
+                        "pid": os.getpid(),
+                        "started_at": self.started_at,
+                        "uptime_s": round(time.monotonic() - self.started_mono, 3),
+                    },
+                    "stopped_at": datetime.now(UTC).isoformat(),
+                },
+            )
+
+
+def _call(fn: Callable[[], int] | None) -> int | None:
+    if fn is None:
+        return None
+    try:
+        return int(fn())
+    except Exception:
+        return None

@@ -1,0 +1,326 @@
+"""`vmworker history`: everything that happened to a request or a VM, in order.
+
+Both streams are read from their first offset: `<prefix>.ops.log` (every operation message
+published, replays included) and `<prefix>.events.log` (every event). A request's history also
+shows its replays (`x-replay-of` on the message, `replay_of` in the events) and state events
+that libvirt reported while it ran (`during_request`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
+
+from worker.monitor import parse_time
+from worker.topology import Topology, stream
+
+
+@dataclass
+class LogMessage:
+    """One operation message as the ops log stream keeps it."""
+
+    offset: int | None
+    routing_key: str
+    message_id: str | None
+    correlation_id: str | None
+    timestamp: float | None  # AMQP timestamp: whole seconds
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    body: bytes
+    doc: dict[str, Any] | None = field(default=None)  # the body, if it is a JSON object
+
+    @classmethod
+    def of(cls, message: Message) -> LogMessage:
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        headers = dict(message.headers or {})
+        props = dict(message.properties)
+        ts = props.get("timestamp")
+        if isinstance(ts, datetime):
+            ts = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        return cls(
+            headers.get("x-stream-offset"),
+            str(message.delivery_info.get("routing_key") or ""),
+            props.get("message_id"),
+            props.get("correlation_id"),
+            float(ts) if isinstance(ts, int | float) else None,
+            headers,
+            props,
+            body,
+            doc if isinstance(doc, dict) else None,
+        )
+
+    @property
+    def op(self) -> str | None:
+        return str(self.doc.get("op")) if self.doc and self.doc.get("op") else None
+
+    @property
+    def vm_uuid(self) -> str | None:
+        vm = (self.doc or {}).get("vm")
+        return str(vm.get("uuid")) if isinstance(vm, dict) and vm.get("uuid") else None
+
+    @property
+    def replay_of(self) -> str | None:
+        r = self.headers.get("x-replay-of")
+        return str(r) if r else None
+
+
+def read_messages(
+    conn: Connection, queue: Queue, *, idle: float = 1.0, limit: int | None = None
+) -> list[Message]:
+    """Every message of a stream queue from the consumer offset of `queue`, acked as read;
+    the read is over once nothing arrives for `idle` seconds."""
+    got: list[Message] = []
+    with conn.channel() as ch:
+        ch.basic_qos(0, 1000, False)
+
+        def on_message(m: Message) -> None:
+            got.append(m)
+            m.ack()
+
+        consumer = Consumer(ch, queues=[queue], on_message=on_message, no_ack=False)
+        consumer.consume()
+        last, n = time.monotonic(), 0
+        while time.monotonic() - last < idle and (limit is None or len(got) < limit):
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=min(0.2, idle))
+            if len(got) != n:
+                last, n = time.monotonic(), len(got)
+        consumer.cancel()
+    return got
+
+
+def read_ops_log(
+    conn: Connection, topology: Topology, *, idle: float = 1.0, since: datetime | None = None
+) -> list[LogMessage]:
+    """The ops log, from its start (or from the chunk holding `since`)."""
+    offset: object = since if since is not None else "first"
+    q = stream(topology.ops_log.name, topology.ops, topology.ops_max_age, offset)
+    return [LogMessage.of(m) for m in read_messages(conn, q, idle=idle)]
+
+
+def read_events_log(
+    conn: Connection, topology: Topology, *, idle: float = 1.0
+) -> list[dict[str, Any]]:
+    q = stream(topology.events_log.name, topology.events, topology.events_max_age, "first")
+    out = []
+    for m in read_messages(conn, q, idle=idle):
+        try:
+            ev = json.loads(m.body)
+        except ValueError:
+            continue
+        if isinstance(ev, dict):
+            ev["_routing_key"] = m.delivery_info.get("routing_key")
+            out.append(ev)
+    return out
+
+
+# -- the timeline ---------------------------------------------------------------------------
+def _event_matches(ev: dict[str, Any], request_id: str | None, vm: str | None) -> bool:
+    data = ev.get("data") or {}
+    if request_id:
+        return request_id in (
+            ev.get("requestid"),
+            data.get("replay_of"),
+            data.get("during_request"),
+        )
+    return bool(vm) and ev.get("subject") == vm
+
+
+def _op_matches(m: LogMessage, request_id: str | None, vm: str | None) -> bool:
+    if request_id:
+        return request_id in (m.message_id, m.replay_of)
+    return bool(vm) and m.vm_uuid == vm
+
+
+def timeline(
+    ops: list[LogMessage],
+    evs: list[dict[str, Any]],
+    *,
+    request_id: str | None = None,
+    vm: str | None = None,
+) -> list[dict[str, Any]]:
+    """The entries about a request (and its replays) or a VM, oldest first.
+
+    An op message's AMQP timestamp has whole seconds only; it is placed just before the first
+    event of its request at or after that second (where the worker picked it up), else at it."""
+    chosen_evs = [e for e in evs if _event_matches(e, request_id, vm)]
+    entries: list[tuple[float, int, int, dict[str, Any]]] = []
+    by_request: dict[str, list[float]] = {}
+    for e in chosen_evs:
+        t = parse_time(e.get("time")) or 0.0
+        if e.get("requestid"):
+            by_request.setdefault(e["requestid"], []).append(t)
+    for times in by_request.values():
+        times.sort()
+    for i, e in enumerate(chosen_evs):
+        entries.append((parse_time(e.get("time")) or 0.0, 1, i, _event_entry(e)))
+    for i, m in enumerate(o for o in ops if _op_matches(o, request_id, vm)):
+        t = m.timestamp or 0.0
+        times = by_request.get(m.message_id or "", [])
+        k = bisect.bisect_left(times, t)
+        if k < len(times) and times[k] < t + 1.0:
+            t = times[k]
+        entries.append((t, 0, i, _op_entry(m)))
+    entries.sort(key=lambda x: (x[0], x[1], x[2]))
+    return [e for _, _, _, e in entries]
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _op_entry(m: LogMessage) -> dict[str, Any]:
+    return {
+        "kind": "message",
+        "time": _iso(m.timestamp),
+        "host": m.routing_key,
+        "request_id": m.message_id,
+        "correlation_id": m.correlation_id,
+        "op": m.op,
+        "vm": m.vm_uuid,
+        "replay_of": m.replay_of,
+        "what": "published",
+        "headers": {k: v for k, v in m.headers.items() if k != "x-stream-offset"},
+        "body": m.doc if m.doc is not None else m.body.decode("utf-8", "replace"),
+    }
+
+
+def _event_entry(ev: dict[str, Any]) -> dict[str, Any]:
+    data = ev.get("data") or {}
+    kind = str(ev.get("type", "")).removeprefix("vmworker.")
+    return {
+        "kind": "event",
+        "time": ev.get("time"),
+        "host": data.get("host"),
+        "request_id": ev.get("requestid"),
+        "op": data.get("op"),
+        "vm": (data.get("vm") or {}).get("uuid") or ev.get("subject"),
+        "replay_of": data.get("replay_of"),
+        "what": kind,
+        "event": ev,
+    }
+
+
+def format_entry(entry: dict[str, Any]) -> list[str]:
+    """One timeline entry as text: a headline, then indented detail lines."""
+    when = entry["time"] or "-"
+    if entry["kind"] == "message":
+        when = when.replace(".000Z", "Z")  # whole seconds only: do not pretend otherwise
+    rid = (entry.get("request_id") or "-")[:8]
+    pad = " " * 46
+    if entry["kind"] == "message":
+        line = f"{when:<24}  {rid:<8}  {'published':<10}  {entry['op'] or '(not an op)'}"
+        line += f" -> {entry['host']}"
+        if entry.get("vm"):
+            line += f", vm {entry['vm']}"
+        lines = [line]
+        if entry.get("replay_of"):
+            lines.append(f"{pad}replay of {entry['replay_of']}")
+        return lines
+    ev = entry["event"]
+    data = ev.get("data") or {}
+    what = entry["what"]
+    if what.startswith("state."):
+        line = f"{when:<24}  {'':<8}  {what:<10}  {data.get('reason')},"
+        line += f" domain {data.get('domain_state')}"
+        if data.get("during_request"):
+            line += f" (during request {data['during_request']})"
+        return [line]
+    phase = str(data.get("phase"))
+    line = f"{when:<24}  {rid:<8}  {phase.upper() if phase == 'fail' else phase:<10}"
+    line += f"  {data.get('op')}"
+    if phase in ("after", "fail"):
+        line += f": state {data.get('state')}, {float(data.get('duration_ms') or 0):.0f} ms,"
+        line += f" attempt {data.get('attempt')}"
+    flags = [f for f in ("duplicate", "recovered", "redelivered", "noop") if data.get(f)]
+    if flags:
+        line += "  [" + ", ".join(flags) + "]"
+    lines = [line]
+    if data.get("replay_of"):
+        lines.append(f"{pad}replay of {data['replay_of']}")
+    err = data.get("error")
+    if err:
+        lines.append(f"{pad}{err.get('source')}/{err.get('code')}: {err.get('message')}")
+        lines += [f"{pad}stderr {part}" for part in str(err.get("stderr") or "").splitlines()]
+    for h in data.get("hooks") or []:
+        if h.get("rc") not in (0, None) and not (err and err.get("stderr")):
+            tail = " | ".join(str(h.get("stderr_tail") or "").strip().splitlines())
+            lines.append(f"{pad}hook {h.get('point')}/{h.get('name')} rc={h.get('rc')}: {tail}")
+    return lines
+
+
+_COLOURS = {"before": "cyan", "after": "green", "FAIL": "red", "published": "blue"}
+
+
+def print_timeline(entries: list[dict[str, Any]]) -> None:
+    """The entries as text, coloured on a terminal."""
+    for entry in entries:
+        head, *rest = format_entry(entry)
+        word = head[36:46].strip()
+        colour = _COLOURS.get(word, "yellow" if word.startswith("state.") else None)
+        click.echo(click.style(head, fg=colour) if colour else head)
+        failed = entry["what"].endswith(".fail")
+        for line in rest:
+            click.echo(click.style(line, fg="red") if failed else line)
+
+
+@click.command()
+@click.option("--request-id", help="this request (and its replays)")
+@click.option("--vm", help="this VM (uuid): every operation and state event")
+@click.option("--json", "as_json", is_flag=True, help="the entries as a JSON array")
+@click.option("--broker", help="broker URL (several separated by ';')")
+@click.option("--prefix", help="name prefix of exchanges and queues (default: config, else vm)")
+@click.option("--config", type=click.Path(path_type=Path), help="TOML config file")
+@click.option(
+    "--idle",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="a stream is read once nothing arrives for this many seconds",
+)
+def history(
+    request_id: str | None,
+    vm: str | None,
+    as_json: bool,
+    broker: str | None,
+    prefix: str | None,
+    config: Path | None,
+    idle: float,
+) -> None:
+    """Everything that happened to a request or a VM, from the ops and events logs."""
+    from worker.cli import _connect, _settings
+
+    if bool(request_id) == bool(vm):
+        raise click.UsageError("give exactly one of --request-id and --vm")
+    s = _settings(config, broker=broker, prefix=prefix)
+    topo = Topology.from_settings(s)
+    with _connect(s) as conn:
+        if getattr(s, "declare_shared", True):
+            topo.declare_shared(conn)
+        ops = read_ops_log(conn, topo, idle=idle)
+        evs = read_events_log(conn, topo, idle=idle)
+    entries = timeline(ops, evs, request_id=request_id, vm=vm)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, default=str))
+        return
+    if not entries:
+        raise click.ClickException(f"nothing found for {request_id or vm}")
+    what = f"request {request_id}" if request_id else f"VM {vm}"
+    click.echo(f"history of {what}: {len(entries)} entries")
+    print_timeline(entries)

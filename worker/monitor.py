@@ -1,0 +1,465 @@
+"""`vmworker monitor`: a live picture of hosts and VMs, built from events alone.
+
+`FleetView.apply(event)` folds one event into the picture (a pure class: no broker, no clock of
+its own); `render(view, now)` turns it into a rich renderable. The command replays the
+`<prefix>.events.log` stream from its start, so the picture is complete, then follows a live
+queue on `<prefix>.events` (declared before the replay, so nothing falls in between; events seen
+twice are applied once).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+LATE_FACTOR = 2.5  # a host is late when its last heartbeat is older than this many intervals
+_STATE_OF_EVENT = {  # state event word -> domain state, when the event carries none
+    "defined": "shutoff",
+    "undefined": "undefined",
+    "started": "running",
+    "resumed": "running",
+    "paused": "paused",
+    "stopped": "shutoff",
+    "shutdown": "shutdown",
+    "crashed": "crashed",
+    "pmsuspended": "pmsuspended",
+}
+_STATE_STYLE = {
+    "running": "green",
+    "paused": "yellow",
+    "shutoff": "dim",
+    "crashed": "bold red",
+    "undefined": "dim strike",
+    "unknown": "magenta",
+}
+
+
+def parse_time(value: str | None) -> float | None:
+    """An event's ISO 8601 `time` as epoch seconds."""
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass
+class HostRow:
+    host: str
+    status: str = "unknown"  # online | offline
+    last_seen: float | None = None  # time of its last heartbeat/online/offline event
+    interval: float | None = None
+    version: str | None = None
+    libvirt: str | None = None
+    hypervisor: str | None = None
+    domains: int | None = None
+    queue_depth: int | None = None
+    outbox: int | None = None
+    hooks: int | None = None
+    started_at: str | None = None
+
+
+@dataclass
+class VmRow:
+    uuid: str
+    name: str | None = None
+    host: str | None = None
+    state: str = "unknown"
+    state_at: float = 0.0
+    last_change: str | None = None  # the last state event: "stopped (destroyed)"
+    last_op: str | None = None
+    result: str | None = None  # running | ok | failed | duplicate
+    request_id: str | None = None
+    op_at: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Failure:
+    at: float
+    host: str | None
+    vm: str | None
+    vm_name: str | None
+    op: str | None
+    request_id: str | None
+    error: str
+    hook: str | None = None
+    stderr: str | None = None
+
+
+@dataclass
+class FleetView:
+    """The state of a fleet as its events tell it. Feed events with `apply`, in order."""
+
+    max_failures: int = 20
+    hosts: dict[str, HostRow] = field(default_factory=dict)
+    vms: dict[str, VmRow] = field(default_factory=dict)
+    failures: deque[Failure] = field(default_factory=deque)
+    applied: int = 0
+    _seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def apply(self, ev: dict[str, Any]) -> bool:
+        """Fold one CloudEvent in; False when it was already applied (same id) or not ours."""
+        eid = ev.get("id")
+        if eid is not None:
+            if eid in self._seen:
+                return False
+            self._seen[eid] = None
+            if len(self._seen) > 200_000:
+                self._seen.popitem(last=False)
+        words = str(ev.get("type", "")).split(".")
+        data = ev.get("data") or {}
+        if len(words) < 3 or words[0] != "vmworker" or not isinstance(data, dict):
+            return False
+        at = parse_time(ev.get("time")) or 0.0
+        host = data.get("host") or _host_of(ev)
+        if words[1] == "host":
+            self._host_event(words[2], host, data, at)
+        elif words[1] == "state":
+            self._state_event(words[2], host, ev, data, at)
+        elif data.get("phase") in ("before", "after", "fail"):
+            self._op_event(host, ev, data, at)
+        else:
+            return False
+        self.applied += 1
+        return True
+
+    # -- the three kinds of event ---------------------------------------------------------
+    def _host_event(self, kind: str, host: str | None, data: dict[str, Any], at: float) -> None:
+        if not host:
+            return
+        row = self.hosts.setdefault(host, HostRow(host))
+        if row.last_seen is not None and at < row.last_seen:
+            return  # an older beat, seen late
+        row.last_seen = at
+        worker = data.get("worker") or {}
+        row.version = worker.get("version", row.version)
+        row.started_at = worker.get("started_at", row.started_at)
+        if kind == "offline":
+            row.status = "offline"
+            return
+        row.status = "online"
+        row.interval = data.get("interval_s", row.interval)
+        lv = data.get("libvirt") or {}
+        row.libvirt = lv.get("version", row.libvirt)
+        if lv.get("hypervisor"):
+            row.hypervisor = f"{lv['hypervisor']} {lv.get('hypervisor_version', '')}".strip()
+        row.queue_depth = data.get("queue_depth")
+        row.outbox = data.get("outbox")
+        hooks = data.get("hooks")
+        if isinstance(hooks, dict):
+            row.hooks = sum(len(v) for v in hooks.values())
+        domains = data.get("domains")
+        if isinstance(domains, list):
+            row.domains = len(domains)
+            listed = set()
+            for d in domains:
+                vm = self._vm(d.get("uuid"), d.get("name"), host)
+                listed.add(vm.uuid)
+                if at >= vm.state_at:
+                    vm.state, vm.state_at = d.get("state") or "unknown", at
+            for vm in self.vms.values():  # known here, not listed any more: gone from this host
+                if vm.host == host and vm.uuid not in listed and at >= vm.state_at:
+                    vm.state, vm.state_at = "undefined", at
+
+    def _state_event(
+        self, word: str, host: str | None, ev: dict[str, Any], data: dict[str, Any], at: float
+    ) -> None:
+        vm_data = data.get("vm") or {}
+        vm = self._vm(vm_data.get("uuid") or ev.get("subject"), vm_data.get("name"), host)
+        vm.last_change = f"{word} ({data.get('reason', '?')})"
+        if at >= vm.state_at:
+            state = data.get("domain_state") or _STATE_OF_EVENT.get(word, "unknown")
+            vm.state, vm.state_at = state, at
+
+    def _op_event(
+        self, host: str | None, ev: dict[str, Any], data: dict[str, Any], at: float
+    ) -> None:
+        phase = data["phase"]
+        vm_data = data.get("vm") or {}
+        uuid = vm_data.get("uuid") or ev.get("subject")
+        error = data.get("error") or {}
+        if phase == "fail":
+            self._fail(host, uuid, vm_data.get("name"), data, error, at)
+        if not uuid:
+            return  # a message too broken to name its VM: only in the failures
+        vm = self._vm(uuid, vm_data.get("name"), host)
+        if data.get("duplicate"):
+            vm.result, vm.request_id = "duplicate", data.get("request_id")
+            return  # a re-sent old outcome: says nothing new about the VM's state
+        if at < vm.op_at:
+            return
+        vm.last_op, vm.request_id, vm.op_at = data.get("op"), data.get("request_id"), at
+        if phase == "before":
+            vm.result, vm.error = "running", None
+            return
+        vm.result = "ok" if phase == "after" else "failed"
+        vm.error = _error_text(error) if phase == "fail" else None
+        state = data.get("state")
+        if state and state != "unknown" and at >= vm.state_at:
+            vm.state, vm.state_at = state, at
+
+    def _fail(
+        self,
+        host: str | None,
+        uuid: str | None,
+        name: str | None,
+        data: dict[str, Any],
+        error: dict[str, Any],
+        at: float,
+    ) -> None:
+        if data.get("duplicate"):
+            return
+        stderr = error.get("stderr")
+        hook = error.get("hook")
+        if not stderr:  # a failing after-hook or fail-hook: its own tail
+            bad = [h for h in data.get("hooks") or [] if h.get("rc") not in (0, None)]
+            if bad:
+                hook = hook or bad[0].get("name")
+                stderr = "\n".join(h.get("stderr_tail") or "" for h in bad).strip() or None
+        self.failures.append(
+            Failure(
+                at,
+                host,
+                uuid,
+                name,
+                data.get("op"),
+                data.get("request_id"),
+                _error_text(error),
+                hook,
+                stderr,
+            )
+        )
+        while len(self.failures) > self.max_failures:
+            self.failures.popleft()
+
+    def _vm(self, uuid: str | None, name: str | None, host: str | None) -> VmRow:
+        key = uuid or "?"
+        vm = self.vms.get(key)
+        if vm is None:
+            vm = self.vms[key] = VmRow(key)
+        if name:
+            vm.name = name
+        if host:
+            vm.host = host
+        return vm
+
+    # -- questions a renderer asks ------------------------------------------------------------
+    def late(self, host: HostRow, now: float) -> float | None:
+        """Seconds overdue if an online host's heartbeat is late, else None."""
+        if host.status != "online" or host.last_seen is None or not host.interval:
+            return None
+        age = now - host.last_seen
+        return age if age > LATE_FACTOR * host.interval else None
+
+    def late_hosts(self, now: float) -> list[str]:
+        return [h.host for h in self.hosts.values() if self.late(h, now) is not None]
+
+
+def _host_of(ev: dict[str, Any]) -> str | None:
+    src = str(ev.get("source", ""))
+    return src.split("//", 1)[1] if src.startswith("vmworker://") else None
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    if not error:
+        return "?"
+    return f"{error.get('source', '?')}/{error.get('code', '?')}: {error.get('message', '')}"
+
+
+def _age(now: float, at: float | None) -> str:
+    if at is None:
+        return "-"
+    s = max(0.0, now - at)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.1f}h ago"
+
+
+def _clock(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S") if at else "-"
+
+
+def render(
+    view: FleetView, now: float | None = None, *, title: str = "vmworker fleet", max_vms: int = 200
+) -> RenderableType:
+    """The picture as a rich renderable: hosts, VMs, recent failures."""
+    now = time.time() if now is None else now
+    late = view.late_hosts(now)
+    head = Text(
+        f"{title}: {len(view.hosts)} host(s), {len(view.vms)} VM(s),"
+        f" {view.applied} event(s), at {datetime.fromtimestamp(now, UTC):%H:%M:%S} UTC"
+    )
+    if late:
+        head.append(f"   LATE: {', '.join(sorted(late))}", style="bold red")
+
+    hosts = Table(title="Hosts", title_justify="left", expand=True)
+    for col in (
+        "host",
+        "status",
+        "last heartbeat",
+        "worker",
+        "libvirt / hypervisor",
+        "domains",
+        "queue",
+        "outbox",
+        "hooks",
+    ):
+        hosts.add_column(col)
+    for h in sorted(view.hosts.values(), key=lambda r: r.host):
+        overdue = view.late(h, now)
+        status = (
+            Text(f"LATE ({overdue:.0f}s)", style="bold red")
+            if overdue is not None
+            else Text(h.status, style="green" if h.status == "online" else "dim")
+        )
+        hosts.add_row(
+            h.host,
+            status,
+            _age(now, h.last_seen),
+            h.version or "-",
+            f"{h.libvirt or '-'} / {h.hypervisor or '-'}",
+            _num(h.domains),
+            _num(h.queue_depth),
+            _num(h.outbox),
+            _num(h.hooks),
+        )
+
+    vms = Table(title="VMs", title_justify="left", expand=True)
+    for col in ("vm", "host", "state", "last change", "last operation", "result", "when", "detail"):
+        vms.add_column(col, overflow="fold")
+    rows = sorted(view.vms.values(), key=lambda v: (v.host or "", v.name or v.uuid))
+    for vm in rows[:max_vms]:
+        result = Text(
+            vm.result or "-",
+            style={"ok": "green", "failed": "bold red", "running": "cyan"}.get(vm.result or "", ""),
+        )
+        vms.add_row(
+            f"{vm.name or '-'} {vm.uuid[:8]}",
+            vm.host or "-",
+            Text(vm.state, style=_STATE_STYLE.get(vm.state, "")),
+            vm.last_change or "-",
+            vm.last_op or "-",
+            result,
+            _clock(max(vm.op_at, vm.state_at)),
+            vm.error or "",
+        )
+    if len(rows) > max_vms:
+        vms.caption = f"... and {len(rows) - max_vms} more"
+
+    parts: list[RenderableType] = [head, hosts, vms]
+    if view.failures:
+        fails = Table(title="Recent failures", title_justify="left", expand=True)
+        for col in ("when", "host", "vm", "op", "error", "hook", "stderr"):
+            fails.add_column(col, overflow="fold")
+        for f in reversed(view.failures):
+            fails.add_row(
+                _clock(f.at),
+                f.host or "-",
+                f.vm_name or (f.vm or "-")[:8],
+                f.op or "-",
+                f.error,
+                f.hook or "-",
+                f.stderr or "",
+            )
+        parts.append(fails)
+    return Panel(Group(*parts), border_style="blue")
+
+
+def _num(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
+def load_fleet(
+    conn: Any, topology: Any, *, idle: float = 1.0, view: FleetView | None = None
+) -> FleetView:
+    """A view of everything in the events log stream (read from its first offset)."""
+    from worker.subscribe import read_events
+
+    view = view or FleetView()
+    for ev in read_events(conn, topology, from_start=True, idle_timeout=idle):
+        view.apply(ev)
+    return view
+
+
+@click.command()
+@click.option("--broker", help="broker URL (several separated by ';')")
+@click.option("--prefix", help="name prefix of exchanges and queues (default: config, else vm)")
+@click.option("--config", type=click.Path(path_type=Path), help="TOML config file")
+@click.option("--once", is_flag=True, help="replay the events log, print the picture, exit")
+@click.option(
+    "--idle",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="the log replay is over after this many quiet seconds",
+)
+@click.option(
+    "--refresh", type=float, default=1.0, show_default=True, help="seconds between redraws"
+)
+@click.option("--width", type=int, help="terminal width for --once (default: detected)")
+def monitor(
+    broker: str | None,
+    prefix: str | None,
+    config: Path | None,
+    once: bool,
+    idle: float,
+    refresh: float,
+    width: int | None,
+) -> None:
+    """A live view of hosts and VMs, from events only: each VM's state, its last operation and
+    result, failures with the failing hook's stderr, hosts whose heartbeat is late."""
+    from rich.live import Live
+
+    from worker.cli import _connect, _settings
+    from worker.subscribe import live_queue, read_events
+    from worker.topology import Topology
+
+    s = _settings(config, broker=broker, prefix=prefix)
+    topo = Topology.from_settings(s)
+    console = Console(width=width) if width else Console()
+    with _connect(s) as conn:
+        if getattr(s, "declare_shared", True):
+            topo.declare_shared(conn)
+        live_q = None
+        if not once:  # bound before the replay: nothing published meanwhile is missed
+            live_q = live_queue(topo).bind(conn.default_channel)
+            live_q.declare()
+        with console.status("replaying the events log..."):
+            view = load_fleet(conn, topo, idle=idle)
+        if once:
+            console.print(render(view, title=f"vmworker fleet ({s.prefix})"))
+            return
+        lock = threading.Lock()
+
+        def picture() -> RenderableType:
+            with lock:
+                return render(view, title=f"vmworker fleet ({s.prefix})")
+
+        try:
+            with Live(
+                get_renderable=picture,
+                console=console,
+                refresh_per_second=1 / max(refresh, 0.1),
+                screen=False,
+            ):
+                for ev in read_events(conn, topo, queue=live_q, follow=True):
+                    with lock:
+                        view.apply(ev)
+        except KeyboardInterrupt:
+            pass
