@@ -7,6 +7,7 @@ every event it receives, as monitoring would see them.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import time
@@ -15,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 from kombu import Connection
+from lxml import etree
 from rich.console import Console
 
 from worker import logs
@@ -62,6 +65,12 @@ def _steps(vm_uuid: str) -> list[tuple[str, str, bytes | dict[str, Any], str]]:
             build_body("destroy_vm", {"uuid": str(uuid.uuid4())}),
             "fail",
         ),
+        (
+            "start a VM the site's policy hook refuses (libvirt is never called)",
+            "start_vm",
+            build_body("start_vm", {**spec, "uuid": str(uuid.uuid4()), "name": "forbidden-1"}),
+            "fail",
+        ),
         ("undefine it", "undefine_vm", build_body("undefine_vm", ref), "after"),
     ]
 
@@ -83,17 +92,40 @@ def _describe(ev: dict[str, Any]) -> str:
             parts.append("[yellow]no-op[/]")
     hooks = [h for h in d.get("hooks") or [] if h.get("name")]
     if hooks:
-        parts.append(
-            "hooks: "
-            + ", ".join(
-                f"{h['point']}/{h['name']} rc={h['rc']}{' (edited XML)' if h.get('changed_xml') else ''}"
-                for h in hooks
-            )
-        )
+        parts.append("hooks: " + ", ".join(_hook_word(h) for h in hooks))
     err = d.get("error")
     if err:
         parts.append(f"[red]{err['source']}/{err['code']}: {err['message']}[/]")
+        if err.get("stderr"):
+            parts.append(f"\n      [red]{err['stderr'].strip()}[/]")
     return "  " + "  ".join(parts)
+
+
+POLICY_HOOK = """#!/bin/sh
+# a site policy, as a hook: no VM named forbidden-* may start on this host
+if grep -q "<name>forbidden-" "$_hook_domxml"; then
+    echo "policy: VMs named forbidden-* may not run here" >&2
+    exit 2
+fi
+"""
+
+
+def _hooks_root(state: Path) -> Path:
+    """The repo's hook directories plus one policy hook, in a private copy."""
+    root = state / "hooks"
+    shutil.copytree(REPO_HOOKDIRS, root)
+    policy = root / "before_vm_start" / "10_policy"
+    policy.write_text(POLICY_HOOK)
+    policy.chmod(0o755)
+    for d in (root, *root.iterdir()):
+        d.chmod(0o755)
+    return root
+
+
+def _channels(uri: str, vm_uuid: str) -> list[str]:
+    xml = libvirt.open(uri).lookupByUUIDString(vm_uuid).XMLDesc(0)
+    tree = etree.fromstring(xml.encode())
+    return [str(n) for n in tree.xpath("devices/channel/target/@name")]
 
 
 def run_demo(pause: float = 0.0) -> int:
@@ -106,7 +138,7 @@ def run_demo(pause: float = 0.0) -> int:
         broker="memory://",
         libvirt_uri="test:///default",
         state_dir=state,
-        hooks_root=REPO_HOOKDIRS,
+        hooks_root=_hooks_root(state),
         hook_timeout=10,
     )
     from worker.service import Service
@@ -115,7 +147,7 @@ def run_demo(pause: float = 0.0) -> int:
     thread = threading.Thread(target=svc.run, name="worker", daemon=True)
     console.print(
         "[bold]vmworker demo[/]: one worker, kombu's in-memory broker, libvirt's "
-        "test:///default driver, hooks from hookdirs/\n"
+        "test:///default driver, hooks from hookdirs/ plus a site policy hook\n"
     )
     thread.start()
     if not svc.ready.wait(15):
@@ -143,6 +175,9 @@ def run_demo(pause: float = 0.0) -> int:
             if got != expected:
                 failures += 1
                 console.print(f"  [red]expected a {expected} event, got {got}[/]")
+            elif op == "start_vm" and n == 2:
+                names = ", ".join(_channels(settings.libvirt_uri, vm_uuid))
+                console.print(f"  [dim]live domain channels, after the hooks: {names}[/]")
             time.sleep(pause)
         dead = topo.dead_queue.bind(conn.default_channel).queue_declare(passive=True)
     svc.stop()

@@ -25,4 +25,6 @@ def test_demo_prints_before_and_after_for_every_step_and_exits_0():
     assert "libvirt/no_domain" in text
     assert "no-op" in text
     assert "demo OK" in text
-    assert "3 dead-lettered" in text
+    assert "policy: VMs named forbidden-* may not run here" in text  # a before hook said no
+    assert re.search(r"channels, after the hooks: .*tools-guest-agent\.0", text)
+    assert "4 dead-lettered" in text
