@@ -311,7 +311,7 @@ def history(
     s = _settings(config, broker=broker, prefix=prefix)
     topo = Topology.from_settings(s)
     with _connect(s) as conn:
-        if getattr(s, "declare_shared", True):
+        if s.declare_shared:
             topo.declare_shared(conn)
         ops = read_ops_log(conn, topo, idle=idle)
         evs = read_events_log(conn, topo, idle=idle)

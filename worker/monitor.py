@@ -434,7 +434,7 @@ def monitor(
     topo = Topology.from_settings(s)
     console = Console(width=width) if width else Console()
     with _connect(s) as conn:
-        if getattr(s, "declare_shared", True):
+        if s.declare_shared:
             topo.declare_shared(conn)
         live_q = None
         if not once:  # bound before the replay: nothing published meanwhile is missed

@@ -12,9 +12,12 @@ queue (`--from-dead HOST`). Ids:
   the cause is fixed, a replay from the dead queue runs again. `--keep-id` keeps the original
   id (for a message the broker dead-lettered before the worker finished it).
 
-A replayed dead-lettered message is removed from the dead queue only once the broker has
-confirmed the new publish (manual ack after the confirm); the messages not chosen are returned
-to the queue. See docs/operations.md.
+`--from-queue HOST` takes the messages still waiting in a stopped host's own queue (original ids
+by default): with `--to-host` it drains that host.
+
+A message taken from a queue is removed from it only once the broker has confirmed the new
+publish (manual ack after the confirm); the messages not chosen are returned to the queue.
+See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class Planned:
     message: LogMessage
     new_id: str
     target: str
-    source: str  # "ops-log" | "dead:<host>"
+    source: str  # "ops-log" | "dead:<host>" | "queue:<host>"
     raw: Message | None = None  # the dead-queue delivery, acked after the confirm
     sent: bool = False
 
@@ -178,15 +181,17 @@ def from_ops_log(
     seen: set[str] = set()
     out = []
     for m in read_ops_log(conn, topology, idle=idle, since=since):
-        if not sel.matches(m) or not m.message_id or m.message_id in seen:
-            continue  # the same id published again (a replay): the first copy stands for it
-        seen.add(m.message_id)
+        # a request and its replays (same id, or x-replay-of it) count once: the first copy
+        root = m.replay_of or m.message_id
+        if not sel.matches(m) or not root or root in seen:
+            continue
+        seen.add(root)
         new_id = str(uuid.uuid4()) if as_new else m.message_id
         out.append(Planned(m, new_id, to_host or m.routing_key, "ops-log"))
     return out
 
 
-def take_dead(
+def take_queued(
     conn: Connection,
     topology: Topology,
     host: str,
@@ -194,16 +199,20 @@ def take_dead(
     *,
     as_new: bool,
     to_host: str | None,
+    dead: bool = True,
 ) -> tuple[list[Planned], list[Message]]:
-    """Every message of HOST's dead queue, held unacked: (chosen, the rest)."""
-    dead = Topology(topology.prefix, host).dead_queue
+    """Every message of HOST's dead queue (or, `dead=False`, of its operation queue), held
+    unacked: (chosen, the rest)."""
+    hosts = Topology(topology.prefix, host)
+    name = hosts.dead_queue.name if dead else hosts.host_queue.name
     try:
         with conn.channel() as probe:
-            probe.queue_declare(dead.name, passive=True)
+            probe.queue_declare(name, passive=True)
     except conn.channel_errors:
-        raise click.ClickException(f"no dead-letter queue {dead.name}") from None
+        raise click.ClickException(f"no queue {name}") from None
     ch = conn.channel()
-    q: Queue = Queue(dead.name, no_declare=True).bind(ch)
+    q: Queue = Queue(name, no_declare=True).bind(ch)
+    source = f"{'dead' if dead else 'queue'}:{host}"
     chosen: list[Planned] = []
     rest: list[Message] = []
     while True:
@@ -214,7 +223,7 @@ def take_dead(
         m.routing_key = host
         if sel.matches(m):
             new_id = str(uuid.uuid4()) if as_new or not m.message_id else m.message_id
-            chosen.append(Planned(m, new_id, to_host or host, f"dead:{host}", raw=raw))
+            chosen.append(Planned(m, new_id, to_host or host, source, raw=raw))
         else:
             rest.append(raw)
     return chosen, rest
@@ -270,6 +279,12 @@ def outcome_word(ev: dict[str, Any] | None) -> str:
     metavar="HOST",
     help="take messages from HOST's dead-letter queue instead of the ops log",
 )
+@click.option(
+    "--from-queue",
+    "from_queue",
+    metavar="HOST",
+    help="take messages waiting in HOST's operation queue (its worker stopped): to drain it",
+)
 @click.option("--request-id", "request_ids", multiple=True, help="this request (repeatable)")
 @click.option("--vm", help="operations on this VM (uuid)")
 @click.option("--op", help="operations of this kind (start_vm, ...)")
@@ -282,7 +297,7 @@ def outcome_word(ev: dict[str, Any] | None) -> str:
     "as_new",
     default=None,
     help="new message ids (x-replay-of = original) or the original ones; default:"
-    " original ids from the ops log, new ids from a dead-letter queue",
+    " original ids from the ops log and a host's queue, new ids from a dead-letter queue",
 )
 @click.option("--to-host", help="send to this host instead of the original one")
 @click.option("--dry-run", is_flag=True, help="list what would be sent; send nothing")
@@ -307,6 +322,7 @@ def outcome_word(ev: dict[str, Any] | None) -> str:
 )
 def replay(
     from_dead: str | None,
+    from_queue: str | None,
     request_ids: tuple[str, ...],
     vm: str | None,
     op: str | None,
@@ -324,7 +340,8 @@ def replay(
     config: Path | None,
     idle: float,
 ) -> None:
-    """Publish operation messages again, chosen from the ops log or a dead-letter queue."""
+    """Publish operation messages again, chosen from the ops log, a dead-letter queue or a
+    host's operation queue."""
     from worker.cli import _connect, _settings
     from worker.config import HOST_RE
     from worker.subscribe import live_queue
@@ -334,7 +351,9 @@ def replay(
         raise click.UsageError(
             "choose messages (--request-id, --vm, --op, --host, --since, --until) or say --all"
         )
-    for h in (from_dead, to_host):
+    if from_dead and from_queue:
+        raise click.UsageError("--from-dead and --from-queue: one source at a time")
+    for h in (from_dead, from_queue, to_host):
         if h is not None and not HOST_RE.match(h):
             raise click.BadParameter(f"not a host id: {h!r}")
     s = _settings(config, broker=broker, prefix=prefix)
@@ -342,10 +361,18 @@ def replay(
     new_ids = as_new if as_new is not None else from_dead is not None
     rest: list[Message] = []
     with _connect(s) as conn:
-        if getattr(s, "declare_shared", True):
+        if s.declare_shared:
             topo.declare_shared(conn)
-        if from_dead:
-            planned, rest = take_dead(conn, topo, from_dead, sel, as_new=new_ids, to_host=to_host)
+        if from_dead or from_queue:
+            planned, rest = take_queued(
+                conn,
+                topo,
+                str(from_dead or from_queue),
+                sel,
+                as_new=new_ids,
+                to_host=to_host,
+                dead=bool(from_dead),
+            )
         else:
             planned = from_ops_log(conn, topo, sel, as_new=new_ids, to_host=to_host, idle=idle)
         outcomes: dict[str, dict[str, Any]] = {}

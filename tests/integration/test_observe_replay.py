@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from tests.support import BROKER, broker_conn, queue_depth, read_stream, small_vm
 from worker import logs
 from worker.cli import main
+from worker.topology import Topology
 
 STDERR = "storage gateway refused: pool locked"
 
@@ -75,7 +76,7 @@ def test_a_dead_lettered_request_replayed_after_the_fix_runs_and_leaves_the_dead
     assert report["dry_run"] is True
     [row] = report["replays"]
     assert row["request_id"] == failed and row["as_new"] and not row["sent"]
-    assert STDERR[:20] in (row["dead_reason"] or "") or "50_gate" in (row["dead_reason"] or "")
+    assert "50_gate failed (rc=2)" in row["dead_reason"]
     assert _dead(env) == 2 and _ops_logged(env) == logged
 
     # the cause is fixed; the replay runs as a new request and leaves the dead queue
@@ -148,6 +149,41 @@ def test_replay_with_the_original_id_is_a_duplicate_and_as_new_runs_again(
     assert _ops_logged(env) == logged
     assert len(tap.events) == n_events
 
+    # by VM, op and time (the ops log read from the stream chunk of --since on)
+    report = _json_cli(
+        env, "replay", "--vm", vm["uuid"], "--op", "define_vm", "--since", "10m", "--dry-run"
+    )
+    assert [r["request_id"] for r in report["replays"]] == [rid]  # the first copy only
+    report = _json_cli(env, "replay", "--vm", vm["uuid"], "--until", "1h", "--dry-run")
+    assert report["replays"] == []
+
     # no criterion, no replay
     res = CliRunner().invoke(main, ["replay", "--broker", BROKER, "--prefix", env.prefix])
     assert res.exit_code != 0 and "--all" in res.output
+
+
+def test_a_stopped_hosts_queue_is_drained_to_another_host(env, tap, start_worker, test_domains):
+    stopped = f"{env.host}-old"
+    env.other_hosts.append(stopped)
+    with broker_conn() as c:
+        Topology(env.prefix, stopped).declare(c)  # its worker is gone; work waits in its queue
+    start_worker()
+    vm = small_vm("drain")
+    test_domains.append(vm["uuid"])
+    rids = [
+        env.publish("define_vm", vm, routing_key=stopped),
+        env.publish("start_vm", {"uuid": vm["uuid"]}, routing_key=stopped),
+    ]
+    with broker_conn() as c:
+        assert queue_depth(c, f"{env.prefix}.ops.{stopped}") == 2
+
+    report = _json_cli(
+        env, "replay", "--from-queue", stopped, "--all", "--to-host", env.host, "--wait", "20"
+    )
+    assert [r["request_id"] for r in report["replays"]] == rids  # in order, same ids
+    assert all(
+        r["new_request_id"] == r["request_id"] and r["phase"] == "after" for r in report["replays"]
+    )
+    assert all(tap.wait_terminal(r)["data"]["host"] == env.host for r in rids)
+    with broker_conn() as c:
+        assert queue_depth(c, f"{env.prefix}.ops.{stopped}") == 0
