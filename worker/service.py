@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import random
 import signal
 import threading
 import time
@@ -20,7 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from amqp.exceptions import ConsumerCancelled
 from kombu import Connection, Consumer, Producer
+from kombu.exceptions import OperationalError
 from kombu.message import Message
 
 from handlers.connection import LibvirtConnection
@@ -60,6 +63,7 @@ class Job:
     deliveries: list[Delivery]
     recovered: bool = False
     replay_of: str | None = None  # the x-replay-of header: this request replays that one
+    deadline: datetime | None = None  # x-deadline: not started past it, fails as `expired`
 
     @property
     def vm(self) -> str:
@@ -128,6 +132,7 @@ class Service:
         self._running: set[str] = set()  # VMs with an operation in the pool
         self._inflight: dict[str, Job] = {}  # request id -> job, queued or running here
         self._wake = threading.Event()
+        self._next_prune = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -152,6 +157,7 @@ class Service:
                 f" {self.topology.ops.name} can order operations on this host"
             )
         self._host_chain("before_vmworker_start")
+        self._reconcile_journal()
         backoff = 1.0
         try:
             self._start_observers()
@@ -160,17 +166,36 @@ class Service:
                     break
                 conn = self._connection()
                 try:
-                    conn.ensure_connection(
+                    conn.ensure_connection(  # each URL once, in order; the backoff is ours
                         errback=lambda exc, interval: log.warning(
                             "broker unreachable", error=str(exc), retry_in_s=interval
                         ),
-                        max_retries=1,
+                        max_retries=max(1, len(self.settings.broker_urls)),
+                        interval_start=0,
+                        interval_step=0.2,
+                        interval_max=1,
                     )
                     self._serve(conn)
                     backoff = 1.0
-                except (*conn.connection_errors, *conn.channel_errors, OSError) as exc:
+                except (
+                    *conn.connection_errors,
+                    *conn.channel_errors,
+                    OSError,
+                    OperationalError,  # kombu's wrapper: no broker URL answered
+                ) as exc:
                     self.stats.reconnects += 1
-                    log.warning("broker connection lost", error=repr(exc), retry_in_s=backoff)
+                    if isinstance(exc, ConsumerCancelled):  # queue deleted, or moved away
+                        log.warning("consumer cancelled by the broker; re-declaring the topology")
+                        continue
+                    if self.ready.is_set():
+                        backoff = 1.0  # we had been connected: a new outage starts over
+                    wait = backoff * random.uniform(0.8, 1.2)
+                    log.warning("broker connection lost", error=repr(exc), retry_in_s=wait)
+                    self._wait_offline(wait)
+                    backoff = min(backoff * 2, 30.0)
+                except Exception:  # a bug must not end the process with operations running
+                    self.stats.reconnects += 1
+                    log.exception("connection loop crashed; reconnecting", retry_in_s=backoff)
                     self._wait_offline(backoff)
                     backoff = min(backoff * 2, 30.0)
                 finally:
@@ -201,6 +226,72 @@ class Service:
             if self._stop.is_set() and not self._inflight:
                 return
             time.sleep(0.05)
+
+    # -- the journal at start-up and every hour ------------------------------------------
+    def _reconcile_journal(self) -> None:
+        """What the journal left unfinished (as nova-compute's _init_instance does at start).
+
+        A request that started but did not finish is normally redelivered (its message was
+        never acked) and reconciled then, against libvirt. One whose run began on the broker's
+        last delivery (x-delivery-count reached delivery_limit) will not be: the worker died
+        running it, so the broker has dead-lettered it. Its outcome is unknown; it gets its
+        terminal event now, a `fail` with code `delivery_limit`, so that every request that
+        had a `before` has a terminal event."""
+        self._prune()
+        for req in self.journal.unfinished():
+            if req.final_delivery:
+                err = OpError(
+                    "delivery_limit",
+                    f"the worker died {req.deliveries} time(s) running this request; the broker"
+                    " dead-lettered it after its last delivery; its effect is unknown",
+                    "internal",
+                )
+                rk, ev = events.op_event(
+                    self.host,
+                    req.op,
+                    "fail",
+                    request_id=req.request_id,
+                    correlation_id=None,
+                    vm_uuid=req.vm_uuid,
+                    vm_name=None,
+                    redelivered=True,
+                    recovered=True,
+                    attempt=req.runs,
+                    duration_ms=0,
+                    state="unknown",
+                    hooks=[],
+                    error=err.to_event(),
+                )
+                self.journal.finish(req.request_id, "fail", (rk, ev))
+                self._count("fail")
+                log.error(
+                    "request failed: it crashed the worker on its last delivery",
+                    request_id=req.request_id,
+                    op=req.op,
+                    vm=req.vm_uuid,
+                    deliveries=req.deliveries,
+                )
+            else:
+                log.warning(
+                    "unfinished request in the journal; reconciled when redelivered",
+                    request_id=req.request_id,
+                    op=req.op,
+                    vm=req.vm_uuid,
+                    state=req.state,
+                    runs=req.runs,
+                )
+
+    def _prune(self) -> None:
+        self._next_prune = time.monotonic() + 3600.0
+        try:
+            n = self.journal.prune(self.settings.journal_retention_days * 86400.0)
+        except Exception:
+            log.exception("journal prune failed")
+            return
+        if n:
+            log.info(
+                "journal pruned", requests=n, retention_days=self.settings.journal_retention_days
+            )
 
     # -- the connection thread -----------------------------------------------------------
     def _serve(self, conn: Connection) -> None:
@@ -240,8 +331,20 @@ class Service:
             if time.monotonic() - last_beat > 1.0:
                 conn.heartbeat_check()
                 last_beat = time.monotonic()
+                if last_beat > self._next_prune:
+                    self._prune()
 
     def _on_message(self, message: Message) -> None:
+        if self._stop.is_set():
+            return  # not taken: the broker gives it back when the channel closes
+        try:
+            self._receive(message)
+        except Exception:  # never let one message take the connection thread down
+            log.exception("handling a message failed; it is requeued (up to the delivery limit)")
+            with contextlib.suppress(Exception):
+                message.reject(requeue=True)
+
+    def _receive(self, message: Message) -> None:
         delivery = Delivery(message, self._generation)
         self.stats.received += 1
         if delivery.redelivered:
@@ -258,32 +361,27 @@ class Service:
                     "message has no message_id property (the request id)",
                     "validation",
                 )
-            op = parse_operation(body, max_bytes=self.settings.max_body_bytes)
+            op = _parse(body, self.settings.max_body_bytes)
+            deadline = _deadline(message.headers or {})
         except OpError as err:
             self._reject(delivery, body, request_id, correlation_id, err)
             return
         bound = log.bind(request_id=request_id, op=op.op, vm=str(op.vm.uuid))
+        req = self.journal.receive(request_id, op.op, str(op.vm.uuid))
+        if req.state == FINISHED:  # the journal first: a job may be done but not yet collected
+            self._duplicate(delivery, req)
+            return
         job = self._inflight.get(request_id)
         if job is not None:  # a redelivery (or a second copy) of something we are on
             bound.info("already in progress here; will ack with it")
             job.deliveries.append(delivery)
             return
-        req = self.journal.receive(request_id, op.op, str(op.vm.uuid))
-        if req.state == FINISHED:
-            self._duplicate(delivery, req)
-            return
-        deadline = _deadline(message.headers or {})
-        if deadline is not None and deadline < datetime.now(UTC):
-            job = Job(request_id, op, correlation_id, [delivery])
-            expired = OpError(
-                "expired",
-                f"deadline {deadline.isoformat()} passed before the operation could start",
-                "expired",
-            )
-            self._finish(job, Outcome(False, "unknown", 0.0, 0, error=expired), dead_letter=False)
-            return
+        if _delivery_count(message.headers or {}) >= self.settings.delivery_limit:
+            # the broker's last delivery: if it kills us, it is dead-lettered, never redelivered
+            self.journal.mark_final_delivery(request_id)
         job = Job(request_id, op, correlation_id, [delivery], recovered=req.state == STARTED)
         job.replay_of = (message.headers or {}).get("x-replay-of")
+        job.deadline = deadline
         if job.recovered:
             bound.info("recovering a request that started before a crash or requeue")
         self._inflight[request_id] = job
@@ -308,7 +406,7 @@ class Service:
         correlation_id: str | None,
         err: OpError,
     ) -> None:
-        seen = peek(body)
+        seen = _peek(body)
         log.warning("message rejected", request_id=request_id, error=str(err))
         rk, ev = events.op_event(
             self.host,
@@ -375,6 +473,15 @@ class Service:
             structlog.contextvars.bind_contextvars(
                 host=self.host, request_id=job.request_id, op=job.op.op, vm=job.vm
             )
+            if job.deadline and not job.recovered and job.deadline < datetime.now(UTC):
+                expired = OpError(
+                    "expired",
+                    f"deadline {job.deadline.isoformat()} passed before the operation could start",
+                    "expired",
+                )
+                outcome = Outcome(False, "unknown", 0.0, 0, error=expired)
+                self._finish(job, outcome, dead_letter=False)
+                return
             rk, ev = self._event(job, "before", recovered=job.recovered)
             self.journal.start(job.request_id, (rk, ev))
             self.ownership.acquire(job.vm, job.request_id, job.op.op)
@@ -444,6 +551,11 @@ class Service:
             self._running.discard(job.vm)
             if seq >= 0:
                 self._acks.append(PendingAck(seq, job.deliveries, dead))
+            else:  # crashed outside the runner: requeued, bounded by the delivery limit
+                for d in job.deliveries:
+                    if d.generation == self._generation:
+                        with contextlib.suppress(Exception):
+                            d.message.reject(requeue=True)
             self._dispatch(job.vm)
 
     def _flush(self) -> None:
@@ -569,16 +681,50 @@ def _replay_fields(headers: dict[str, Any]) -> dict[str, Any]:
     return {"replay_of": str(replay_of)} if replay_of else {}
 
 
+def _parse(body: bytes, max_bytes: int) -> Any:
+    """parse_operation, with anything it did not foresee (a body nested deeper than the JSON
+    parser's recursion limit, ...) as a validation error too."""
+    try:
+        return parse_operation(body, max_bytes=max_bytes)
+    except OpError:
+        raise
+    except Exception as exc:
+        msg = f"body cannot be parsed: {type(exc).__name__}"
+        raise OpError("invalid", msg, "validation") from None
+
+
+def _peek(body: bytes) -> dict[str, Any]:
+    try:
+        return peek(body)
+    except Exception:
+        return {}
+
+
+def _delivery_count(headers: dict[str, Any]) -> int:
+    """How many times the broker delivered this message before (quorum queues' header)."""
+    raw = headers.get("x-delivery-count")
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
+
+
 def _deadline(headers: dict[str, Any]) -> datetime | None:
+    """The x-deadline header (ISO 8601 or an AMQP timestamp); an unreadable one is refused
+    rather than ignored: running an op past the deadline its sender meant is not safe."""
     raw = headers.get("x-deadline")
     if raw is None:
         return None
     if isinstance(raw, datetime):
         return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
     try:
-        dt = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        return None
+        if not isinstance(raw, str | bytes):
+            raise TypeError(type(raw).__name__)
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise OpError(
+            "bad_deadline",
+            f"x-deadline {str(raw)[:100]!r} is not an ISO 8601 timestamp",
+            "validation",
+        ) from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
