@@ -122,6 +122,18 @@ def monitor_grant(prefix: str, name: str) -> Grant:
     )
 
 
+def admin_grant(name: str) -> Grant:
+    """An administrator (management UI, `vmworker broker setup`): everything, in one vhost."""
+    return Grant(
+        user=_check_user(name),
+        role="administrator",
+        configure=EVERYTHING,
+        write=EVERYTHING,
+        read=EVERYTHING,
+        tags="administrator",
+    )
+
+
 def _check_user(user: str) -> str:
     if not USER_RE.match(user):
         raise ValueError(f"broker user name {user!r} must match [A-Za-z0-9_.@-]+")
@@ -219,12 +231,12 @@ class Rabbitmqctl:
         return created, generated
 
     def revoke(self, user: str) -> bool:
-        """Delete the user and close its open connections. False if there was no such user."""
+        """Delete the user; RabbitMQ closes its open connections at once (CONNECTION_FORCED,
+        "user ... is deleted"), so none goes on with permissions it had cached. False if there
+        was no such user."""
         existed, out = self.attempt("delete_user", user)
         if not existed and "does not exist" not in out:
             raise BrokerAdminError(f"rabbitmqctl delete_user failed: {out}")
-        # open connections would otherwise go on with the permissions they had cached
-        self.attempt("close_all_user_connections", user, "broker identity revoked")
         return existed
 
 
@@ -520,6 +532,7 @@ def setup(
 @click.option("--host", "hosts", multiple=True, help="a host (user = host id)")
 @click.option("--control-plane", "planes", multiple=True, metavar="NAME")
 @click.option("--monitor", "monitors", multiple=True, metavar="NAME")
+@click.option("--admin", "admins", multiple=True, metavar="NAME", help="an administrator")
 @click.option(
     "--password",
     "passwords",
@@ -534,6 +547,7 @@ def definitions_cmd(
     hosts: tuple[str, ...],
     planes: tuple[str, ...],
     monitors: tuple[str, ...],
+    admins: tuple[str, ...],
     passwords: tuple[str, ...],
     vhost: str,
     prefix: str | None,
@@ -548,6 +562,7 @@ def definitions_cmd(
             [host_grant(s.prefix, h) for h in hosts]
             + [control_plane_grant(s.prefix, n) for n in planes]
             + [monitor_grant(s.prefix, n) for n in monitors]
+            + [admin_grant(n) for n in admins]
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

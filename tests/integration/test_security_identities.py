@@ -114,14 +114,16 @@ def test_host_identity_reaches_only_its_own_queues_and_routing_keys(env, identit
     conn = Connection(url_a)
     conn.connect()
     identities.revoke_all()
-    with pytest.raises(Exception) as lost:
-        for _ in range(50):
+    lost: Exception | None = None
+    for _ in range(50):
+        try:
             conn.drain_events(timeout=0.1)
-    assert (
-        "CONNECTION_FORCED" in str(lost.value)
-        or "revoked" in str(lost.value)
-        or isinstance(lost.value, (ConnectionError, OSError))
-    ), lost.value
+        except TimeoutError:
+            continue
+        except Exception as exc:
+            lost = exc
+            break
+    assert lost is not None and "CONNECTION_FORCED" in str(lost), lost
     with pytest.raises(Exception, match=r"ACCESS_REFUSED|403"):
         Connection(url_a).connect()
 
