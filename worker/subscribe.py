@@ -10,10 +10,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
 from worker.topology import Topology, stream
+
+log = structlog.get_logger()
 
 
 def live_queue(topology: Topology, host: str | None = None) -> Queue:
@@ -26,6 +29,22 @@ def live_queue(topology: Topology, host: str | None = None) -> Queue:
         auto_delete=True,
         durable=False,
     )
+
+
+def vouched(event: dict[str, Any], routing_key: str | None) -> bool:
+    """False when an event names a host other than the first word of its routing key. The
+    broker lets a host's own identity publish only keys starting with its host id
+    (docs/security.md), so the key, not the body, says which host spoke: a body claiming
+    another host is forged."""
+    if not routing_key:
+        return True
+    speaker = routing_key.split(".", 1)[0]
+    data = event.get("data")
+    claimed = data.get("host") if isinstance(data, dict) else None
+    source = str(event.get("source", ""))
+    if claimed is not None and claimed != speaker:
+        return False
+    return not (source.startswith("vmworker://") and source != f"vmworker://{speaker}")
 
 
 def read_events(
@@ -54,6 +73,13 @@ def read_events(
             ev = None
         message.ack()
         if not isinstance(ev, dict):
+            return
+        if not vouched(ev, message.delivery_info.get("routing_key")):
+            log.warning(
+                "forged event dropped",
+                routing_key=message.delivery_info.get("routing_key"),
+                source=ev.get("source"),
+            )
             return
         data = ev.get("data") or {}
         if (

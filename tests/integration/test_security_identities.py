@@ -110,6 +110,45 @@ def test_host_identity_reaches_only_its_own_queues_and_routing_keys(env, identit
     with broker_conn() as admin:
         assert queue_depth(admin, ta.dead_queue.name) == 1  # the one it dead-lettered
 
+    # a body naming another host, under its own routing key: readers drop it as forged
+    def event(rid: str, host: str) -> bytes:
+        return json.dumps(
+            {
+                "specversion": "1.0",
+                "id": rid,
+                "source": f"vmworker://{host}",
+                "type": "vmworker.start_vm.after",
+                "requestid": rid,
+                "data": {"host": host, "phase": "after"},
+            }
+        ).encode()
+
+    forged, honest = str(uuid.uuid4()), str(uuid.uuid4())
+    for rid, claimed in ((forged, b), (honest, a)):
+        assert (
+            _attempt(
+                url_a,
+                lambda ch, rid=rid, claimed=claimed: Producer(ch).publish(
+                    event(rid, claimed),
+                    exchange=ta.events.name,
+                    routing_key=f"{a}.start_vm.after",
+                    retry=False,
+                ),
+            )
+            is None
+        )
+    res = CliRunner().invoke(
+        main,
+        ["events", "--from-start", "--idle", "0.5"],
+        env={"VMWORKER_BROKER": BROKER, "VMWORKER_PREFIX": env.prefix},
+    )
+    seen = [
+        json.loads(line).get("requestid")
+        for line in res.stdout.splitlines()
+        if line.startswith("{")
+    ]
+    assert honest in seen and forged not in seen, seen
+
     # revoked: an open connection is closed, a new one refused
     conn = Connection(url_a)
     conn.connect()
