@@ -3,6 +3,7 @@ command, through click's runner), always revoked at the end of the test."""
 
 from __future__ import annotations
 
+import re
 from contextlib import suppress
 from typing import Any
 from urllib.parse import quote
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 
 from worker.brokeradmin import Rabbitmqctl
 from worker.cli import main
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 
 
 class Identities:
@@ -30,12 +33,14 @@ class Identities:
         assert res.exit_code == 0, res.output
         user = args[args.index("--host") + 1] if "--host" in args else args[1]
         self.users.append(user)
-        password = res.stdout.strip()
+        # the password is printed once, on a line of its own (a worker running in this
+        # process may log to the same stdout)
+        lines = [ln for ln in res.stdout.splitlines() if ln and not LOG_LINE.match(ln)]
         if "--certificate-only" in args:
-            assert password == "", res.output
+            assert lines == [], res.output
             return self.base_url.split("://", 1)[0] + "://" + self.base_url.split("@", 1)[1]
-        assert password and "\n" not in password, res.output  # printed once, alone on stdout
-        return self.url(user, password)
+        assert len(lines) == 1 and " " not in lines[0], res.output
+        return self.url(user, lines[0])
 
     def _env(self) -> dict[str, str]:
         """The environment the CLI's own rabbitmqctl runs with (a private node's, if any)."""
