@@ -240,10 +240,13 @@ class DomainEvents:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> DomainEvents:
+    def start(self, wait_s: float = 5.0) -> DomainEvents:
+        """Subscribe in a thread of its own; wait up to `wait_s` for the first subscription, so
+        that what happens once the worker consumes is seen (libvirtd away: retried meanwhile)."""
         ensure_event_loop()
         self._thread = threading.Thread(target=self._run, name="domevents", daemon=True)
         self._thread.start()
+        self.connected.wait(wait_s)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -386,14 +389,7 @@ class DomainEvents:
         verdict = self.ownership.judge(uuid, state, at)
         if self.counter is not None:
             self.counter.state_event(state, not verdict.suppress)
-        if verdict.suppress:
-            log.debug(
-                "state event of our own operation suppressed",
-                vm=uuid,
-                state=state,
-                reason=reason,
-                request_id=verdict.request_id,
-            )
+        if verdict.suppress:  # counted above; not logged: every operation has some
             return
         data: dict[str, Any] = {
             "host": self.host,

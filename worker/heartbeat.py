@@ -163,6 +163,10 @@ class Heartbeat:
     def start(self) -> Heartbeat:
         """Queue `host.online` with the full inventory (once `online_after` is set, or an
         interval has passed), then a heartbeat every interval."""
+        try:  # connect now: the start-up log says at once whether libvirt answers
+            self.lv.get()
+        except libvirt.libvirtError as exc:
+            log.warning("libvirt does not answer", uri=self.lv.uri, error=str(exc))
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
         return self

@@ -110,7 +110,11 @@ class Metrics:
 
     # -- serving -------------------------------------------------------------------------
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:  # metrics are not worth refusing to run operations for
+            log.error("cannot serve metrics", port=port, error=str(exc))
+            return
         self._server = server
         log.info("metrics served", port=port, addr=addr)
 
