@@ -23,6 +23,7 @@ from tests.tlsfiles import TestCA
 from worker.amqp import connect
 from worker.brokeradmin import Rabbitmqctl
 from worker.cli import main
+from worker.topology import Topology
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -185,3 +186,30 @@ def test_plaintext_is_refused_when_tls_is_configured(env, tmp_path: Path):
         },
     )
     assert res.exit_code != 0 and "not amqps" in res.output
+
+
+def test_a_host_granted_in_another_vhost_is_confined_to_it(tls, env):
+    node, vhost = tls.node, unique("v")
+    node.ctl("add_vhost", vhost)
+    node.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    ids = Identities(node.tls_url, ctl=tls.ctl)
+    try:
+        host_url = ids.grant("--host", env.host, "--prefix", env.prefix, "--vhost", vhost)
+        tls_env = {"VMWORKER_SSL_CA": str(tls.ca.pem), "VMWORKER_PREFIX": env.prefix}
+        admin_url = node.tls_url.rstrip("/") + "/" + vhost
+        res = _cli(["broker", "setup", "--host", env.host, "--broker", admin_url], tls_env)
+        assert res.exit_code == 0, res.output
+        in_vhost = env.settings(
+            broker=host_url.rstrip("/") + "/" + vhost, ssl_ca=tls.ca.pem, declare_shared=False
+        )
+        with connect(in_vhost) as conn:
+            Topology.from_settings(in_vhost).declare(conn)  # its own queues, in its vhost
+        elsewhere = env.settings(broker=host_url, ssl_ca=tls.ca.pem)  # the default vhost "/"
+        with (
+            pytest.raises(Exception, match=r"NOT_ALLOWED|ACCESS_REFUSED|access to vhost"),
+            connect(elsewhere) as conn,
+        ):
+            conn.connect()
+    finally:
+        ids.revoke_all()
+        node.ctl("delete_vhost", vhost)
