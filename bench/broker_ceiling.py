@@ -1,0 +1,152 @@
+"""The broker's ceiling for our message pattern: a bare kombu loop on the worker's own topology.
+
+It consumes the host's quorum queue (same prefetch as the worker), publishes two confirmed,
+persistent events of the worker's size to the events exchange (with its stream bound), and
+acks. No parsing, no libvirt, no journal: what the broker and py-amqp allow at best.
+
+Run in its own process (`python -m bench.broker_ceiling PREFIX HOST PREFETCH`), like the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection, Consumer, Producer
+
+from bench.common import (
+    BROKER,
+    EventTap,
+    OpPublisher,
+    Process,
+    check_ok,
+    closed_loop,
+    percentile,
+    prefill,
+    rate,
+    say,
+    start_body,
+    topology,
+    unique,
+)
+from worker import events
+from worker.config import Settings
+from worker.topology import Topology
+
+
+def _events(host: str, rid: str, vm: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """`before` and `after` events with the fields the worker puts in them."""
+    common: dict[str, Any] = dict(
+        request_id=rid,
+        correlation_id=None,
+        vm_uuid=vm.get("uuid"),
+        vm_name=vm.get("name"),
+        redelivered=False,
+    )
+    before = events.op_event(host, "start_vm", "before", recovered=False, **common)
+    after = events.op_event(
+        host,
+        "start_vm",
+        "after",
+        attempt=1,
+        duration_ms=1.234,
+        state="running",
+        hooks=[],
+        noop=False,
+        **common,
+    )
+    return [before, after]
+
+
+def serve(prefix: str, host: str, prefetch: int) -> None:
+    topo = Topology(prefix, host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    conn = Connection(BROKER, transport_options={"confirm_publish": True})
+    conn.connect()
+    ch = conn.channel()
+    ch.basic_qos(0, prefetch, False)
+    producer = Producer(conn.channel())
+
+    got: list[Any] = []
+
+    def handle(m: Any) -> None:
+        rid = m.properties.get("message_id")
+        vm = json.loads(m.body).get("vm") or {}
+        for rk, ev in _events(host, rid, vm):
+            producer.publish(
+                events.encode(ev),
+                exchange=topo.events,
+                routing_key=rk,
+                content_type=events.CONTENT_TYPE,
+                content_encoding="utf-8",
+                delivery_mode=2,
+                message_id=ev["id"],
+                retry=False,
+            )
+        m.ack()
+
+    # deliveries are only collected in the callback: a publish waiting for its confirm reads
+    # the socket too, and must not start another publish from inside that wait
+    consumer = Consumer(
+        ch, queues=[topo.host_queue], on_message=got.append, no_ack=False, auto_declare=False
+    )
+    consumer.consume()
+    print('"consuming"', flush=True)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.1)
+        while got:
+            handle(got.pop(0))
+    with contextlib.suppress(Exception):
+        conn.release()
+
+
+def loop_process(log_path: Path, prefix: str, host: str) -> Process:
+    prefetch = Settings().effective_prefetch  # the worker's default
+    return Process(
+        [sys.executable, "-m", "bench.broker_ceiling", prefix, host, str(prefetch)],
+        log_path,
+        dict(os.environ),
+        '"consuming"',
+    )
+
+
+def run_once(tmp: Path, n: int, m: int) -> dict[str, Any]:
+    """One run: throughput over a pre-filled queue of n, then m closed-loop round trips."""
+    prefix, host = unique("bench"), unique("h")
+    with topology(prefix, host) as topo:
+        tap = EventTap(topo.events).start()
+        loop = loop_process(tmp / f"loop-{prefix}.log", prefix, host)
+        try:
+            rids = prefill(topo.ops, host, topo.host_queue.name, [start_body() for _ in range(n)])
+            loop.start()
+            seen = tap.wait_all(rids)
+            check_ok(seen)
+            ops_s = rate([s.at for s in seen])
+            pub = OpPublisher(topo.ops, host)
+            try:
+                lat = closed_loop(pub, tap, (start_body() for _ in range(m)))
+            finally:
+                pub.close()
+            size = max(s.size for s in seen)
+        finally:
+            loop.stop()
+            tap.stop()
+    say(f"broker ceiling: {ops_s:.0f} msg/s, round trip p50 {percentile(lat, 50) * 1e3:.2f} ms")
+    return {
+        "ops_s": ops_s,
+        "rtt_p50_ms": percentile(lat, 50) * 1e3,
+        "rtt_p99_ms": percentile(lat, 99) * 1e3,
+        "event_bytes": size,
+    }
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2], int(sys.argv[3]))

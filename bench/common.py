@@ -1,0 +1,442 @@
+"""What every benchmark shares: names, statistics, an event tap, publishers and a worker process.
+
+Each benchmark runs under its own unique name prefix (never the default `vm.*` names) and
+deletes every queue and exchange it declared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection, Consumer, Producer, Queue
+
+from worker.topology import Topology
+
+BROKER = os.environ.get("VMWORKER_BENCH_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+REPO = Path(__file__).resolve().parent.parent
+TERMINAL = ("after", "fail")
+
+
+def unique(tag: str) -> str:
+    return f"{tag}{uuid.uuid4().hex[:10]}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# -- statistics ------------------------------------------------------------------------------
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty sample."""
+    xs = sorted(values)
+    k = max(1, math.ceil(p / 100.0 * len(xs)))
+    return xs[k - 1]
+
+
+def summary(values: Iterable[float], digits: int = 4) -> dict[str, Any]:
+    """{median, min, max, runs} of one figure measured once per run."""
+    xs = [float(v) for v in values]
+    if not xs:
+        return {"median": None, "min": None, "max": None, "runs": []}
+    return {
+        "median": round(statistics.median(xs), digits),
+        "min": round(min(xs), digits),
+        "max": round(max(xs), digits),
+        "runs": [round(x, digits) for x in xs],
+    }
+
+
+def rate(times: Sequence[float]) -> float:
+    """Steady-state rate of a burst: events between the first and the last, per second."""
+    if len(times) < 2:
+        return 0.0
+    ts = sorted(times)
+    span = ts[-1] - ts[0]
+    return (len(ts) - 1) / span if span > 0 else 0.0
+
+
+# -- VM specs and operation bodies ---------------------------------------------------------------
+def vm_spec(tag: str = "bench") -> dict[str, Any]:
+    return {
+        "uuid": str(uuid.uuid4()),
+        "name": unique(f"vmw-{tag}-"),
+        "vcpus": 1,
+        "memory_mib": 128,
+    }
+
+
+def start_body(spec: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"version": 1, "op": "start_vm", "vm": spec or vm_spec()}).encode()
+
+
+def broker_conn(confirm: bool = True) -> Connection:
+    return Connection(BROKER, transport_options={"confirm_publish": confirm})
+
+
+class OpPublisher:
+    """One connection and channel publishing operation messages the way a control plane does:
+    persistent, with a message_id, confirmed by the broker before `publish` returns."""
+
+    def __init__(self, exchange: Any, routing_key: str, *, confirm: bool = True) -> None:
+        self.conn = broker_conn(confirm)
+        self.conn.connect()
+        self.producer = Producer(self.conn.channel())
+        self.exchange = exchange
+        self.routing_key = routing_key
+
+    def publish(self, body: bytes, request_id: str | None = None) -> str:
+        rid = request_id or str(uuid.uuid4())
+        self.producer.publish(
+            body,
+            exchange=self.exchange,
+            routing_key=self.routing_key,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            message_id=rid,
+            timestamp=int(time.time()),
+            retry=False,
+        )
+        return rid
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.release()
+
+
+def prefill(exchange: Any, routing_key: str, queue: str, bodies: list[bytes]) -> list[str]:
+    """Publish every body (unconfirmed, then wait until the queue holds them all)."""
+    pub = OpPublisher(exchange, routing_key, confirm=False)
+    try:
+        rids = [pub.publish(b) for b in bodies]
+    finally:
+        pub.close()
+    wait_depth(queue, len(bodies))
+    return rids
+
+
+def queue_depth(name: str) -> int:
+    with broker_conn() as conn, conn.channel() as ch:
+        return int(ch.queue_declare(name, passive=True).message_count)
+
+
+def wait_depth(name: str, n: int, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while queue_depth(name) < n:
+        if time.monotonic() > end:
+            raise RuntimeError(f"queue {name} did not reach {n} messages")
+        time.sleep(0.05)
+
+
+# -- the event tap ---------------------------------------------------------------------------
+@dataclass
+class Seen:
+    at: float  # time.monotonic() when the tap got it
+    routing_key: str
+    request_id: str | None
+    phase: str | None
+    size: int
+    error: Any = None
+
+
+@dataclass
+class EventTap:
+    """A private queue bound to every key of an events exchange, consumed in a thread; it
+    stamps each event with the time it arrived (same clock as the publishers)."""
+
+    exchange: Any
+    seen: list[Seen] = field(default_factory=list)
+    _by_rid: dict[str, list[Seen]] = field(default_factory=dict)
+    _cv: threading.Condition = field(default_factory=threading.Condition)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> EventTap:
+        self._conn = broker_conn(False)
+        self._conn.connect()
+        self._queue = Queue(
+            unique(f"{self.exchange.name}.tap."),
+            self.exchange,
+            routing_key="#",
+            exclusive=True,
+            auto_delete=True,
+            durable=False,
+        )
+        ch = self._conn.channel()
+        self._queue.bind(ch).declare()
+        self._consumer = Consumer(ch, queues=[self._queue], on_message=self._got, no_ack=True)
+        self._consumer.consume()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tap")
+        self._thread.start()
+        return self
+
+    def _got(self, m: Any) -> None:
+        at = time.monotonic()
+        body = m.body if isinstance(m.body, bytes) else m.body.encode()
+        try:
+            ev = json.loads(body)
+            data = ev.get("data") or {}
+        except ValueError:
+            ev, data = {}, {}
+        s = Seen(
+            at,
+            m.delivery_info.get("routing_key", ""),
+            ev.get("requestid"),
+            data.get("phase"),
+            len(body),
+            data.get("error"),
+        )
+        with self._cv:
+            self.seen.append(s)
+            if s.request_id:
+                self._by_rid.setdefault(s.request_id, []).append(s)
+            self._cv.notify_all()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                self._conn.drain_events(timeout=0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        with contextlib.suppress(Exception):
+            self._conn.release()
+
+    def terminal(self, rid: str) -> Seen | None:
+        return next((s for s in self._by_rid.get(rid, ()) if s.phase in TERMINAL), None)
+
+    def wait_terminal(self, rid: str, timeout: float = 60.0) -> Seen:
+        end = time.monotonic() + timeout
+        with self._cv:
+            while (got := self.terminal(rid)) is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"no terminal event for {rid} after {timeout:g}s")
+                self._cv.wait(min(left, 0.5))
+        return got
+
+    def wait_all(self, rids: Iterable[str], timeout: float = 600.0) -> list[Seen]:
+        """The terminal event of every request id (raises if one is missing by the timeout)."""
+        want = list(rids)
+        end = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                got = [self.terminal(r) for r in want]
+                if all(g is not None for g in got):
+                    return [g for g in got if g is not None]
+                left = end - time.monotonic()
+                if left <= 0:
+                    missing = sum(g is None for g in got)
+                    raise RuntimeError(f"{missing} of {len(want)} terminal events missing")
+                self._cv.wait(min(left, 0.5))
+
+    def events_of(self, rid: str) -> list[Seen]:
+        with self._cv:
+            return list(self._by_rid.get(rid, ()))
+
+
+def check_ok(seen: Iterable[Seen]) -> None:
+    """Every terminal event an `after`: a benchmark of failures measures nothing."""
+    bad = [s for s in seen if s.phase != "after"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} operations failed, e.g. {bad[0].error}")
+
+
+def closed_loop(pub: OpPublisher, tap: EventTap, bodies: Iterable[bytes]) -> list[float]:
+    """One operation in flight at a time: seconds from publish (confirmed) to its terminal
+    event, for each body."""
+    out: list[float] = []
+    for body in bodies:
+        t0 = time.monotonic()
+        rid = pub.publish(body)
+        s = tap.wait_terminal(rid)
+        if s.phase != "after":
+            raise RuntimeError(f"operation failed: {s.error}")
+        out.append(s.at - t0)
+    return out
+
+
+# -- clean-up --------------------------------------------------------------------------------
+def delete_topology(
+    prefix: str, hosts: Iterable[str], queues: Iterable[str] = (), exchanges: Iterable[str] = ()
+) -> None:
+    """Delete every queue and exchange a benchmark declared under `prefix`."""
+    with broker_conn() as conn:
+        names = [*queues]
+        for h in hosts:
+            t = Topology(prefix, h)
+            names += [t.host_queue.name, t.dead_queue.name]
+        names += [f"{prefix}.ops.log", f"{prefix}.events.log"]
+        for q in names:
+            with contextlib.suppress(Exception), conn.channel() as ch:
+                ch.queue_delete(q)
+        for ex in [f"{prefix}.ops", f"{prefix}.events", f"{prefix}.ops.dlx", *exchanges]:
+            with contextlib.suppress(Exception), conn.channel() as ch:
+                ch.exchange_delete(ex)
+
+
+@contextlib.contextmanager
+def topology(prefix: str, host: str) -> Iterator[Topology]:
+    """The worker's own topology under a fresh prefix, declared, deleted afterwards."""
+    topo = Topology(prefix, host)
+    try:
+        with broker_conn() as conn:
+            topo.declare(conn)
+        yield topo
+    finally:
+        delete_topology(prefix, [host])
+
+
+# -- processes -------------------------------------------------------------------------------
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a process, KiB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def children_rss_kib(pid: int) -> int:
+    """Summed VmRSS of the direct children of a process (fork servers), KiB."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                total += rss_kib(int(child)).get("VmRSS", 0)
+    return total
+
+
+class Process:
+    """A benchmark's server process (a worker, a bare loop): its output goes to a log file;
+    it is ready when `ready_text` appears there."""
+
+    def __init__(
+        self, argv: list[str], log_path: Path, env: dict[str, str], ready_text: str
+    ) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.ready_text = ready_text
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Process:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.ready_text in self.log_path.read_text(errors="replace"):
+                return self
+            if self.proc.poll() is not None:
+                self._log.close()
+                raise RuntimeError(f"{self.argv[:4]} exited: {self.tail()}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.argv[:4]} not ready after {timeout:g}s: {self.tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        # whatever the process left in its session (fork servers, hook scripts)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def worker_process(
+    log_path: Path,
+    *,
+    host: str,
+    prefix: str,
+    state_dir: Path,
+    hooks_root: Path,
+    libvirt_uri: str = "test:///default",
+    pythonpath: Sequence[str] = (),
+    **settings: Any,
+) -> Process:
+    """`python -m worker run` with default settings but for the names and paths given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMWORKER_")}
+    values = {
+        "host": host,
+        "broker": BROKER,
+        "prefix": prefix,
+        "libvirt_uri": libvirt_uri,
+        "state_dir": str(state_dir),
+        "hooks_root": str(hooks_root),
+        **settings,
+    }
+    for k, v in values.items():
+        env[f"VMWORKER_{k.upper()}"] = str(v)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+    return Process([sys.executable, "-m", "worker", "run"], log_path, env, '"consuming"')
+
+
+def hooks_root(base: Path) -> Path:
+    """An empty hooks root a worker accepts (owned by us, not group/world-writable)."""
+    root = base / "hooks"
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    return root
+
+
+def write_hook(root: Path, point: str, name: str, text: str) -> Path:
+    d = root / point
+    d.mkdir(exist_ok=True)
+    d.chmod(0o755)
+    p = d / name
+    p.write_text(text)
+    p.chmod(0o755)
+    return p
+
+
+def loadavg() -> list[float]:
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)

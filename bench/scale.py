@@ -1,0 +1,117 @@
+"""Scale: many VMs on one worker process, and many slow operations at once.
+
+- `vms_once`: the worker's RSS when idle, then `n` VMs defined and started on test:///default
+  (the test driver lives in the worker's own process, so the VMs are in its RSS too), and the
+  RSS after.
+- `concurrent_once`: `n` operations on distinct VMs, each with a 200 ms `before_vm_start` hook,
+  published at once; the time until the last `after` against the ideal for the configured
+  concurrency, ceil(n / concurrency) x 200 ms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    EventTap,
+    OpPublisher,
+    check_ok,
+    children_rss_kib,
+    hooks_root,
+    rate,
+    rss_kib,
+    say,
+    start_body,
+    topology,
+    unique,
+    write_hook,
+)
+from bench.vmworker_ops import start_worker
+from worker.config import Settings
+
+HOOK_S = 0.2
+SLEEP_HOOK = f"""#!/bin/sh
+# a slow site hook: {HOOK_S * 1000:.0f} ms
+sleep {HOOK_S}
+"""
+
+
+def vms_once(tmp: Path, n: int, idle_s: float = 2.0) -> dict[str, Any]:
+    prefix, host = unique("bench"), unique("h")
+    with topology(prefix, host) as topo:
+        tap = EventTap(topo.events).start()
+        worker = start_worker(tmp, prefix, host)
+        pub = None
+        try:
+            worker.start()
+            time.sleep(idle_s)  # the observers and the first heartbeat settle
+            idle = rss_kib(worker.pid)["VmRSS"]
+            pub = OpPublisher(topo.ops, host)
+            t0 = time.monotonic()
+            rids = [pub.publish(start_body()) for _ in range(n)]
+            seen = tap.wait_all(rids)
+            elapsed = time.monotonic() - t0
+            check_ok(seen)
+            time.sleep(idle_s)
+            loaded = rss_kib(worker.pid)
+            helpers = children_rss_kib(worker.pid)
+        finally:
+            if pub is not None:
+                pub.close()
+            worker.stop()
+            tap.stop()
+    out = {
+        "vms": n,
+        "rss_idle_mib": idle / 1024,
+        "rss_loaded_mib": loaded["VmRSS"] / 1024,
+        "rss_peak_mib": loaded["VmHWM"] / 1024,
+        "helpers_rss_mib": helpers / 1024,
+        "elapsed_s": elapsed,
+        "ops_s": rate([s.at for s in seen]),
+    }
+    say(
+        f"scale: {n} VMs in {elapsed:.1f} s; RSS idle {out['rss_idle_mib']:.1f} MiB,"
+        f" with {n} VMs {out['rss_loaded_mib']:.1f} MiB"
+    )
+    return out
+
+
+def concurrent_once(tmp: Path, n: int) -> dict[str, Any]:
+    prefix, host = unique("bench"), unique("h")
+    concurrency = Settings().concurrency
+    run_dir = tmp / f"{prefix}-hooks"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = hooks_root(run_dir)
+    write_hook(root, "before_vm_start", "50_slow", SLEEP_HOOK)
+    with topology(prefix, host) as topo:
+        tap = EventTap(topo.events).start()
+        worker = start_worker(tmp, prefix, host, hooks_root=root)
+        pub = None
+        try:
+            worker.start()
+            pub = OpPublisher(topo.ops, host)
+            bodies = [start_body() for _ in range(n)]
+            t0 = time.monotonic()
+            rids = [pub.publish(b) for b in bodies]
+            seen = tap.wait_all(rids)
+            check_ok(seen)
+            elapsed = max(s.at for s in seen) - t0
+        finally:
+            if pub is not None:
+                pub.close()
+            worker.stop()
+            tap.stop()
+    ideal = math.ceil(n / concurrency) * HOOK_S
+    out = {
+        "ops": n,
+        "concurrency": concurrency,
+        "hook_ms": HOOK_S * 1e3,
+        "elapsed_s": elapsed,
+        "ideal_s": ideal,
+        "ratio": elapsed / ideal,
+    }
+    say(f"scale: {n} x 200 ms-hook ops in {elapsed:.2f} s (ideal {ideal:.2f} s)")
+    return out
