@@ -56,7 +56,7 @@ class Grant:
     exchange names) and topic permissions (regexes on routing keys, per topic exchange)."""
 
     user: str
-    role: str  # host | control-plane | monitor
+    role: str  # host | control-plane | monitor | administrator
     configure: str
     write: str
     read: str
@@ -241,11 +241,14 @@ class Rabbitmqctl:
 
 
 # -- the same grant, in other forms ------------------------------------------------------------
-def api_calls(grant: Grant, vhost: str = "/") -> list[tuple[str, str, dict[str, Any] | None]]:
+def api_calls(
+    grant: Grant, vhost: str = "/", *, certificate_only: bool = False
+) -> list[tuple[str, str, dict[str, Any] | None]]:
     """The management HTTP API calls equivalent to `Rabbitmqctl.apply` (method, path, body)."""
     v, u = quote(vhost, safe=""), quote(grant.user, safe="")
+    login = {"password_hash": ""} if certificate_only else {"password": "<password>"}
     calls: list[tuple[str, str, dict[str, Any] | None]] = [
-        ("PUT", f"/api/users/{u}", {"password": "<password>", "tags": grant.tags}),
+        ("PUT", f"/api/users/{u}", {**login, "tags": grant.tags}),
         (
             "PUT",
             f"/api/permissions/{v}/{u}",
@@ -264,9 +267,16 @@ def api_calls(grant: Grant, vhost: str = "/") -> list[tuple[str, str, dict[str, 
     return calls
 
 
-def curl_lines(grant: Grant, vhost: str = "/", api: str = "http://localhost:15672") -> list[str]:
+def curl_lines(
+    grant: Grant,
+    vhost: str = "/",
+    api: str = "http://localhost:15672",
+    *,
+    certificate_only: bool = False,
+) -> list[str]:
+    """`api_calls` as curl command lines (an administrator's credentials to fill in)."""
     out = []
-    for method, path, body in api_calls(grant, vhost):
+    for method, path, body in api_calls(grant, vhost, certificate_only=certificate_only):
         data = f" -H 'content-type: application/json' -d '{json.dumps(body)}'" if body else ""
         out.append(f"curl -fsS -u admin:ADMIN_PASSWORD -X {method} '{api}{path}'{data}")
     return out
@@ -456,7 +466,7 @@ def grant(
     permissions its role needs. A generated password is printed once, alone on stdout."""
     g = _grant_for(prefix or _load(config).prefix, host, control_plane, monitor, user)
     if print_api:
-        for line in curl_lines(g, vhost):
+        for line in curl_lines(g, vhost, certificate_only=certificate_only):
             click.echo(line)
         return
     password = password_file.readline().rstrip("\r\n") if password_file else None
