@@ -78,13 +78,22 @@ class VmRow:
     name: str | None = None
     host: str | None = None
     state: str = "unknown"
-    state_at: float = 0.0
+    state_at: float = 0.0  # time of the newest news about its state
+    changed_at: float = 0.0  # when its state last changed
     last_change: str | None = None  # the last state event: "stopped (destroyed)"
     last_op: str | None = None
     result: str | None = None  # running | ok | failed | duplicate
     request_id: str | None = None
     op_at: float = 0.0
     error: str | None = None
+
+    def observe(self, state: str, at: float) -> None:
+        """News about the state at time `at`; older news than what we know is ignored."""
+        if at < self.state_at:
+            return
+        if state != self.state:
+            self.changed_at = at
+        self.state, self.state_at = state, at
 
 
 @dataclass
@@ -169,21 +178,19 @@ class FleetView:
             for d in domains:
                 vm = self._vm(d.get("uuid"), d.get("name"), host)
                 listed.add(vm.uuid)
-                if at >= vm.state_at:
-                    vm.state, vm.state_at = d.get("state") or "unknown", at
+                vm.observe(d.get("state") or "unknown", at)
             for vm in self.vms.values():  # known here, not listed any more: gone from this host
-                if vm.host == host and vm.uuid not in listed and at >= vm.state_at:
-                    vm.state, vm.state_at = "undefined", at
+                if vm.host == host and vm.uuid not in listed:
+                    vm.observe("undefined", at)
 
     def _state_event(
         self, word: str, host: str | None, ev: dict[str, Any], data: dict[str, Any], at: float
     ) -> None:
         vm_data = data.get("vm") or {}
         vm = self._vm(vm_data.get("uuid") or ev.get("subject"), vm_data.get("name"), host)
-        vm.last_change = f"{word} ({data.get('reason', '?')})"
         if at >= vm.state_at:
-            state = data.get("domain_state") or _STATE_OF_EVENT.get(word, "unknown")
-            vm.state, vm.state_at = state, at
+            vm.last_change = f"{word} ({data.get('reason', '?')})"
+        vm.observe(data.get("domain_state") or _STATE_OF_EVENT.get(word, "unknown"), at)
 
     def _op_event(
         self, host: str | None, ev: dict[str, Any], data: dict[str, Any], at: float
@@ -209,8 +216,8 @@ class FleetView:
         vm.result = "ok" if phase == "after" else "failed"
         vm.error = _error_text(error) if phase == "fail" else None
         state = data.get("state")
-        if state and state != "unknown" and at >= vm.state_at:
-            vm.state, vm.state_at = state, at
+        if state and state != "unknown":
+            vm.observe(state, at)
 
     def _fail(
         self,
@@ -356,7 +363,7 @@ def render(
             vm.last_change or "-",
             vm.last_op or "-",
             result,
-            _clock(max(vm.op_at, vm.state_at)),
+            _clock(max(vm.op_at, vm.changed_at)),
             vm.error or "",
         )
     if len(rows) > max_vms:

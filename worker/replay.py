@@ -183,7 +183,7 @@ def from_ops_log(
     for m in read_ops_log(conn, topology, idle=idle, since=since):
         # a request and its replays (same id, or x-replay-of it) count once: the first copy
         root = m.replay_of or m.message_id
-        if not sel.matches(m) or not root or root in seen:
+        if not sel.matches(m) or not m.message_id or not root or root in seen:
             continue
         seen.add(root)
         new_id = str(uuid.uuid4()) if as_new else m.message_id

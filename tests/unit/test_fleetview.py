@@ -146,3 +146,13 @@ def _screen(view: FleetView, now: float) -> str:
     console = Console(record=True, width=200)
     console.print(render(view, now))
     return console.export_text()
+
+
+def test_a_heartbeat_that_confirms_a_state_does_not_move_when_it_changed():
+    view = FleetView()
+    view.apply(_state("started", "booted", "running", 50.0))
+    view.apply(_beat("h1", 60.0, domains=[{"uuid": VM, "name": "web-1", "state": "running"}]))
+    vm = view.vms[VM]
+    assert (vm.state, vm.changed_at, vm.state_at) == ("running", 50.0, 60.0)
+    view.apply(_state("paused", "ioerror", "paused", 55.0))  # older than what we know
+    assert vm.state == "running" and vm.last_change == "started (booted)"
