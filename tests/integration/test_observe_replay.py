@@ -157,6 +157,18 @@ def test_replay_with_the_original_id_is_a_duplicate_and_as_new_runs_again(
     report = _json_cli(env, "replay", "--vm", vm["uuid"], "--until", "1h", "--dry-run")
     assert report["replays"] == []
 
+    # the VM's history: its three requests (original, duplicate, as new), in order
+    entries = _json_cli(env, "history", "--vm", vm["uuid"])
+    published = [e["request_id"] for e in entries if e["kind"] == "message"]
+    assert published == [rid, rid, new]
+    assert [e["what"] for e in entries if e["kind"] == "event"] == [
+        "define_vm.before",
+        "define_vm.after",
+        "define_vm.after",
+        "define_vm.before",
+        "define_vm.after",
+    ]
+
     # no criterion, no replay
     res = CliRunner().invoke(main, ["replay", "--broker", BROKER, "--prefix", env.prefix])
     assert res.exit_code != 0 and "--all" in res.output
