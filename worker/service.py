@@ -8,8 +8,10 @@ with publisher confirms; a message is acked only once its terminal event is conf
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import random
+import select
 import signal
 import threading
 import time
@@ -20,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import amqp
 import structlog
-from amqp.exceptions import ConsumerCancelled
+from amqp.exceptions import ConsumerCancelled, MessageNacked
 from kombu import Connection, Consumer, Producer
 from kombu.exceptions import OperationalError
 from kombu.message import Message
@@ -132,6 +135,15 @@ class Service:
         self._running: set[str] = set()  # VMs with an operation in the pool
         self._inflight: dict[str, Job] = {}  # request id -> job, queued or running here
         self._wake = threading.Event()
+        # a pool thread that finishes a job writes a byte here: the connection thread, waiting
+        # for the broker in select(), wakes at once to publish its event and ack
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._events_ch: Any = None
+        self._unconfirmed: set[int] = set()  # delivery tags of events not yet confirmed
+        self._nacked: set[int] = set()
+        self._next_tag = 1
         self._next_prune = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -209,6 +221,9 @@ class Service:
             self.metrics.close()
             self.journal.close()
             self.lv.close()
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             log.info("worker stopped", host=self.host)
 
     def _connection(self) -> Connection:
@@ -301,6 +316,7 @@ class Service:
         consume_ch = conn.channel()
         consume_ch.basic_qos(0, self.settings.effective_prefetch, False)
         self._producer = Producer(conn.channel())
+        self._open_events_channel(conn)
         consumer = Consumer(
             consume_ch,
             queues=[self.topology.host_queue],
@@ -325,7 +341,7 @@ class Service:
                         self._flush()  # host.offline, published before we leave
                     return
             with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=0.01 if self._inflight else 0.1)
+                self._drain(conn, timeout=0.01 if self._inflight else 0.1)
             self._collect_done()
             self._flush()
             if time.monotonic() - last_beat > 1.0:
@@ -497,6 +513,7 @@ class Service:
             log.exception("job crashed outside the runner")
             # leave it unacked: the broker redelivers it, up to the delivery limit
             self._done.put((job, -1, None))
+            self._wakeup()
             raise
         finally:
             structlog.contextvars.clear_contextvars()
@@ -504,8 +521,7 @@ class Service:
     def _finish(self, job: Job, outcome: Outcome, *, dead_letter: bool) -> None:
         """Record and queue the terminal event; the connection thread acks once it is confirmed."""
         rk, ev = self._event(job, outcome.phase, recovered=job.recovered, **outcome.event_fields())
-        seq = self.journal.finish(job.request_id, outcome.phase, (rk, ev))
-        self.journal.add_attempts(job.request_id, outcome.attempts)
+        seq = self.journal.finish(job.request_id, outcome.phase, (rk, ev), outcome.attempts)
         log.info(
             "operation finished",
             request_id=job.request_id,
@@ -519,6 +535,7 @@ class Service:
         )
         dead = _reason(outcome.error) if (dead_letter and outcome.error) else None
         self._done.put((job, seq, dead))
+        self._wakeup()
         self._count(outcome.phase)
         self.metrics.operation_finished(ev["data"])
 
@@ -563,13 +580,22 @@ class Service:
         were waiting on them: every PendingAck queued before this flush is now covered."""
         settle = len(self._acks)
         while batch := self.journal.pending():
-            sent: list[int] = []
+            tags: list[int] = []
             try:
-                for entry in batch:
-                    self._publish_event(entry.routing_key, entry.event)
-                    sent.append(entry.seq)
+                for entry in batch:  # all published, then one wait for all the confirms
+                    tags.append(self._publish_event(entry.routing_key, entry.event))
+                self._await_confirms()
             finally:
-                self.journal.mark_sent(sent)
+                confirmed = [
+                    entry
+                    for entry, tag in zip(batch, tags, strict=False)
+                    if tag not in self._unconfirmed and tag not in self._nacked
+                ]
+                self.journal.mark_sent([e.seq for e in confirmed])
+            self.stats.published += len(confirmed)
+            if self.on_event is not None:
+                for e in confirmed:
+                    self.on_event(e.routing_key, e.event)
         for _ in range(settle):
             pa = self._acks.popleft()
             for d in pa.deliveries:
@@ -579,21 +605,78 @@ class Service:
                     self._dead_letter(d.message, pa.dead_letter)
                 d.message.ack()
 
-    def _publish_event(self, rk: str, ev: dict[str, Any]) -> None:
-        self._producer.publish(
+    def _open_events_channel(self, conn: Connection) -> None:
+        """The channel events go out on, in confirm mode. Confirms are tracked by delivery
+        tag, so that a batch is published at once and waited for once (`_await_confirms`):
+        one broker round trip per flush instead of one per event."""
+        ch = conn.channel()
+        ch.confirm_select()
+        ch._confirm_selected = True  # py-amqp: never again from basic_publish_confirm
+        ch.events["basic_ack"].add(self._on_confirm)
+        ch.events["basic_nack"].add(self._on_nack)
+        self._events_ch = ch
+        self._unconfirmed.clear()
+        self._nacked.clear()
+        self._next_tag = 1
+
+    def _on_confirm(self, tag: int, multiple: bool) -> None:
+        for t in [t for t in self._unconfirmed if t <= tag] if multiple else [tag]:
+            self._unconfirmed.discard(t)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        for t in [t for t in self._unconfirmed if t <= tag] if multiple else [tag]:
+            if t in self._unconfirmed:
+                self._unconfirmed.discard(t)
+                self._nacked.add(t)
+
+    def _publish_event(self, rk: str, ev: dict[str, Any]) -> int:
+        """Publish one event (persistent); returns its delivery tag, confirmed later."""
+        msg = amqp.Message(
             events.encode(ev),
-            exchange=self.topology.events,
-            routing_key=rk,
             content_type=events.CONTENT_TYPE,
             content_encoding="utf-8",
             delivery_mode=2,
             message_id=ev["id"],
             correlation_id=ev["data"].get("correlation_id") if "data" in ev else None,
-            retry=False,
         )
-        self.stats.published += 1
-        if self.on_event is not None:
-            self.on_event(rk, ev)
+        tag, self._next_tag = self._next_tag, self._next_tag + 1
+        self._unconfirmed.add(tag)
+        # the plain publish: basic_publish would wait for this one confirm
+        self._events_ch._basic_publish(msg, exchange=self.topology.events.name, routing_key=rk)
+        return tag
+
+    def _await_confirms(self, timeout: float = 30.0) -> None:
+        """Until the broker has confirmed every event published; deliveries that arrive
+        meanwhile are taken in as usual."""
+        end = time.monotonic() + timeout
+        conn = self._events_ch.connection
+        while self._unconfirmed:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no publisher confirm in {timeout:g}s")
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=min(left, 1.0))
+        if self._nacked:  # the channel is done for: a new one after the reconnect
+            raise MessageNacked("the broker refused an event")
+
+    def _wakeup(self) -> None:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            os.write(self._wake_w, b"x")
+
+    def _drain(self, conn: Connection, timeout: float) -> None:
+        """Handle what the broker sent, waiting up to `timeout` for it or for a pool thread's
+        wake-up (a finished job), whichever comes first."""
+        sock = getattr(conn.connection, "sock", None)
+        buffered = getattr(sock, "pending", None)  # TLS: bytes already decrypted
+        if sock is None or (buffered is not None and buffered()):
+            conn.drain_events(timeout=timeout)
+            return
+        ready, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+        if self._wake_r in ready:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+        if sock in ready:
+            conn.drain_events(timeout=timeout)
 
     def _dead_letter(self, message: Message, reason: dict[str, str]) -> None:
         props = message.properties
