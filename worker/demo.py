@@ -125,7 +125,7 @@ def _hooks_root(state: Path) -> Path:
 def _channels(uri: str, vm_uuid: str) -> list[str]:
     xml = libvirt.open(uri).lookupByUUIDString(vm_uuid).XMLDesc(0)
     tree = etree.fromstring(xml.encode())
-    return [str(n) for n in tree.xpath("devices/channel/target/@name")]
+    return [str(t.get("name")) for t in tree.iterfind("devices/channel/target")]
 
 
 def run_demo(pause: float = 0.0) -> int:
