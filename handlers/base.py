@@ -45,6 +45,7 @@ class Ctx:
     storage_roots: Sequence[Path] | None = None
     allow_raw_xml: bool = False
     notes: dict[str, Any] = field(default_factory=dict)  # handler -> event data (e.g. noop)
+    cache: dict[str, Any] = field(default_factory=dict)  # handler's own, for this one run
 
     @property
     def uuid(self) -> str:

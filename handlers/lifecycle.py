@@ -18,7 +18,13 @@ RUNNING = {"running", "blocked"}
 
 
 def _spec_xml(ctx: Ctx) -> str:
-    return build_domain_xml(ctx.op.vm, storage_roots=ctx.storage_roots, allow_raw=ctx.allow_raw_xml)
+    """The spec's domain XML, built once per run (prepare and execute both need it)."""
+    xml = ctx.cache.get("spec_xml")
+    if xml is None:
+        xml = ctx.cache["spec_xml"] = build_domain_xml(
+            ctx.op.vm, storage_roots=ctx.storage_roots, allow_raw=ctx.allow_raw_xml
+        )
+    return str(xml)
 
 
 def _has_spec(ctx: Ctx) -> bool:
