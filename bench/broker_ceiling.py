@@ -27,6 +27,7 @@ from bench.common import (
     Process,
     check_ok,
     closed_loop,
+    cpu_seconds,
     percentile,
     prefill,
     rate,
@@ -127,7 +128,9 @@ def run_once(tmp: Path, n: int, m: int) -> dict[str, Any]:
         try:
             rids = prefill(topo.ops, host, topo.host_queue.name, [start_body() for _ in range(n)])
             loop.start()
+            cpu0 = cpu_seconds(loop.pid)
             seen = tap.wait_all(rids)
+            cpu = cpu_seconds(loop.pid) - cpu0
             check_ok(seen)
             ops_s = rate([s.at for s in seen])
             pub = OpPublisher(topo.ops, host)
@@ -145,6 +148,7 @@ def run_once(tmp: Path, n: int, m: int) -> dict[str, Any]:
         "rtt_p50_ms": percentile(lat, 50) * 1e3,
         "rtt_p99_ms": percentile(lat, 99) * 1e3,
         "event_bytes": size,
+        "cpu_ms_per_op": cpu / n * 1e3,
     }
 
 

@@ -17,6 +17,7 @@ from bench.common import (
     Process,
     check_ok,
     closed_loop,
+    cpu_seconds,
     hooks_root,
     percentile,
     prefill,
@@ -53,7 +54,9 @@ def run_once(tmp: Path, n: int, m: int, **worker_kw: Any) -> dict[str, Any]:
         try:
             rids = prefill(topo.ops, host, topo.host_queue.name, [start_body() for _ in range(n)])
             worker.start()
+            cpu0 = cpu_seconds(worker.pid)
             seen = tap.wait_all(rids)
+            cpu = cpu_seconds(worker.pid) - cpu0
             check_ok(seen)
             ops_s = rate([s.at for s in seen])
             pub = OpPublisher(topo.ops, host)
@@ -72,6 +75,7 @@ def run_once(tmp: Path, n: int, m: int, **worker_kw: Any) -> dict[str, Any]:
         "lat_p99_ms": percentile(lat, 99) * 1e3,
         "event_bytes": size,
         "rss_mib": rss.get("VmRSS", 0) / 1024,
+        "cpu_ms_per_op": cpu / n * 1e3,
     }
     say(
         f"vmworker: {ops_s:.0f} ops/s, latency p50 {out['lat_p50_ms']:.2f} ms"
