@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import os
 import selectors
@@ -27,7 +28,7 @@ import sys
 import traceback
 from typing import Any
 
-PRELOAD = ("hooking", "xml.dom.minidom", "json", "subprocess", "lxml.etree")
+PRELOAD = ("hooking", "xml.dom.minidom", "json", "subprocess", "lxml.etree", "runpy", "threading")
 HEADER_TIMEOUT_S = 10.0
 
 
@@ -268,6 +269,10 @@ def main() -> None:
     control = socket.socket(fileno=control_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C is the worker's to handle
     preload(hooklib)
+    # what is loaded now stays out of the children's garbage collections: a collection would
+    # touch every object, and so copy every page the fork shares with this server
+    gc.collect()
+    gc.freeze()
     serve(control)
 
 
