@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import queue
 import sys
 import threading
 import traceback
@@ -119,6 +120,34 @@ class InprocOutcome:
     timed_out: bool
 
 
+class _HookThreads:
+    """Daemon threads that run in-process hooks, kept for the next call: handing a call to a
+    waiting thread costs a tenth of starting one, which would cost more than most hooks.
+    A thread is handed one call at a time; one whose hook never returns is never handed
+    another, so a stuck hook costs its thread and nothing else."""
+
+    def __init__(self) -> None:
+        self._idle: list[queue.SimpleQueue[Callable[[], None]]] = []
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="hook", daemon=True).start()
+        inbox.put(call)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+        while True:
+            inbox.get()()
+            with self._lock:
+                self._idle.append(inbox)
+
+
+_THREADS = _HookThreads()
+
+
 def call_with_timeout(
     func: HookFunc, payload: Any, ctx: HookContext, timeout: float
 ) -> InprocOutcome:
@@ -128,6 +157,7 @@ def call_with_timeout(
     chain goes on without it.
     """
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def target() -> None:
         try:
@@ -136,11 +166,11 @@ def call_with_timeout(
             box["failed"] = exc
         except BaseException as exc:
             box["error"] = exc
+        finally:
+            done.set()
 
-    t = threading.Thread(target=target, name=f"hook-{ctx.point}", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
+    _THREADS.submit(target)
+    if not done.wait(timeout):
         return InprocOutcome(1, None, f"did not return within {timeout:g}s", True)
     if "failed" in box:
         exc = box["failed"]
