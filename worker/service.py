@@ -314,6 +314,7 @@ class Service:
         self.topology.declare(conn, shared=self.settings.declare_shared)
         self._acks.clear()  # tags of an old channel are void; those messages come back
         consume_ch = conn.channel()
+        consume_ch.auto_decode = False  # bodies stay the bytes that were sent
         consume_ch.basic_qos(0, self.settings.effective_prefetch, False)
         self._producer = Producer(conn.channel())
         self._open_events_channel(conn)
@@ -321,6 +322,7 @@ class Service:
             consume_ch,
             queues=[self.topology.host_queue],
             on_message=self._on_message,
+            on_decode_error=self._on_decode_error,
             no_ack=False,
             auto_declare=False,  # declared above; a host's own broker user may not declare more
         )
@@ -359,6 +361,21 @@ class Service:
             log.exception("handling a message failed; it is requeued (up to the delivery limit)")
             with contextlib.suppress(Exception):
                 message.reject(requeue=True)
+
+    def _on_decode_error(self, message: Message, exc: Exception) -> None:
+        """kombu could not undo the message's `compression` header: bad input like any other."""
+        if self._stop.is_set():
+            return
+        props = message.properties
+        err = OpError("undecodable", f"body cannot be decompressed: {exc!r}"[:500], "validation")
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        self._reject(
+            Delivery(message, self._generation),
+            body,
+            props.get("message_id"),
+            props.get("correlation_id"),
+            err,
+        )
 
     def _receive(self, message: Message) -> None:
         delivery = Delivery(message, self._generation)
@@ -685,8 +702,13 @@ class Service:
             **reason,
             "x-original-user-id": props.get("user_id") or "",
         }
+        if not message.errors:  # kombu decompressed the body: the copy is not compressed
+            headers.pop("compression", None)
+        body = message.body
+        if isinstance(body, str):  # py-amqp gives an empty body as ''
+            body = body.encode("utf-8", "surrogateescape")
         self._producer.publish(
-            message.body,
+            body,
             exchange=self.topology.dlx,
             routing_key=self.host,
             content_type=props.get("content_type") or "application/octet-stream",

@@ -16,6 +16,7 @@ from handlers.domxml import build_domain_xml
 from handlers.spec import VmSpec
 from tests.reliability import (
     POISON_HOOK,
+    SLEEP_HOOK,
     journal_rows,
     kill_sleepers,
     tally,
@@ -145,3 +146,33 @@ def test_message_that_kills_the_worker_every_time_is_dead_lettered_by_the_broker
     print(f"poison: deaths={deaths} {t}")
     assert t["twice"] == [] and t["lost"] == [] and t["no_before"] == []
     assert journal_rows(env.state_dir)[rid]["runs"] == limit + 1
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_mid_operation_finishes_it_publishes_acks_and_exits_0(
+    env, tap, hooks_root, tmp_path
+):
+    write_hook(hooks_root, "before_vm_define", "50_sleep", SLEEP_HOOK)
+    a, b = small_vm("term-a"), small_vm("term-b")
+    w = ProcessWorker(env, tmp_path / "worker.log").start()
+    slow = {"sleep_s": "3"}
+    a1 = env.publish("define_vm", a, custom=slow)
+    a2 = env.publish("define_vm", a)  # queued behind a1: not started when the signal comes
+    b1 = env.publish("define_vm", b, custom=slow)
+    tap.wait(lambda: tap.of(a1) and tap.of(b1))  # both running
+    t0 = time.monotonic()
+    rc = w.stop(timeout=30)  # SIGTERM
+    print(f"sigterm: exited {rc} after {time.monotonic() - t0:.1f}s")
+    assert rc == 0
+    for rid in (a1, b1):
+        assert [e["data"]["phase"] for e in tap.of(rid)] == ["before", "after"]
+    assert tap.of(a2) == []
+    with broker_conn() as c:
+        assert queue_depth(c, env.topology.host_queue.name) == 1  # a2 is back in the queue
+    w = ProcessWorker(env, tmp_path / "worker2.log").start()
+    try:
+        assert tap.wait_terminal(a2)["data"]["phase"] == "after"
+    finally:
+        w.stop()
+    t = tally(tap.events, [a1, a2, b1])
+    assert t["lost"] == [] and t["twice"] == [] and t["duplicates"] == 0
