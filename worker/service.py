@@ -141,6 +141,7 @@ class Service:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._events_ch: Any = None
+        self._events_producer: Producer | None = None
         self._unconfirmed: set[int] = set()  # delivery tags of events not yet confirmed
         self._nacked: set[int] = set()
         self._next_tag = 1
@@ -627,6 +628,11 @@ class Service:
         tag, so that a batch is published at once and waited for once (`_await_confirms`):
         one broker round trip per flush instead of one per event."""
         ch = conn.channel()
+        self._events_ch = ch
+        if not hasattr(ch, "confirm_select"):  # kombu's in-memory transport: nothing to confirm
+            self._events_producer = Producer(ch)
+            return
+        self._events_producer = None
         ch.confirm_select()
         ch._confirm_selected = True  # py-amqp: never again from basic_publish_confirm
         ch.events["basic_ack"].add(self._on_confirm)
@@ -648,6 +654,18 @@ class Service:
 
     def _publish_event(self, rk: str, ev: dict[str, Any]) -> int:
         """Publish one event (persistent); returns its delivery tag, confirmed later."""
+        if self._events_producer is not None:  # no confirms on this transport
+            self._events_producer.publish(
+                events.encode(ev),
+                exchange=self.topology.events,
+                routing_key=rk,
+                content_type=events.CONTENT_TYPE,
+                content_encoding="utf-8",
+                delivery_mode=2,
+                message_id=ev["id"],
+                retry=False,
+            )
+            return 0
         msg = amqp.Message(
             events.encode(ev),
             content_type=events.CONTENT_TYPE,
