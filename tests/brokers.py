@@ -61,6 +61,8 @@ class RabbitNode:
       `fail_if_no_peer_cert` (default False): adds an AMQPS listener (`.tls_port`, `.tls_url`).
     - `extra_conf`: lines appended to the node's rabbitmq.conf (new-style sysctl format).
     - `plugins`: plugins to enable (e.g. `rabbitmq_auth_mechanism_ssl` for EXTERNAL login).
+    - `advanced`: the node's advanced.config (Erlang terms), e.g.
+      `[{rabbit, [{channel_tick_interval, 1000}]}].`
     """
 
     def __init__(
@@ -71,8 +73,10 @@ class RabbitNode:
         tls: dict[str, Any] | None = None,
         extra_conf: str = "",
         plugins: list[str] | None = None,
+        advanced: str = "",
     ) -> None:
         self.name = name or f"vmwt-{uuid.uuid4().hex[:8]}"
+        self.advanced = advanced
         self.plugins = list(plugins or [])
         self.nodename = f"{self.name}@localhost"
         self.port = port or free_port()
@@ -127,6 +131,8 @@ class RabbitNode:
             conf.append(self.extra_conf.strip())
         (self.base / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
         (self.base / "rabbitmq-env.conf").write_text("")  # not the system's NODENAME
+        # advanced.config (Erlang terms) for what rabbitmq.conf cannot say
+        (self.base / "advanced.config").write_text(self.advanced.strip() or "[].")
         (self.base / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
 
     def env(self) -> dict[str, str]:
@@ -141,6 +147,7 @@ class RabbitNode:
             RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
             RABBITMQ_LOG_BASE=str(self.log_dir),
             RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.base / "advanced.config"),
             RABBITMQ_CONF_ENV_FILE=str(self.base / "rabbitmq-env.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
             RABBITMQ_PID_FILE=str(self.base / "rabbit.pid"),

@@ -319,9 +319,14 @@ class Service:
         consume_ch.basic_qos(0, self.settings.effective_prefetch, False)
         self._producer = Producer(conn.channel())
         self._open_events_channel(conn)
+        host_queue = self.topology.host_queue
+        version = conn.connection.server_properties.get("version")
+        if _has_consumer_timeout(version):  # else only the broker-wide consumer_timeout applies
+            timeout = _consumer_timeout_ms(self.settings)
+            host_queue.consumer_arguments = {"x-consumer-timeout": timeout}  # type: ignore[attr-defined]
         consumer = Consumer(
             consume_ch,
-            queues=[self.topology.host_queue],
+            queues=[host_queue],
             on_message=self._on_message,
             on_decode_error=self._on_decode_error,
             no_ack=False,
@@ -821,6 +826,25 @@ def _peek(body: bytes) -> dict[str, Any]:
         return peek(body)
     except Exception:
         return {}
+
+
+def _has_consumer_timeout(version: Any) -> bool:
+    """RabbitMQ takes a per-consumer `x-consumer-timeout` from 3.11.15 and 3.12 on."""
+    if isinstance(version, bytes):
+        version = version.decode(errors="replace")
+    try:
+        parts = tuple(int(p) for p in str(version).split("+")[0].split("-")[0].split(".")[:3])
+    except ValueError:
+        return False
+    return parts >= (3, 11, 15)
+
+
+def _consumer_timeout_ms(settings: Settings) -> int:
+    """Longer than any operation can take: the longest guest shutdown wait (1 h), the longest
+    retry deadline, and three hook chains of ten scripts at their timeout; at least 30 min."""
+    retry = max((p.deadline_s for p in settings.retry.values()), default=120.0)
+    longest = 3600.0 + retry + 3 * 10 * settings.hook_timeout
+    return int(max(longest, 1800.0) * 1000)
 
 
 def _delivery_count(headers: dict[str, Any]) -> int:
