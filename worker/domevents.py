@@ -128,14 +128,18 @@ class Ownership:
         self.clock = clock
         self._claims: dict[str, _Claim] = {}
         self._lock = threading.Lock()
+        self._next_sweep = 0.0
 
     def acquire(self, vm: str, request_id: str, op: str) -> None:
         now = self.clock()
         with self._lock:
             self._claims[vm] = _Claim(request_id, op, now)
-            # forget claims long over (kept a while: an event may be read late)
-            for old in [k for k, c in self._claims.items() if c.until and c.until < now - 300]:
-                del self._claims[old]
+            # forget claims long over (kept a while: an event may be read late); a sweep
+            # reads every claim, so at most one every 10 s, not one per operation
+            if now >= self._next_sweep:
+                self._next_sweep = now + 10.0
+                for old in [k for k, c in self._claims.items() if c.until and c.until < now - 300]:
+                    del self._claims[old]
 
     def release(self, vm: str, request_id: str) -> None:
         with self._lock:

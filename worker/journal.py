@@ -67,6 +67,7 @@ class OutboxEntry:
     seq: int
     routing_key: str
     event: dict[str, Any]
+    body: bytes = b""  # the event as stored: compact JSON, published as it is
 
 
 class Journal:
@@ -262,7 +263,7 @@ class Journal:
     def _enqueue(self, db: sqlite3.Connection, rk: str, ev: dict[str, Any]) -> int:
         cur = db.execute(
             "INSERT INTO outbox(routing_key, body, created_at) VALUES (?,?,?)",
-            (rk, json.dumps(ev, default=str), time.time()),
+            (rk, json.dumps(ev, separators=(",", ":"), default=str), time.time()),
         )
         assert cur.lastrowid is not None
         self._last_seq = max(self._last_seq, cur.lastrowid)  # under the lock (_tx)
@@ -282,7 +283,7 @@ class Journal:
                 " AND seq <= ? ORDER BY seq LIMIT ?",
                 (after_seq, self._durable_seq, limit),
             ).fetchall()
-        return [OutboxEntry(seq, rk, json.loads(body)) for seq, rk, body in rows]
+        return [OutboxEntry(seq, rk, json.loads(body), body.encode()) for seq, rk, body in rows]
 
     def mark_sent(self, seqs: list[int]) -> None:
         """These events are confirmed by the broker. Committed (a killed worker does not send

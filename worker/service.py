@@ -405,14 +405,18 @@ class Service:
         except OpError as err:
             self._reject(delivery, body, request_id, correlation_id, err)
             return
-        bound = log.bind(request_id=request_id, op=op.op, vm=str(op.vm.uuid))
         req = self.journal.receive(request_id, op.op, str(op.vm.uuid))
         if req.state == FINISHED:  # the journal first: a job may be done but not yet collected
             self._duplicate(delivery, req)
             return
         job = self._inflight.get(request_id)
         if job is not None:  # a redelivery (or a second copy) of something we are on
-            bound.info("already in progress here; will ack with it")
+            log.info(
+                "already in progress here; will ack with it",
+                request_id=request_id,
+                op=op.op,
+                vm=str(op.vm.uuid),
+            )
             job.deliveries.append(delivery)
             return
         if _delivery_count(message.headers or {}) >= self.settings.delivery_limit:
@@ -422,7 +426,12 @@ class Service:
         job.replay_of = (message.headers or {}).get("x-replay-of")
         job.deadline = deadline
         if job.recovered:
-            bound.info("recovering a request that started before a crash or requeue")
+            log.info(
+                "recovering a request that started before a crash or requeue",
+                request_id=request_id,
+                op=op.op,
+                vm=str(op.vm.uuid),
+            )
         self._inflight[request_id] = job
         self._vm_queues.setdefault(job.vm, deque()).append(job)
         self._dispatch(job.vm)
@@ -606,7 +615,7 @@ class Service:
             tags: list[int] = []
             try:
                 for entry in batch:  # all published, then one wait for all the confirms
-                    tags.append(self._publish_event(entry.routing_key, entry.event))
+                    tags.append(self._publish_event(entry.routing_key, entry.event, entry.body))
                 self._await_confirms()
             finally:
                 confirmed = [
@@ -634,6 +643,7 @@ class Service:
         one broker round trip per flush instead of one per event."""
         ch = conn.channel()
         self._events_ch = ch
+        self._events_exchange = self.topology.events.name
         if not hasattr(ch, "confirm_select"):  # kombu's in-memory transport: nothing to confirm
             self._events_producer = Producer(ch)
             return
@@ -657,8 +667,9 @@ class Service:
                 self._unconfirmed.discard(t)
                 self._nacked.add(t)
 
-    def _publish_event(self, rk: str, ev: dict[str, Any]) -> int:
-        """Publish one event (persistent); returns its delivery tag, confirmed later."""
+    def _publish_event(self, rk: str, ev: dict[str, Any], body: bytes = b"") -> int:
+        """Publish one event (persistent); returns its delivery tag, confirmed later. `body`
+        is the event as the outbox holds it (compact JSON), published as it is."""
         if self._events_producer is not None:  # no confirms on this transport
             self._events_producer.publish(
                 events.encode(ev),
@@ -672,7 +683,7 @@ class Service:
             )
             return 0
         msg = amqp.Message(
-            events.encode(ev),
+            body or events.encode(ev),
             content_type=events.CONTENT_TYPE,
             content_encoding="utf-8",
             delivery_mode=2,
@@ -682,7 +693,7 @@ class Service:
         tag, self._next_tag = self._next_tag, self._next_tag + 1
         self._unconfirmed.add(tag)
         # the plain publish: basic_publish would wait for this one confirm
-        self._events_ch._basic_publish(msg, exchange=self.topology.events.name, routing_key=rk)
+        self._events_ch._basic_publish(msg, exchange=self._events_exchange, routing_key=rk)
         return tag
 
     def _await_confirms(self, timeout: float = 30.0) -> None:
