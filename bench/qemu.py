@@ -38,6 +38,8 @@ def _spec() -> dict[str, Any]:
 def _remove(conn: Any, uuid: str) -> None:
     import libvirt
 
+    import handlers.connection  # noqa: F401  (libvirt prints no "domain not found" here)
+
     with contextlib.suppress(libvirt.libvirtError):
         dom = conn.lookupByUUIDString(uuid)
         with contextlib.suppress(libvirt.libvirtError):

@@ -244,6 +244,8 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         p99 = sec.get("rtt_p99_ms", sec.get("lat_p99_ms"))
         lines.append(_row(f"{label}: publish → after p50", p50, "ms"))
         lines.append(_row(f"{label}: publish → after p99", p99, "ms"))
+        cpu = sec.get("cpu_ms_per_op")
+        lines.append(_row(f"{label}: CPU per op (all its processes)", cpu, "ms"))
     r = s.get("ratios", {})
     for key, label in (
         ("vmworker_vs_celery", "vmworker ÷ Celery (ops/s)"),
