@@ -26,6 +26,7 @@ import socket
 import struct
 import sys
 import traceback
+import types
 from typing import Any
 
 PRELOAD = ("hooking", "xml.dom.minidom", "json", "subprocess", "lxml.etree", "runpy", "threading")
@@ -80,7 +81,13 @@ def kill_group(pid: int) -> None:
             kill(pid, signal.SIGKILL)
 
 
-def child_main(header: dict[str, Any], out_fd: int, err_fd: int, base_path: list[str]) -> None:
+def child_main(
+    header: dict[str, Any],
+    out_fd: int,
+    err_fd: int,
+    base_path: list[str],
+    code: types.CodeType | None = None,
+) -> None:
     """In the forked child: become what `execve(script)` would have made, run it, exit."""
     rc = 1
     try:
@@ -109,7 +116,7 @@ def child_main(header: dict[str, Any], out_fd: int, err_fd: int, base_path: list
         sys.path[:] = [os.path.dirname(os.path.realpath(script)), *extra, *base_path]
         forget_shadowed_preloads(extra)
         sys.argv[:] = list(argv)
-        rc = run_script(script)
+        rc = run_script(script, code)
     except BaseException:
         traceback.print_exc()
         rc = 1
@@ -134,13 +141,47 @@ def forget_shadowed_preloads(extra: list[str]) -> None:
             return
 
 
-def run_script(script: str) -> int:
+# (path, device, inode, mtime, size) -> the script compiled, as runpy.run_path would
+_compiled: dict[tuple[str, int, int, int, int], types.CodeType] = {}
+
+
+def compiled(script: str) -> types.CodeType | None:
+    """The script's code, compiled here in the server (once per version of the file): a
+    child that compiles it itself pays for every page of the server it touches doing so.
+    None if it cannot be read or compiled: the child then runs it the plain way, and says why
+    as a fresh interpreter would."""
+    try:
+        st = os.stat(script)
+        key = (script, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        code = _compiled.get(key)
+        if code is None:
+            with open(script, "rb") as f:
+                source = f.read()
+            # dont_inherit: this module's `from __future__` imports are not the script's
+            code = compile(source, script, "exec", dont_inherit=True)
+            if len(_compiled) >= 256:
+                _compiled.clear()
+            _compiled[key] = code
+        return code
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def run_script(script: str, main_code: types.CodeType | None = None) -> int:
     import runpy
     import threading
 
     rc = 0
     try:
-        runpy.run_path(script, run_name="__main__")
+        if main_code is None:
+            runpy.run_path(script, run_name="__main__")
+        else:  # what run_path does with a plain file, minus finding and compiling it
+            main = types.ModuleType("__main__")
+            main.__dict__.update(
+                __file__=script, __cached__=None, __loader__=None, __package__="", __spec__=None
+            )
+            sys.modules["__main__"] = main
+            exec(main_code, main.__dict__)
     except SystemExit as exc:
         code = exc.code
         if code is None:
@@ -235,6 +276,7 @@ def start(
             os.close(fd)
         sock.close()
         return
+    code = compiled(str(header.get("argv", [""])[0]))
     pid = os.fork()
     if pid == 0:
         # close what belongs to the server through its objects first, so that nothing
@@ -246,7 +288,7 @@ def start(
             if other.pidfd is not None:
                 os.close(other.pidfd)
         sock.close()
-        child_main(header, out_fd, err_fd, base_path)
+        child_main(header, out_fd, err_fd, base_path, code)
     os.close(out_fd)
     os.close(err_fd)
     req = Request(sock, pid)
