@@ -320,7 +320,8 @@ class Service:
         self._producer = Producer(conn.channel())
         self._open_events_channel(conn)
         host_queue = self.topology.host_queue
-        version = conn.connection.server_properties.get("version")
+        server = getattr(conn.connection, "server_properties", None) or {}  # none in memory://
+        version = server.get("version")
         if _has_consumer_timeout(version):  # else only the broker-wide consumer_timeout applies
             timeout = _consumer_timeout_ms(self.settings)
             host_queue.consumer_arguments = {"x-consumer-timeout": timeout}  # type: ignore[attr-defined]
