@@ -749,6 +749,7 @@ class Service:
             content_type=props.get("content_type") or "application/octet-stream",
             content_encoding=props.get("content_encoding") or "binary",
             message_id=props.get("message_id"),
+            timestamp=props.get("timestamp"),  # replay chooses by time, too
             correlation_id=props.get("correlation_id"),
             headers=headers,
             delivery_mode=2,
