@@ -40,7 +40,9 @@ def schema_errors(xml_file: Path) -> str | None:
         )
         return None if proc.returncode == 0 else (proc.stdout + proc.stderr)
     if not LIBVIRT_RNG.exists():
-        pytest.skip("libvirt's schema is not installed (Debian package libvirt-clients)")
+        pytest.fail(
+            "libvirt's schema is not installed (Debian libvirt-clients): run scripts/bootstrap"
+        )
     from lxml import etree
 
     schema = etree.RelaxNG(etree.parse(str(LIBVIRT_RNG)))
@@ -113,7 +115,7 @@ def test_golden_xml_passes_qemu_driver_define_checks(spec_file: Path) -> None:
     """The QEMU driver checks much more at define time than the schema (bus vs machine, ...)."""
     conn = _qemu_conn()
     if conn is None:
-        pytest.skip("no qemu:///system libvirtd here")
+        pytest.fail("no qemu:///system libvirtd here: run scripts/bootstrap libvirtd")
     spec = json.loads(spec_file.read_text())
     # a name and uuid of our own, so nothing on the host can clash with the golden ones
     spec["name"] = f"vmworker-golden-{spec_file.stem}"

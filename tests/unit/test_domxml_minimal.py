@@ -72,7 +72,7 @@ def test_minimal_spec_boots_on_real_qemu() -> None:
     try:
         conn = libvirt.open("qemu:///system")
     except libvirt.libvirtError:
-        pytest.skip("no qemu:///system libvirtd here")
+        pytest.fail("no qemu:///system libvirtd here: run scripts/bootstrap libvirtd")
     spec = VmSpec.model_validate(
         {**MINIMAL, "uuid": str(uuid.uuid4()), "name": f"vmworker-minimal-{uuid.uuid4().hex[:8]}"}
     )

@@ -78,7 +78,7 @@ def test_world_writable_hooks_root_refuses_chain(root: Path) -> None:
 
 def test_script_owned_by_another_user_is_refused(root: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to chown")
+        pytest.fail("needs root to chown (make test runs as root)")
     p = hook(root, "before_vm_start", "10_theirs", "exit 0")
     os.chown(p, 65534, -1)
     res = run(root)
@@ -87,7 +87,7 @@ def test_script_owned_by_another_user_is_refused(root: Path) -> None:
 
 def test_hook_dir_owned_by_another_user_is_refused(root: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to chown")
+        pytest.fail("needs root to chown (make test runs as root)")
     hook(root, "before_vm_start", "10_mine", "exit 0")
     os.chown(root / "before_vm_start", 65534, -1)
     res = run(root)
