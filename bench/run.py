@@ -40,7 +40,7 @@ def params(smoke: bool, runs: int | None) -> dict[str, int]:
         p = dict(runs=1, ops=30, lat=10, hook_reps=3, hook_lat=3, qemu=1, vms=50, concurrent=16)
     else:
         p = dict(
-            runs=5, ops=2000, lat=300, hook_reps=30, hook_lat=30, qemu=3, vms=1000, concurrent=100
+            runs=5, ops=2000, lat=300, hook_reps=30, hook_lat=30, qemu=6, vms=1000, concurrent=100
         )
     if runs:
         p["runs"] = runs
