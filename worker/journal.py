@@ -6,6 +6,7 @@ the broker has not confirmed yet (outbox), published in order once the broker is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -136,8 +137,16 @@ class Journal:
             with self._lock:
                 upto, seq = self._commits, self._last_seq
                 if self._wal_fd is None:
-                    self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-            os.fsync(self._wal_fd)  # the inode's data, whoever wrote it
+                    with contextlib.suppress(FileNotFoundError):  # every commit makes it
+                        self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            if self._wal_fd is not None:
+                os.fsync(self._wal_fd)  # the inode's data, whoever wrote it
+            else:  # no WAL yet, so no commit yet: what there is, is in the database file
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             self._synced, self._durable_seq = upto, seq
 
     # -- requests ----------------------------------------------------------------------
