@@ -32,7 +32,8 @@ from urllib.parse import quote
 
 import click
 
-from worker.config import HOST_RE, Settings, load_settings
+from worker.cliopts import settings_or_exit
+from worker.config import HOST_RE
 from worker.topology import Topology
 
 NOTHING = "^$"  # matches no resource name we use (the empty name is the default exchange)
@@ -396,11 +397,7 @@ def _grant_for(
         raise click.BadParameter(str(exc)) from None
 
 
-def _load(config: Path | None, **flags: Any) -> Settings:
-    try:
-        return load_settings(config, **flags)
-    except Exception as exc:
-        raise click.ClickException(f"bad configuration: {exc}") from None
+_load = settings_or_exit
 
 
 _who = [

@@ -9,31 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-from kombu import Connection
 
 from worker import logs
-from worker.config import Settings, load_settings
+from worker.cliopts import broker_option, config_option, connect_or_exit, settings_or_exit
 from worker.topology import Topology
 
-_broker = click.option("--broker", help="broker URL (several separated by ';')")
-_config = click.option("--config", type=click.Path(path_type=Path), help="TOML config file")
-
-
-def _settings(config: Path | None, **flags: Any) -> Settings:
-    try:
-        return load_settings(config, **flags)
-    except Exception as exc:
-        raise click.ClickException(f"bad configuration: {exc}") from None
-
-
-def _connect(s: Settings) -> Connection:
-    """The same connection builder as the worker's (failover, TLS, login method)."""
-    from worker.amqp import connect
-
-    try:
-        return connect(s)
-    except ValueError as exc:
-        raise click.ClickException(f"bad broker configuration: {exc}") from None
+_broker = broker_option
+_config = config_option
+_settings = settings_or_exit
+_connect = connect_or_exit
 
 
 @click.group()

@@ -21,6 +21,7 @@ import click
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
+from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
 from worker.monitor import parse_time
 from worker.subscribe import vouched
 from worker.topology import Topology, stream
@@ -286,9 +287,7 @@ def print_timeline(entries: list[dict[str, Any]]) -> None:
 @click.option("--request-id", help="this request (and its replays)")
 @click.option("--vm", help="this VM (uuid): every operation and state event")
 @click.option("--json", "as_json", is_flag=True, help="the entries as a JSON array")
-@click.option("--broker", help="broker URL (several separated by ';')")
-@click.option("--prefix", help="name prefix of exchanges and queues (default: config, else vm)")
-@click.option("--config", type=click.Path(path_type=Path), help="TOML config file")
+@connection_options
 @click.option(
     "--idle",
     type=float,
@@ -306,13 +305,12 @@ def history(
     idle: float,
 ) -> None:
     """Everything that happened to a request or a VM, from the ops and events logs."""
-    from worker.cli import _connect, _settings
 
     if bool(request_id) == bool(vm):
         raise click.UsageError("give exactly one of --request-id and --vm")
-    s = _settings(config, broker=broker, prefix=prefix)
+    s = settings_or_exit(config, broker=broker, prefix=prefix)
     topo = Topology.from_settings(s)
-    with _connect(s) as conn:
+    with connect_or_exit(s) as conn:
         if s.declare_shared:
             topo.declare_shared(conn)
         ops = read_ops_log(conn, topo, idle=idle)

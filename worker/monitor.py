@@ -23,6 +23,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
+
 LATE_FACTOR = 2.5  # a host is late when its last heartbeat is older than this many intervals
 _STATE_OF_EVENT = {  # state event word -> domain state, when the event carries none
     "defined": "shutoff",
@@ -405,9 +407,7 @@ def load_fleet(
 
 
 @click.command()
-@click.option("--broker", help="broker URL (several separated by ';')")
-@click.option("--prefix", help="name prefix of exchanges and queues (default: config, else vm)")
-@click.option("--config", type=click.Path(path_type=Path), help="TOML config file")
+@connection_options
 @click.option("--once", is_flag=True, help="replay the events log, print the picture, exit")
 @click.option(
     "--idle",
@@ -433,14 +433,13 @@ def monitor(
     result, failures with the failing hook's stderr, hosts whose heartbeat is late."""
     from rich.live import Live
 
-    from worker.cli import _connect, _settings
     from worker.subscribe import live_queue, read_events
     from worker.topology import Topology
 
-    s = _settings(config, broker=broker, prefix=prefix)
+    s = settings_or_exit(config, broker=broker, prefix=prefix)
     topo = Topology.from_settings(s)
     console = Console(width=width) if width else Console()
-    with _connect(s) as conn:
+    with connect_or_exit(s) as conn:
         if s.declare_shared:
             topo.declare_shared(conn)
         live_q = None

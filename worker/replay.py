@@ -36,6 +36,7 @@ import click
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.message import Message
 
+from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
 from worker.history import LogMessage, read_ops_log
 from worker.topology import Topology
 
@@ -310,9 +311,7 @@ def outcome_word(ev: dict[str, Any] | None) -> str:
     help="wait this many seconds for each replay's outcome and report it",
 )
 @click.option("--json", "as_json", is_flag=True, help="report as JSON")
-@click.option("--broker", help="broker URL (several separated by ';')")
-@click.option("--prefix", help="name prefix of exchanges and queues (default: config, else vm)")
-@click.option("--config", type=click.Path(path_type=Path), help="TOML config file")
+@connection_options
 @click.option(
     "--idle",
     type=float,
@@ -342,7 +341,6 @@ def replay(
 ) -> None:
     """Publish operation messages again, chosen from the ops log, a dead-letter queue or a
     host's operation queue."""
-    from worker.cli import _connect, _settings
     from worker.config import HOST_RE
     from worker.subscribe import live_queue
 
@@ -356,11 +354,11 @@ def replay(
     for h in (from_dead, from_queue, to_host):
         if h is not None and not HOST_RE.match(h):
             raise click.BadParameter(f"not a host id: {h!r}")
-    s = _settings(config, broker=broker, prefix=prefix)
+    s = settings_or_exit(config, broker=broker, prefix=prefix)
     topo = Topology.from_settings(s)
     new_ids = as_new if as_new is not None else from_dead is not None
     rest: list[Message] = []
-    with _connect(s) as conn:
+    with connect_or_exit(s) as conn:
         if s.declare_shared:
             topo.declare_shared(conn)
         if from_dead or from_queue:
