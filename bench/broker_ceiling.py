@@ -23,16 +23,10 @@ from kombu import Connection, Consumer, Producer
 from bench.common import (
     BROKER,
     EventTap,
-    OpPublisher,
     Process,
-    check_ok,
-    closed_loop,
-    cpu_seconds,
+    measure_consumer,
     percentile,
-    prefill,
-    rate,
     say,
-    start_body,
     topology,
     unique,
 )
@@ -126,29 +120,18 @@ def run_once(tmp: Path, n: int, m: int) -> dict[str, Any]:
         tap = EventTap(topo.events).start()
         loop = loop_process(tmp / f"loop-{prefix}.log", prefix, host)
         try:
-            rids = prefill(topo.ops, host, topo.host_queue.name, [start_body() for _ in range(n)])
-            loop.start()
-            cpu0 = cpu_seconds(loop.pid)
-            seen = tap.wait_all(rids)
-            cpu = cpu_seconds(loop.pid) - cpu0
-            check_ok(seen)
-            ops_s = rate([s.at for s in seen])
-            pub = OpPublisher(topo.ops, host)
-            try:
-                lat = closed_loop(pub, tap, (start_body() for _ in range(m)))
-            finally:
-                pub.close()
-            size = max(s.size for s in seen)
+            got = measure_consumer(topo, host, tap, loop, n, m)
         finally:
             loop.stop()
             tap.stop()
-    say(f"broker ceiling: {ops_s:.0f} msg/s, round trip p50 {percentile(lat, 50) * 1e3:.2f} ms")
+    lat = got.latencies
+    say(f"broker ceiling: {got.ops_s:.0f} msg/s, round trip p50 {percentile(lat, 50) * 1e3:.2f} ms")
     return {
-        "ops_s": ops_s,
+        "ops_s": got.ops_s,
         "rtt_p50_ms": percentile(lat, 50) * 1e3,
         "rtt_p99_ms": percentile(lat, 99) * 1e3,
-        "event_bytes": size,
-        "cpu_ms_per_op": cpu / n * 1e3,
+        "event_bytes": got.event_bytes,
+        "cpu_ms_per_op": got.cpu_s / n * 1e3,
     }
 
 

@@ -456,3 +456,32 @@ def cpu_seconds(pid: int) -> float:
                 with contextlib.suppress(OSError):
                     todo += [int(c) for c in (task / "children").read_text().split()]
     return total
+
+
+@dataclass
+class Measured:
+    """What one throughput + latency measurement of a consumer gave."""
+
+    ops_s: float
+    latencies: list[float]  # seconds, closed loop
+    cpu_s: float  # the consumer's CPU during the throughput phase
+    event_bytes: int
+
+
+def measure_consumer(
+    topo: Topology, host: str, tap: EventTap, proc: Process, n: int, m: int
+) -> Measured:
+    """Throughput over a queue pre-filled with n start_vm messages (`proc`, the consumer, is
+    started only after the fill), then m closed-loop round trips."""
+    rids = prefill(topo.ops, host, topo.host_queue.name, [start_body() for _ in range(n)])
+    proc.start()
+    cpu0 = cpu_seconds(proc.pid)
+    seen = tap.wait_all(rids)
+    cpu = cpu_seconds(proc.pid) - cpu0
+    check_ok(seen)
+    pub = OpPublisher(topo.ops, host)
+    try:
+        lat = closed_loop(pub, tap, (start_body() for _ in range(m)))
+    finally:
+        pub.close()
+    return Measured(rate([s.at for s in seen]), lat, cpu, max(s.size for s in seen))

@@ -15,13 +15,10 @@ from bench.common import (
     EventTap,
     OpPublisher,
     Process,
-    check_ok,
     closed_loop,
-    cpu_seconds,
     hooks_root,
+    measure_consumer,
     percentile,
-    prefill,
-    rate,
     rss_kib,
     say,
     start_body,
@@ -52,33 +49,22 @@ def run_once(tmp: Path, n: int, m: int, **worker_kw: Any) -> dict[str, Any]:
         tap = EventTap(topo.events).start()
         worker = start_worker(tmp, prefix, host, **worker_kw)
         try:
-            rids = prefill(topo.ops, host, topo.host_queue.name, [start_body() for _ in range(n)])
-            worker.start()
-            cpu0 = cpu_seconds(worker.pid)
-            seen = tap.wait_all(rids)
-            cpu = cpu_seconds(worker.pid) - cpu0
-            check_ok(seen)
-            ops_s = rate([s.at for s in seen])
-            pub = OpPublisher(topo.ops, host)
-            try:
-                lat = closed_loop(pub, tap, (start_body() for _ in range(m)))
-            finally:
-                pub.close()
+            got = measure_consumer(topo, host, tap, worker, n, m)
             rss = rss_kib(worker.pid)
-            size = max(s.size for s in seen)
         finally:
             worker.stop()
             tap.stop()
+    lat = got.latencies
     out = {
-        "ops_s": ops_s,
+        "ops_s": got.ops_s,
         "lat_p50_ms": percentile(lat, 50) * 1e3,
         "lat_p99_ms": percentile(lat, 99) * 1e3,
-        "event_bytes": size,
+        "event_bytes": got.event_bytes,
         "rss_mib": rss.get("VmRSS", 0) / 1024,
-        "cpu_ms_per_op": cpu / n * 1e3,
+        "cpu_ms_per_op": got.cpu_s / n * 1e3,
     }
     say(
-        f"vmworker: {ops_s:.0f} ops/s, latency p50 {out['lat_p50_ms']:.2f} ms"
+        f"vmworker: {got.ops_s:.0f} ops/s, latency p50 {out['lat_p50_ms']:.2f} ms"
         f" p99 {out['lat_p99_ms']:.2f} ms"
     )
     return out
