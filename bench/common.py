@@ -162,6 +162,8 @@ class EventTap:
     exchange: Any
     seen: list[Seen] = field(default_factory=list)
     _by_rid: dict[str, list[Seen]] = field(default_factory=dict)
+    _terminal: dict[str, Seen] = field(default_factory=dict)  # the first terminal event per id
+    _awaited: set[str] = field(default_factory=set)  # ids wait_all still waits for
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -202,9 +204,17 @@ class EventTap:
         )
         with self._cv:
             self.seen.append(s)
-            if s.request_id:
-                self._by_rid.setdefault(s.request_id, []).append(s)
-            self._cv.notify_all()
+            rid = s.request_id
+            if rid:
+                self._by_rid.setdefault(rid, []).append(s)
+                if s.phase in TERMINAL and rid not in self._terminal:
+                    self._terminal[rid] = s
+                    self._awaited.discard(rid)
+            # wait_all is woken once, when its last id is in; closed loops at every event.
+            # (The tap shares the machine with what it measures: it must cost next to nothing
+            # per event, whatever the number of requests awaited.)
+            if not self._awaited:
+                self._cv.notify_all()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -218,7 +228,7 @@ class EventTap:
             self._conn.release()
 
     def terminal(self, rid: str) -> Seen | None:
-        return next((s for s in self._by_rid.get(rid, ()) if s.phase in TERMINAL), None)
+        return self._terminal.get(rid)
 
     def wait_terminal(self, rid: str, timeout: float = 60.0) -> Seen:
         end = time.monotonic() + timeout
@@ -235,15 +245,17 @@ class EventTap:
         want = list(rids)
         end = time.monotonic() + timeout
         with self._cv:
-            while True:
-                got = [self.terminal(r) for r in want]
-                if all(g is not None for g in got):
-                    return [g for g in got if g is not None]
-                left = end - time.monotonic()
-                if left <= 0:
-                    missing = sum(g is None for g in got)
-                    raise RuntimeError(f"{missing} of {len(want)} terminal events missing")
-                self._cv.wait(min(left, 0.5))
+            self._awaited = {r for r in want if r not in self._terminal}
+            try:
+                while self._awaited:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        missing = len(self._awaited)
+                        raise RuntimeError(f"{missing} of {len(want)} terminal events missing")
+                    self._cv.wait(min(left, 0.5))
+            finally:
+                self._awaited = set()
+            return [self._terminal[r] for r in want]
 
     def events_of(self, rid: str) -> list[Seen]:
         with self._cv:
