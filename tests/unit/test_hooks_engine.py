@@ -425,3 +425,27 @@ def test_a_directory_left_at_the_payload_path_is_replaced(root: Path) -> None:
     hook(root, "before_vm_start", "20_check", sh('grep -q web-1 "$_hook_domxml"'))
     res = run(root)
     assert res.scripts[0].discarded and res.scripts[1].rc == 0 and res.payload == DOMXML
+
+
+def test_script_after_a_refused_one_reads_the_payload(root: Path) -> None:
+    hook(root, "before_vm_start", "10_loose", sh("exit 0"), 0o775)
+    hook(root, "before_vm_start", "20_edit", sh('sed -i "s/web-1/web-2/" "$_hook_domxml"'))
+    hook(root, "before_vm_start", "30_check", sh('grep -q web-2 "$_hook_domxml"'))
+    res = run(root)
+    assert [(s.name, s.rc, bool(s.refused)) for s in res.scripts] == [
+        ("10_loose", 1, True),
+        ("20_edit", 0, False),
+        ("30_check", 0, False),
+    ]
+    assert etree.fromstring(res.payload).findtext("name") == "web-2"
+
+
+def test_hook_lines_are_logged_in_run_order_with_point_and_vm(root: Path) -> None:
+    hook(root, "after_vm_start", "10_a", sh("exit 0"))
+    hook(root, "after_vm_start", "20_b", sh("exit 1"))
+    with capture_logs() as logs:
+        run(root, "after_vm_start")
+    assert [(e["event"], e["name"], e["point"], e["vm_id"], e["rc"]) for e in logs] == [
+        ("hook.ran", "10_a", "after_vm_start", VM, 0),
+        ("hook.failed", "20_b", "after_vm_start", VM, 1),
+    ]

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import structlog
 from lxml import etree
+from structlog.testing import capture_logs
 
 from worker.hooks import HookEngine
 
 DOMXML = "<domain><name>web-1</name><uuid>u-1</uuid><devices/></domain>"
 
 MODULE = """
+import os
+import tempfile
 import time
 from lxml import etree
 from worker.hooks import HookFailed
+
+SEEN = {}  # ctx.context["test"] -> what the hooks saw and did, in order
+
+
+def _note(ctx, what):
+    SEEN.setdefault(ctx.context["test"], []).append(what)
 
 def describe(tree, ctx):
     desc = etree.SubElement(tree.getroot(), "description")
@@ -44,6 +56,27 @@ def add_key(data, ctx):
 
 def bad_result(tree, ctx):
     return 42
+
+def add_a(tree, ctx):
+    etree.SubElement(tree.getroot(), "a")
+
+def see(tree, ctx):
+    _note(ctx, "see " + etree.tostring(tree).decode())
+    etree.SubElement(tree.getroot(), "b")
+
+def hang_then_edit(tree, ctx):
+    time.sleep(float(ctx.custom["hang"]))
+    tree.getroot().find("name").text = "late"
+    etree.SubElement(tree.getroot(), "late")
+    _note(ctx, "late")
+
+def hang_then_return(tree, ctx):
+    time.sleep(float(ctx.custom["hang"]))
+    _note(ctx, "late")
+    return etree.fromstring("<domain><name>late</name></domain>")
+
+def list_tmp(tree, ctx):
+    _note(ctx, sorted(os.listdir(tempfile.gettempdir())))
 
 not_callable = 3
 """
@@ -178,3 +211,146 @@ def test_inventory_lists_inproc_hooks_with_the_module_checksum(root: Path, site)
 
     module_file = Path(sys.modules["vmw_fake_hooks"].__file__ or "")
     assert entry["sha256"] == hashlib.sha256(module_file.read_bytes()).hexdigest()
+
+
+def _seen(test: str, until: str | None = None, wait: float = 5.0) -> list:
+    """What the fake hooks noted for `test`, once `until` is among it (or after `wait`)."""
+    mod = sys.modules["vmw_fake_hooks"]
+    deadline = time.monotonic() + wait
+    while until is not None and until not in mod.SEEN.get(test, []):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return list(mod.SEEN.get(test, []))
+
+
+@pytest.mark.parametrize("hung", ["hang_then_edit", "hang_then_return"])
+def test_hook_hanging_in_a_run_times_out_and_the_rest_go_on(root: Path, site, hung: str) -> None:
+    site(
+        "before_vm_start:10_a = vmw_fake_hooks:add_a",
+        f"before_vm_start:20_hang = vmw_fake_hooks:{hung}",
+        "before_vm_start:30_see = vmw_fake_hooks:see",
+    )
+    test = f"hang-{hung}"
+    with capture_logs() as logs:
+        start = time.monotonic()
+        res = run(root, timeout=0.3, custom={"hang": "1.5"}, context={"test": test})
+        elapsed = time.monotonic() - start
+        # the hung hook finishes later: its edit and its result must not reach the chain,
+        # and its thread must not go on with the hooks after it
+        assert _seen(test, until="late")[-1] == "late"
+        time.sleep(0.2)
+
+    assert 0.3 <= elapsed < 1.2
+    assert [(s.name, s.rc, s.timed_out) for s in res.scripts] == [
+        ("10_a", 0, False),
+        ("20_hang", 1, True),
+        ("30_see", 0, False),
+    ]
+    hang = res.scripts[1]
+    assert hang.stderr_tail == "did not return within 0.3s"
+    assert not hang.changed_xml and hang.discarded is None
+    assert 250 <= hang.duration_ms < 1200
+    seen_by_30, late = _seen(test)  # 30_see ran once, on the payload 10_a left
+    assert late == "late"
+    assert seen_by_30 == "see <domain><name>web-1</name><uuid>u-1</uuid><devices/><a/></domain>"
+    dom = etree.fromstring(res.payload)
+    assert dom.findtext("name") == "web-1" and dom.find("late") is None
+    assert [c.tag for c in dom] == ["name", "uuid", "devices", "a", "b"]
+    assert res.failed and not res.stopped
+    assert [(e["event"], e["name"]) for e in logs if e["event"].startswith("hook.")] == [
+        ("hook.ran", "10_a"),
+        ("hook.timed_out", "20_hang"),
+        ("hook.ran", "30_see"),
+    ]
+
+
+def test_script_after_a_timed_out_hook_reads_the_last_good_payload(root: Path, site) -> None:
+    site(
+        "before_vm_start:10_a = vmw_fake_hooks:add_a",
+        "before_vm_start:20_hang = vmw_fake_hooks:hang_then_edit",
+        "before_vm_start:40_see = vmw_fake_hooks:see",
+    )
+    script(
+        root,
+        "before_vm_start",
+        "30_check",
+        """
+        grep -q "<a/>" "$_hook_domxml" || exit 1
+        grep -q late "$_hook_domxml" && exit 1
+        sed -i "s/web-1/web-3/" "$_hook_domxml"
+        """,
+    )
+    test = "hang-then-script"
+    res = run(root, timeout=0.3, custom={"hang": "1.0"}, context={"test": test})
+    assert [(s.name, s.kind, s.rc, s.timed_out) for s in res.scripts] == [
+        ("10_a", "inproc", 0, False),
+        ("20_hang", "inproc", 1, True),
+        ("30_check", "script", 0, False),
+        ("40_see", "inproc", 0, False),
+    ]
+    assert _seen(test, until="late") == [
+        "see <domain><name>web-3</name><uuid>u-1</uuid><devices/><a/></domain>",
+        "late",
+    ]
+    assert etree.fromstring(res.payload).findtext("name") == "web-3"
+
+
+def test_rc2_in_a_run_of_inproc_hooks_stops_the_rest(root: Path, site) -> None:
+    site(
+        "before_vm_start:10_a = vmw_fake_hooks:add_a",
+        "before_vm_start:20_stop = vmw_fake_hooks:stop",
+        "before_vm_start:30_see = vmw_fake_hooks:see",
+    )
+    res = run(root, context={"test": "rc2-run"})
+    assert res.stopped and [(s.name, s.rc) for s in res.scripts] == [("10_a", 0), ("20_stop", 2)]
+    assert _seen("rc2-run") == []
+    assert etree.fromstring(res.payload).find("a") is not None
+
+
+def test_each_inproc_hook_gets_its_own_copy_of_the_last_good_payload(root: Path, site) -> None:
+    site(
+        "before_vm_start:10_crash = vmw_fake_hooks:edit_then_crash",
+        "before_vm_start:20_see = vmw_fake_hooks:see",
+        "before_vm_start:30_see = vmw_fake_hooks:see",
+    )
+    res = run(root, context={"test": "copies"})
+    assert [s.rc for s in res.scripts] == [1, 0, 0]
+    assert _seen("copies") == [
+        f"see {DOMXML}",
+        "see <domain><name>web-1</name><uuid>u-1</uuid><devices/><b/></domain>",
+    ]
+
+
+def test_inproc_only_chain_writes_no_payload_file(
+    root: Path, site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    site("before_vm_start:10_ls = vmw_fake_hooks:list_tmp")
+    script(root, "after_vm_start", "10_ls", 'ls "$(dirname "$_hook_domxml")" >&2\n')
+    res = run(root, context={"test": "no-file"})
+    assert res.scripts[0].rc == 0 and _seen("no-file") == [[]]
+    # a chain with a script does write one there (so the check above can see it)
+    res = run(root, "after_vm_start")
+    assert res.scripts[0].stderr_tail.startswith("vmworker-after_vm_start-")
+    assert list(tmp.iterdir()) == []
+
+
+def test_hook_ran_lines_carry_the_callers_context(root: Path, site) -> None:
+    site(
+        "before_vm_start:10_a = vmw_fake_hooks:add_a",
+        "before_vm_start:20_a = vmw_fake_hooks:add_a",
+    )
+    structlog.contextvars.bind_contextvars(request_id="r-42")
+    try:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            run(root)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    ran = [e for e in logs if e["event"] == "hook.ran"]
+    assert [(e["name"], e["request_id"], e["point"], e["vm_id"]) for e in ran] == [
+        ("10_a", "r-42", "before_vm_start", "u-1"),
+        ("20_a", "r-42", "before_vm_start", "u-1"),
+    ]

@@ -9,6 +9,8 @@ failure's stderr, checksums, refusal of insecure scripts).
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import copy
 import json
 import os
 import shutil
@@ -16,8 +18,9 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from threading import Lock
+from threading import Lock, local
 from typing import Any, Literal
 
 import structlog
@@ -27,8 +30,8 @@ from worker.hooks.custom import validate_custom
 from worker.hooks.inproc import (
     GROUP,
     HookContext,
+    HookRun,
     InprocHook,
-    call_with_timeout,
     discover_inproc,
 )
 from worker.hooks.points import POINTS, HookPoint, get_point
@@ -140,9 +143,19 @@ class _Step:
     hook: InprocHook | None = None
 
 
+_parsers = local()
+
+
 def _xml_parser() -> etree.XMLParser:
-    # no entity expansion, no network: a hook's output is not trusted to be benign
-    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+    """This thread's parser (an lxml parser may not be shared between threads)."""
+    try:
+        parser: etree.XMLParser = _parsers.xml
+    except AttributeError:
+        # no entity expansion, no network: a hook's output is not trusted to be benign
+        parser = _parsers.xml = etree.XMLParser(
+            resolve_entities=False, no_network=True, huge_tree=False
+        )
+    return parser
 
 
 def _parse(point: HookPoint, data: bytes) -> Any:
@@ -164,9 +177,80 @@ def _canonical(point: HookPoint, data: bytes) -> Any:
         parsed = _parse(point, data)
     except ValueError:
         return None
+    return _canonical_of(point, parsed)
+
+
+def _canonical_of(point: HookPoint, parsed: Any) -> Any:
     if point.is_xml:
         return etree.tostring(parsed.getroot(), method="c14n")
     return parsed
+
+
+_UNPARSED: Any = object()
+
+
+class _Payload:
+    """The last good payload of a chain: its bytes, and (parsed once, on demand) what they
+    parse to. The parsed form is the engine's own, never handed to a hook: each hook gets a
+    fresh one, a copy of it where a copy is the same as parsing the bytes again."""
+
+    __slots__ = ("_canon", "_copyable", "_parsed", "data")
+
+    def __init__(self, data: bytes, parsed: Any = _UNPARSED) -> None:
+        self.data = data
+        self._parsed = parsed  # _UNPARSED, None (does not parse), or the tree / JSON value
+        self._canon: Any = _UNPARSED
+        self._copyable: bool | None = None
+
+    def parsed(self, hp: HookPoint) -> Any:
+        if self._parsed is _UNPARSED:
+            try:
+                self._parsed = _parse(hp, self.data)
+            except ValueError:
+                self._parsed = None
+        return self._parsed
+
+    def canonical(self, hp: HookPoint) -> Any:
+        """As `_canonical(hp, self.data)`."""
+        if self._canon is _UNPARSED:
+            parsed = self.parsed(hp)
+            self._canon = None if parsed is None else _canonical_of(hp, parsed)
+        return self._canon
+
+    def for_hook(self, hp: HookPoint) -> Any:
+        """What an in-process hook gets: the payload parsed afresh (None when it is empty or
+        does not parse)."""
+        if not self.data.strip():
+            return None
+        if not hp.is_xml:
+            try:
+                return _parse(hp, self.data)
+            except ValueError:
+                return None
+        tree = self.parsed(hp)
+        if tree is None:
+            return None
+        if self._copyable is None:
+            # lxml copies the root with the document's settings (version, encoding,
+            # standalone) but not always what lies around it (a DTD; comments or processing
+            # instructions after the root come out reversed): copy only a lone root
+            root = tree.getroot()
+            self._copyable = (
+                root.getprevious() is None
+                and root.getnext() is None
+                and tree.docinfo.internalDTD is None
+                and not tree.docinfo.doctype
+            )
+        if self._copyable:
+            return etree.ElementTree(copy.copy(tree.getroot()))
+        return _parse(hp, self.data)
+
+    def text(self, hp: HookPoint) -> str:
+        """As `_final_text(hp, self.data)`."""
+        tree = self.parsed(hp) if hp.is_xml else None
+        if tree is None:
+            return _final_text(hp, self.data)
+        return etree.tostring(tree, encoding="unicode")
 
 
 def _serialize(point: HookPoint, value: Any) -> bytes:
@@ -208,6 +292,7 @@ class HookEngine:
         self.entry_point_group = entry_point_group
         self.runner: Runner = runner if runner is not None else self._default_runner(prewarm)
         self._inproc_hooks: dict[str, list[InprocHook]] | None = None
+        self._inproc_step_lists: dict[str, list[_Step]] | None = None
         self._lock = Lock()
 
     @staticmethod
@@ -240,11 +325,21 @@ class HookEngine:
             _Step(s.name, "script", s.sha256, s.refused, script=s)
             for s in discover(self.root, point)
         ]
-        steps += [
-            _Step(h.name, "inproc", h.sha256, h.refused, hook=h)
-            for h in self.inproc_hooks().get(point, [])
-        ]
+        steps += self._inproc_steps().get(point, ())
         steps.sort(key=lambda s: (s.name, s.kind))
+        return steps
+
+    def _inproc_steps(self) -> dict[str, list[_Step]]:
+        """point -> the steps of its in-process hooks (made once, as the hooks are found)."""
+        if not self.inproc:
+            return {}
+        steps = self._inproc_step_lists
+        if steps is None:
+            steps = {
+                point: [_Step(h.name, "inproc", h.sha256, h.refused, hook=h) for h in hooks]
+                for point, hooks in self.inproc_hooks().items()
+            }
+            self._inproc_step_lists = steps
         return steps
 
     def inventory(self) -> dict[str, list[dict[str, Any]]]:
@@ -316,40 +411,69 @@ class HookEngine:
             return result
 
         original = payload.encode("utf-8")
+        clog = log.bind(point=point, vm_id=vm_id)
+        ctx = HookContext(
+            point=point, vm_id=vm_id, custom=custom, error=error, context=context, log=clog
+        )
+        good = _Payload(original)
+        # the payload file and the scripts' environment: made for the first script that runs
+        path: str | None = None
+        in_file = b""  # what the payload file holds
+        env: dict[str, str] = {}
+        try:
+            i = 0
+            while i < len(steps):
+                step = steps[i]
+                if step.kind == "script" and not step.refused:
+                    if path is None:
+                        path = self._payload_file(hp, point, good.data)
+                        in_file = good.data
+                        env = self.script_env(
+                            hp, path, vm_id=vm_id, custom=custom, error=error, context=context
+                        )
+                    elif in_file != good.data:
+                        _restore(path, good.data)
+                    res, good = self._run_script(hp, step, path, env, good)
+                    in_file = good.data  # _run_script leaves the last good payload in the file
+                    self._log(clog, res)
+                    ran = [res]
+                    i += 1
+                elif step.kind == "script":
+                    ran = [self._refused(step)]
+                    self._log(clog, ran[0])
+                    i += 1
+                else:
+                    j = i + 1
+                    while j < len(steps) and steps[j].kind == "inproc":
+                        j += 1
+                    ran, good = self._run_inprocs(hp, steps[i:j], ctx, good)  # logged
+                    i = j
+                result.scripts += ran
+                if ran[-1].rc == 2:  # a run of in-process hooks stops at the first rc 2
+                    result.stopped = True
+                    break
+        finally:
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        if good.data != original:
+            result.payload = good.text(hp)
+        return result
+
+    @staticmethod
+    def _payload_file(hp: HookPoint, point: str, data: bytes) -> str:
+        """A new temp file (mode 0600) holding `data`; its path."""
         fd, path = tempfile.mkstemp(
             prefix=f"vmworker-{point}-", suffix=".json" if hp.payload == "json" else ".xml"
         )
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(original)
-            env = self.script_env(
-                hp, path, vm_id=vm_id, custom=custom, error=error, context=context
-            )
-            ctx = HookContext(
-                point=point,
-                vm_id=vm_id,
-                custom=custom,
-                error=error,
-                context=context,
-                log=log.bind(point=point, vm_id=vm_id),
-            )
-            good = original
-            for step in steps:
-                if step.kind == "script":
-                    res, good = self._run_script(hp, step, path, env, good)
-                else:
-                    res, good = self._run_inproc(hp, step, ctx, good, path)
-                self._log(hp, vm_id, res)
-                result.scripts.append(res)
-                if res.rc == 2:
-                    result.stopped = True
-                    break
-        finally:
+                f.write(data)
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        if good != original:
-            result.payload = _final_text(hp, good)
-        return result
+            raise
+        return path
 
     def _judge(
         self, hp: HookPoint, good: bytes, new: bytes, rc: int, timed_out: bool
@@ -370,11 +494,9 @@ class HookEngine:
         return new, True, None
 
     def _run_script(
-        self, hp: HookPoint, step: _Step, path: str, env: Mapping[str, str], good: bytes
-    ) -> tuple[ScriptResult, bytes]:
+        self, hp: HookPoint, step: _Step, path: str, env: Mapping[str, str], good: _Payload
+    ) -> tuple[ScriptResult, _Payload]:
         assert step.script is not None
-        if step.refused:
-            return self._refused(step), good
         argv: Sequence[str] = [str(step.script.path)]
         done: Completed = self.runner.run(
             argv, env, str(step.script.path.parent), self.timeout, self.output_limit
@@ -387,8 +509,8 @@ class HookEngine:
             removed = True
         else:
             removed = False
-        kept, changed, discarded = self._judge(hp, good, new, done.rc, done.timed_out)
-        if removed and kept is good:
+        kept, changed, discarded = self._judge(hp, good.data, new, done.rc, done.timed_out)
+        if removed and kept is good.data:
             discarded = discarded or "payload file removed"
         if removed or new != kept:
             _restore(path, kept)
@@ -404,35 +526,83 @@ class HookEngine:
                 timed_out=done.timed_out,
                 discarded=discarded,
             ),
-            kept,
+            good if kept is good.data else _Payload(kept),
         )
 
+    def _run_inprocs(
+        self, hp: HookPoint, steps: Sequence[_Step], ctx: HookContext, good: _Payload
+    ) -> tuple[list[ScriptResult], _Payload]:
+        """Run consecutive in-process hooks: all in one hook thread while none overruns the
+        timeout; after one that does, the rest in another thread."""
+        results: list[ScriptResult] = []
+        # the hook thread logs each hook as it is done, as the caller would (contextvars too)
+        logs = contextvars.copy_context()
+        while steps:
+            run = HookRun(self.timeout)
+            run.start(partial(self._inproc_body, hp, steps, ctx, good, logs))
+            overran = run.wait()
+            results += [res for res, _ in run.results]
+            if run.results:
+                good = run.results[-1][1]
+            if overran is None:
+                break
+            # the hook after the last recorded one is the one that overran
+            step = steps[len(run.results)]
+            res = ScriptResult(
+                name=step.name,
+                rc=1,
+                duration_ms=round(overran * 1000),
+                sha256=step.sha256,
+                stderr_tail=f"did not return within {self.timeout:g}s",
+                timed_out=True,
+                kind="inproc",
+            )
+            self._log(ctx.log, res)
+            results.append(res)
+            steps = steps[len(run.results) + 1 :]
+        return results, good
+
+    def _inproc_body(
+        self,
+        hp: HookPoint,
+        steps: Sequence[_Step],
+        ctx: HookContext,
+        good: _Payload,
+        logs: contextvars.Context,
+        run: HookRun,
+    ) -> None:
+        """In a hook thread: the hooks one after another, each outcome recorded, then logged
+        (in `logs`, a copy of the caller's context)."""
+        for step in steps:
+            res, good = self._run_inproc(hp, step, ctx, good, run)
+            run.record((res, good))
+            logs.run(self._log, ctx.log, res)
+            if res.rc == 2:
+                return
+
     def _run_inproc(
-        self, hp: HookPoint, step: _Step, ctx: HookContext, good: bytes, path: str
-    ) -> tuple[ScriptResult, bytes]:
+        self, hp: HookPoint, step: _Step, ctx: HookContext, good: _Payload, run: HookRun
+    ) -> tuple[ScriptResult, _Payload]:
+        """In a hook thread: one in-process hook."""
         hook = step.hook
         assert hook is not None
         if step.refused or hook.func is None:
             return self._refused(step), good
         start = time.monotonic()
-        try:
-            value = _parse(hp, good) if good.strip() else None
-        except ValueError:
-            value = None  # the caller's payload itself does not parse: hand over None
-        out = call_with_timeout(hook.func, value, ctx, self.timeout)
+        value = good.for_hook(hp)
+        out = run.call(hook.func, value, ctx)
         # what the hook "wrote": its result, or the value it edited in place
-        new, unserializable = good, None
+        kept, changed, discarded = good, False, None
         candidate = value if out.result is None else out.result
-        if candidate is not None and not out.timed_out:
+        if candidate is not None:
             if hp.is_xml and isinstance(candidate, etree._Element):
                 candidate = etree.ElementTree(candidate)
             try:
                 new = _serialize(hp, candidate)
             except (TypeError, ValueError) as exc:
-                unserializable = f"cannot serialize the result: {exc}"
-        kept, changed, discarded = self._judge(hp, good, new, out.rc, out.timed_out)
-        if kept != good:
-            _restore(path, kept)
+                discarded = f"cannot serialize the result: {exc}"
+            else:
+                kept, changed, discarded = self._judge_inproc(hp, good, new, out.rc)
         return (
             ScriptResult(
                 name=step.name,
@@ -441,12 +611,30 @@ class HookEngine:
                 sha256=step.sha256,
                 changed_xml=changed,
                 stderr_tail=out.stderr[-self.output_limit :],
-                timed_out=out.timed_out,
-                discarded=unserializable or discarded,
+                timed_out=False,
+                discarded=discarded,
                 kind="inproc",
             ),
             kept,
         )
+
+    @staticmethod
+    def _judge_inproc(
+        hp: HookPoint, good: _Payload, new: bytes, rc: int
+    ) -> tuple[_Payload, bool, str | None]:
+        """As `_judge` (never timed out), with what is parsed kept for the next hook."""
+        if new == good.data:
+            return good, False, None
+        if rc != 0:
+            return good, False, f"exited {rc}"
+        try:
+            parsed = _parse(hp, new)
+        except ValueError as exc:
+            return good, False, str(exc)
+        kept = _Payload(new, parsed)
+        if kept.canonical(hp) == good.canonical(hp):
+            return good, False, None  # rewritten but means the same: keep the old text
+        return kept, True, None
 
     @staticmethod
     def _refused(step: _Step) -> ScriptResult:
@@ -461,30 +649,29 @@ class HookEngine:
         )
 
     @staticmethod
-    def _log(hp: HookPoint, vm_id: str, res: ScriptResult) -> None:
+    def _log(clog: Any, res: ScriptResult) -> None:
+        """One line per hook, by `clog`: the chain's logger, bound with point and vm_id."""
         fields: dict[str, Any] = {
-            "point": hp.name,
             "name": res.name,
             "kind": res.kind,
             "rc": res.rc,
             "duration_ms": res.duration_ms,
             "changed": res.changed_xml,
-            "vm_id": vm_id,
         }
         if res.refused:
-            log.warning("hook.refused", reason=res.refused, **fields)
+            clog.warning("hook.refused", reason=res.refused, **fields)
         elif res.timed_out:
-            log.warning("hook.timed_out", **fields)
+            clog.warning("hook.timed_out", **fields)
         elif res.unexpected_rc:
-            log.warning("hook.unexpected_rc", treated_as=1, **fields)
+            clog.warning("hook.unexpected_rc", treated_as=1, **fields)
         elif res.rc != 0 or res.discarded:
-            log.warning(
+            clog.warning(
                 "hook.failed" if res.rc else "hook.edit_discarded",
                 discarded=res.discarded,
                 **fields,
             )
         else:
-            log.info("hook.ran", **fields)
+            clog.info("hook.ran", **fields)
 
 
 def _restore(path: str, data: bytes) -> None:

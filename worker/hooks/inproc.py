@@ -15,6 +15,7 @@ import importlib.metadata
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -121,10 +122,10 @@ class InprocOutcome:
 
 
 class _HookThreads:
-    """Daemon threads that run in-process hooks, kept for the next call: handing a call to a
+    """Daemon threads that run in-process hooks, kept for the next call: handing work to a
     waiting thread costs a tenth of starting one, which would cost more than most hooks.
-    A thread is handed one call at a time; one whose hook never returns is never handed
-    another, so a stuck hook costs its thread and nothing else."""
+    A thread is handed one piece of work at a time (a run of hooks); one whose hook never
+    returns is never handed another, so a stuck hook costs its thread and nothing else."""
 
     def __init__(self) -> None:
         self._idle: list[queue.SimpleQueue[Callable[[], None]]] = []
@@ -148,35 +149,91 @@ class _HookThreads:
 _THREADS = _HookThreads()
 
 
-def call_with_timeout(
-    func: HookFunc, payload: Any, ctx: HookContext, timeout: float
-) -> InprocOutcome:
-    """Call the hook in a daemon thread; past the timeout its result is ignored.
+class Abandoned(BaseException):
+    """Raised in a hook thread whose run was given up: it must record nothing more."""
 
-    A thread cannot be killed: a hook that never returns keeps its thread, but the
-    chain goes on without it.
+
+class HookRun:
+    """Consecutive in-process hooks handed to one hook thread at once, each with its own
+    timeout.
+
+    The hook thread runs `body(run)`, which calls each hook through `run.call` and hands
+    each outcome back through `run.record`. The waiting caller (`run.wait`) knows which
+    hook call is under way since when; when one overruns the timeout it abandons the run:
+    from then on `call` and `record` raise `Abandoned` in the hook thread, so nothing the
+    late hook does reaches `results`, and no further hook of the run is called.
     """
-    box: dict[str, Any] = {}
-    done = threading.Event()
 
-    def target() -> None:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.results: list[Any] = []
+        self.abandoned = False
+        self.error: BaseException | None = None
+        self._since: float | None = None  # monotonic start of the hook call under way
+        self._lock = threading.Lock()
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def start(self, body: Callable[[HookRun], None]) -> None:
+        """Hand `body` to a hook thread."""
+
+        def target() -> None:
+            try:
+                body(self)
+            except Abandoned:
+                pass
+            except BaseException as exc:  # a fault of the engine, not of a hook
+                self.error = exc
+            finally:
+                self._done.release()
+
+        _THREADS.submit(target)
+
+    def call(self, func: HookFunc, payload: Any, ctx: HookContext) -> InprocOutcome:
+        """In the hook thread: call one hook, under the timeout."""
+        if self.abandoned:
+            raise Abandoned
+        self._since = time.monotonic()
         try:
-            box["result"] = func(payload, ctx)
+            out = InprocOutcome(0, func(payload, ctx), "", False)
         except HookFailed as exc:
-            box["failed"] = exc
+            out = InprocOutcome(exc.rc, None, str(exc), False)
         except BaseException as exc:
-            box["error"] = exc
-        finally:
-            done.set()
+            out = InprocOutcome(1, None, "".join(traceback.format_exception(exc)), False)
+        with self._lock:
+            if self.abandoned:
+                raise Abandoned
+            self._since = None
+        return out
 
-    _THREADS.submit(target)
-    if not done.wait(timeout):
-        return InprocOutcome(1, None, f"did not return within {timeout:g}s", True)
-    if "failed" in box:
-        exc = box["failed"]
-        return InprocOutcome(exc.rc, None, str(exc), False)
-    if "error" in box:
-        exc = box["error"]
-        text = "".join(traceback.format_exception(exc))
-        return InprocOutcome(1, None, text, False)
-    return InprocOutcome(0, box.get("result"), "", False)
+    def record(self, item: Any) -> None:
+        """In the hook thread: hand one hook's outcome to the caller."""
+        with self._lock:
+            if self.abandoned:
+                raise Abandoned
+            self.results.append(item)
+
+    def wait(self) -> float | None:
+        """In the caller: None once the body is done; else the run was abandoned because the
+        hook call under way (the one after `results`) overran the timeout, and this is how
+        long it had run, in seconds.
+
+        Re-raises whatever the body raised other than through a hook.
+        """
+        while True:
+            since = self._since
+            if since is None:  # between hook calls: they are bounded, check back anyway
+                remaining = max(self.timeout, 0.01)
+            else:
+                remaining = since + self.timeout - time.monotonic()
+            if remaining > 0 and self._done.acquire(timeout=min(remaining, threading.TIMEOUT_MAX)):
+                if self.error is not None:
+                    raise self.error
+                return None
+            with self._lock:
+                since = self._since
+                if since is not None:
+                    elapsed = time.monotonic() - since
+                    if elapsed >= self.timeout:
+                        self.abandoned = True
+                        return elapsed
