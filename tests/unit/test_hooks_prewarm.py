@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 import threading
@@ -211,6 +212,31 @@ def test_timeout_kills_the_process_group(engine: HookEngine, root: Path, tmp_pat
     assert _gone(child)
 
 
+def test_a_grandchild_outlives_the_script_in_its_process_group(
+    engine: HookEngine, root: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "bg.json"
+    py(
+        root,
+        "10_bg",
+        f"""
+        import json, os, subprocess
+        child = subprocess.Popen(["sleep", "30"])
+        json.dump({{"me": os.getpid(), "child": child.pid}}, open({str(pidfile)!r}, "w"))
+        print("left it running")
+        """,
+    )
+    start = time.monotonic()
+    (s,) = run(engine).scripts
+    seen = json.loads(pidfile.read_text())
+    try:
+        assert time.monotonic() - start < 2.0
+        assert s.rc == 0 and not s.timed_out and s.stdout_tail == "left it running\n"
+        assert not _gone(seen["child"]) and os.getpgid(seen["child"]) == seen["me"]
+    finally:
+        os.kill(seen["child"], signal.SIGKILL)
+
+
 def test_closed_output_still_times_out(engine: HookEngine, root: Path) -> None:
     py(root, "10_quiet", "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)\n")
     engine.timeout = 0.4
@@ -369,3 +395,137 @@ def test_a_hooking_earlier_on_pythonpath_wins(
     monkeypatch.setenv("PYTHONPATH", str(lib))
     py(root, "10_which", "import hooking; print(getattr(hooking, 'SITE', False))")
     assert run(engine).scripts[0].stdout_tail == "True\n"
+
+
+# --- the spare child: forked before its request ------------------------------------------
+
+
+def _server_pid(engine: HookEngine) -> int:
+    runner = engine.runner
+    assert isinstance(runner, ForkServerRunner)
+    (server,) = [s for s in runner._servers.values() if s is not None]
+    return server.proc.pid
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat from the state on: state, ppid, pgrp, session, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) children of pid."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(pid: int, within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _gone(pid)
+
+
+def test_the_script_runs_in_the_spare_with_the_environment_of_its_request(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "seen.json"
+    py(
+        root,
+        "10_who",
+        f"""
+        import json, os
+        json.dump({{
+            "pid": os.getpid(), "sid": os.getsid(0), "pgid": os.getpgid(0),
+            "late": os.environ.get("LATE_VAR"), "early": os.environ.get("EARLY_VAR"),
+        }}, open({str(out)!r}, "w"))
+        """,
+    )
+    monkeypatch.setenv("EARLY_VAR", "early")
+    engine = HookEngine(root, inproc=False, prewarm=True)
+    try:
+        assert not run(engine).failed  # starts the server; the next spare is forked meanwhile
+        server = _server_pid(engine)
+        (spare,) = _children(server)
+        assert json.loads(out.read_text())["pid"] != spare
+        # changed after the spare was forked: the request's environment is what counts
+        monkeypatch.setenv("LATE_VAR", "late")
+        monkeypatch.delenv("EARLY_VAR")
+        res = run(engine)
+        assert not res.failed, res.failure_stderr()
+        seen = json.loads(out.read_text())
+        assert seen == {"pid": spare, "sid": spare, "pgid": spare, "late": "late", "early": None}
+        (following,) = _children(server)
+        assert following != spare
+    finally:
+        engine.close()
+
+
+def test_the_environment_is_the_one_exec_gives_in_the_same_order(
+    root: Path, tmp_path: Path, warm_runner: ForkServerRunner
+) -> None:
+    out = tmp_path / "env.json"
+    py(
+        root,
+        "10_env",
+        f"import json, os; json.dump(list(os.environ.items()), open({str(out)!r}, 'w'))",
+    )
+    seen = []
+    for runner in (None, warm_runner):
+        engine = HookEngine(root, inproc=False, runner=runner)
+        assert not run(engine, custom={"zz_first": "1", "aa_second": "2"}).failed
+        # the payload file is another one at each chain
+        seen.append([(k, v if k != "_hook_domxml" else "") for k, v in json.loads(out.read_text())])
+    assert seen[1] == seen[0]
+
+
+def test_no_spare_is_left_when_the_engine_closes(root: Path) -> None:
+    py(root, "10_ok", "print('ok')")
+    engine = HookEngine(root, inproc=False, prewarm=True)
+    try:
+        assert run(engine).scripts[0].stdout_tail == "ok\n"
+        server = _server_pid(engine)
+        (spare,) = _children(server)
+    finally:
+        engine.close()
+    assert _wait_gone(server) and _wait_gone(spare)
+
+
+def test_a_spare_exits_when_its_server_dies(root: Path) -> None:
+    py(root, "10_ok", "print('ok')")
+    engine = HookEngine(root, inproc=False, prewarm=True)
+    try:
+        assert run(engine).scripts[0].stdout_tail == "ok\n"
+        server = _server_pid(engine)
+        (spare,) = _children(server)
+        os.kill(server, signal.SIGKILL)
+        assert _wait_gone(spare)
+        assert run(engine).scripts[0].stdout_tail == "ok\n"  # by a new server
+    finally:
+        engine.close()
+
+
+def test_a_dead_spare_is_replaced(root: Path) -> None:
+    py(root, "10_ok", "import os; print(os.getsid(0) == os.getpid())")
+    engine = HookEngine(root, inproc=False, prewarm=True)
+    try:
+        assert run(engine).scripts[0].stdout_tail == "True\n"
+        server = _server_pid(engine)
+        (spare,) = _children(server)
+        os.kill(spare, signal.SIGKILL)
+        assert _wait_gone(spare)
+        for _ in range(3):
+            assert run(engine).scripts[0].stdout_tail == "True\n"
+        assert _server_pid(engine) == server
+        (following,) = _children(server)
+        assert following != spare
+    finally:
+        engine.close()

@@ -66,12 +66,13 @@ class ServerGone(Exception):
 class _ServerExit:
     """The `Exit` of a script run by the server: rc and kills go through the request socket."""
 
-    def __init__(self, sock: socket.socket, pid: int) -> None:
+    def __init__(self, sock: socket.socket, pid: int, early: bytes = b"") -> None:
         self.sock = sock
         self.pid = pid
         self.rc: int | None = None
         self.buf = b""
         self.lost = False
+        self._take(early)  # what came in with the pid: the rc, if the script was that quick
 
     def fileno(self) -> int | None:
         return None if self.lost else self.sock.fileno()
@@ -88,6 +89,9 @@ class _ServerExit:
         if not chunk:
             self.lost = True
             return
+        self._take(chunk)
+
+    def _take(self, chunk: bytes) -> None:
         self.buf += chunk
         while b"\n" in self.buf:
             line, self.buf = self.buf.split(b"\n", 1)
@@ -184,7 +188,7 @@ class _Server:
             os.close(out_w)
             os.close(err_w)
         try:
-            pid = self._pid(req)
+            pid, early = self._pid(req)
         except BaseException:
             os.close(out_r)
             os.close(err_r)
@@ -194,7 +198,7 @@ class _Server:
             return drain(
                 out_r,
                 err_r,
-                _ServerExit(req, pid),
+                _ServerExit(req, pid, early),
                 start=start,
                 timeout=timeout,
                 output_limit=output_limit,
@@ -202,21 +206,23 @@ class _Server:
         finally:
             req.close()
 
-    def _pid(self, req: socket.socket) -> int:
+    def _pid(self, req: socket.socket) -> tuple[int, bytes]:
+        """The script's pid, and whatever the server said after it (its rc, if it is done)."""
         req.settimeout(START_TIMEOUT_S)
-        line = b""
+        data = b""
         try:
-            while not line.endswith(b"\n"):
-                chunk = req.recv(1)
+            while b"\n" not in data:
+                chunk = req.recv(4096)
                 if not chunk:
                     raise ServerGone(f"fork server under {self.python} closed the request")
-                line += chunk
+                data += chunk
         except TimeoutError:
             raise ServerGone(f"fork server under {self.python} did not answer") from None
+        line, rest = data.split(b"\n", 1)
         msg = json.loads(line)
         if "pid" not in msg:
             raise ServerGone(f"fork server under {self.python}: {msg.get('error', msg)}")
-        return int(msg["pid"])
+        return int(msg["pid"]), rest
 
     def alive(self) -> bool:
         return self.proc.poll() is None
