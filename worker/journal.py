@@ -48,6 +48,16 @@ CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox(sent_at, seq);
 """
 
 
+_REQUEST_COLUMNS = (
+    "request_id, op, vm_uuid, state, attempts, runs, deliveries, before_sent, outcome, terminal,"
+    " final_delivery"
+)
+
+
+def _compact(ev: dict[str, Any]) -> str:
+    return json.dumps(ev, separators=(",", ":"), default=str)
+
+
 @dataclass
 class Request:
     request_id: str
@@ -61,6 +71,23 @@ class Request:
     outcome: str | None
     terminal: list[Any] | None  # [routing_key, event]
     final_delivery: bool = False  # running on the broker's last delivery (x-delivery-limit)
+
+
+def _request(row: tuple[Any, ...]) -> Request:
+    rid, op, vm, state, attempts, runs, deliveries, before_sent, outcome, terminal, final = row
+    return Request(
+        rid,
+        op,
+        vm,
+        state,
+        attempts,
+        runs,
+        deliveries,
+        bool(before_sent),
+        outcome,
+        json.loads(terminal) if terminal else None,
+        bool(final),
+    )
 
 
 @dataclass
@@ -149,30 +176,18 @@ class Journal:
                     os.close(fd)
             self._synced, self._durable_seq = upto, seq
 
+    @property
+    def durable_seq(self) -> int:
+        """The newest outbox entry on disk: nothing after it may be published yet."""
+        return self._durable_seq
+
     # -- requests ----------------------------------------------------------------------
     def get(self, request_id: str) -> Request | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT request_id, op, vm_uuid, state, attempts, runs, deliveries, before_sent,"
-                " outcome, terminal, final_delivery FROM requests WHERE request_id=?",
-                (request_id,),
+                f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE request_id=?", (request_id,)
             ).fetchone()
-        if row is None:
-            return None
-        rid, op, vm, state, attempts, runs, deliveries, before_sent, outcome, terminal, final = row
-        return Request(
-            rid,
-            op,
-            vm,
-            state,
-            attempts,
-            runs,
-            deliveries,
-            bool(before_sent),
-            outcome,
-            json.loads(terminal) if terminal else None,
-            bool(final),
-        )
+        return None if row is None else _request(row)
 
     def receive(self, request_id: str, op: str, vm_uuid: str | None) -> Request:
         """Record a delivery of `request_id` (creating it if new) and return its record.
@@ -182,35 +197,40 @@ class Journal:
         power loss before them, the request had not started: its redelivery runs it, as it
         would have."""
         now = time.time()
-        with self._tx(wait=False) as db:
-            db.execute(
+        # one statement, its own transaction (autocommit): on the connection thread, every
+        # call into SQLite is a wait for the GIL when the pool is busy
+        with self._lock:
+            rows = self._db.execute(
                 "INSERT INTO requests(request_id, op, vm_uuid, state, deliveries, received_at,"
                 " updated_at) VALUES (?,?,?,?,1,?,?) ON CONFLICT(request_id) DO UPDATE SET"
-                " deliveries = deliveries + 1, updated_at = excluded.updated_at",
+                " deliveries = deliveries + 1, updated_at = excluded.updated_at"
+                f" RETURNING {_REQUEST_COLUMNS}",
                 (request_id, op, vm_uuid, RECEIVED, now, now),
-            )
-        req = self.get(request_id)
-        assert req is not None
-        return req
+            ).fetchall()  # stepped to the end: committed
+            self._commits += 1
+        return _request(rows[0])
 
     def start(self, request_id: str, before: tuple[str, dict[str, Any]] | None) -> int | None:
         """Mark a run as started; queue the `before` event unless one was already queued.
         Returns the outbox seq of the `before` event, if queued now."""
         seq = None
         with self._tx() as db:
-            db.execute(
-                "UPDATE requests SET state=?, runs=runs+1, updated_at=? WHERE request_id=?",
-                (STARTED, time.time(), request_id),
-            )
             if before is not None:
-                sent = db.execute(
-                    "SELECT before_sent FROM requests WHERE request_id=?", (request_id,)
-                ).fetchone()
-                if not sent or not sent[0]:
-                    seq = self._enqueue(db, *before)
-                    db.execute(
-                        "UPDATE requests SET before_sent=1 WHERE request_id=?", (request_id,)
-                    )
+                rk, ev = before
+                cur = db.execute(
+                    "INSERT INTO outbox(routing_key, body, created_at) SELECT ?,?,? WHERE NOT"
+                    " EXISTS (SELECT 1 FROM requests WHERE request_id=? AND before_sent=1)",
+                    (rk, _compact(ev), time.time(), request_id),
+                )
+                if cur.rowcount == 1:
+                    assert cur.lastrowid is not None
+                    seq = cur.lastrowid
+                    self._last_seq = max(self._last_seq, seq)  # under the lock (_tx)
+            db.execute(
+                "UPDATE requests SET state=?, runs=runs+1, updated_at=?,"
+                " before_sent=before_sent OR ? WHERE request_id=?",
+                (STARTED, time.time(), before is not None, request_id),
+            )
         return seq
 
     def mark_final_delivery(self, request_id: str) -> None:
@@ -272,7 +292,7 @@ class Journal:
     def _enqueue(self, db: sqlite3.Connection, rk: str, ev: dict[str, Any]) -> int:
         cur = db.execute(
             "INSERT INTO outbox(routing_key, body, created_at) VALUES (?,?,?)",
-            (rk, json.dumps(ev, separators=(",", ":"), default=str), time.time()),
+            (rk, _compact(ev), time.time()),
         )
         assert cur.lastrowid is not None
         self._last_seq = max(self._last_seq, cur.lastrowid)  # under the lock (_tx)
@@ -300,10 +320,12 @@ class Journal:
         in between, they are sent again, with the same event ids."""
         if not seqs:
             return
-        with self._tx(wait=False) as db:
-            db.executemany(
-                "UPDATE outbox SET sent_at=? WHERE seq=?", [(time.time(), s) for s in seqs]
+        with self._lock:  # one statement, its own transaction
+            self._db.execute(
+                f"UPDATE outbox SET sent_at=? WHERE seq IN ({','.join('?' * len(seqs))})",
+                (time.time(), *seqs),
             )
+            self._commits += 1
 
     def outbox_size(self) -> int:
         with self._lock:
