@@ -31,7 +31,7 @@ from kombu.message import Message
 
 from handlers.connection import LibvirtConnection
 from worker import events
-from worker.amqp import connect
+from worker.amqp import connect, corked, frame_buffered, read_ahead, receive_available
 from worker.config import Settings
 from worker.domevents import DomainEvents, Ownership
 from worker.errors import OpError
@@ -45,6 +45,7 @@ from worker.topology import Topology
 
 log = structlog.get_logger()
 
+_MAX_FRAMES_PER_DRAIN = 256  # then the loop publishes and acks before reading more
 REASON_HEADERS = ("x-vmworker-error-code", "x-vmworker-error-source", "x-vmworker-reason")
 
 
@@ -140,12 +141,14 @@ class Service:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._conn: Any = None  # the connection being served
         self._events_ch: Any = None
         self._events_producer: Producer | None = None
         self._unconfirmed: set[int] = set()  # delivery tags of events not yet confirmed
         self._nacked: set[int] = set()
         self._next_tag = 1
         self._next_prune = 0.0
+        self._flushed_seq = 0  # every outbox event up to this seq is confirmed
 
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -312,8 +315,11 @@ class Service:
     # -- the connection thread -----------------------------------------------------------
     def _serve(self, conn: Connection) -> None:
         self._generation += 1
+        read_ahead(conn)
+        self._conn = conn
         self.topology.declare(conn, shared=self.settings.declare_shared)
         self._acks.clear()  # tags of an old channel are void; those messages come back
+        self._flushed_seq = 0  # what the last connection could not confirm is sent again
         consume_ch = conn.channel()
         consume_ch.auto_decode = False  # bodies stay the bytes that were sent
         consume_ch.basic_qos(0, self.settings.effective_prefetch, False)
@@ -612,12 +618,33 @@ class Service:
         """Publish every unsent outbox event in order (confirmed), then settle the acks that
         were waiting on them: every PendingAck queued before this flush is now covered."""
         settle = len(self._acks)
+        durable = self.journal.durable_seq
+        if durable > self._flushed_seq:  # else nothing new can be pending: no query
+            self._publish_pending()
+            self._flushed_seq = durable
+        if not settle:
+            return
+        settled = [self._acks.popleft() for _ in range(settle)]
+        current = [
+            (pa, d) for pa in settled for d in pa.deliveries if d.generation == self._generation
+        ]
+        # (a delivery of an older channel is not acked: the broker redelivers it)
+        for pa, d in current:  # each dead-lettered copy confirmed before its original is acked
+            if pa.dead_letter is not None:
+                self._dead_letter(d.message, pa.dead_letter)
+        with corked(self._conn):
+            for _, d in current:
+                d.message.ack()
+
+    def _publish_pending(self) -> None:
+        """Every durable unsent outbox event, in order, confirmed (raises if one is not)."""
         while batch := self.journal.pending():
             tags: list[int] = []
             try:
-                for entry in batch:  # all published, then one wait for all the confirms
-                    tags.append(self._publish_event(entry.routing_key, entry.event, entry.body))
-                self._await_confirms()
+                with corked(self._conn):  # all published in one write ...
+                    for entry in batch:
+                        tags.append(self._publish_event(entry.routing_key, entry.event, entry.body))
+                self._await_confirms()  # ... then one wait for all the confirms
             finally:
                 confirmed = [
                     entry
@@ -629,14 +656,6 @@ class Service:
             if self.on_event is not None:
                 for e in confirmed:
                     self.on_event(e.routing_key, e.event)
-        for _ in range(settle):
-            pa = self._acks.popleft()
-            for d in pa.deliveries:
-                if d.generation != self._generation:
-                    continue  # its channel is gone; the broker will redeliver it
-                if pa.dead_letter is not None:
-                    self._dead_letter(d.message, pa.dead_letter)
-                d.message.ack()
 
     def _open_events_channel(self, conn: Connection) -> None:
         """The channel events go out on, in confirm mode. Confirms are tracked by delivery
@@ -693,21 +712,24 @@ class Service:
         )
         tag, self._next_tag = self._next_tag, self._next_tag + 1
         self._unconfirmed.add(tag)
-        # the plain publish: basic_publish would wait for this one confirm
-        self._events_ch._basic_publish(msg, exchange=self._events_exchange, routing_key=rk)
+        # basic.publish as py-amqp's `_basic_publish` sends it, without the read of the socket
+        # it makes first (to notice connection.blocked; the next drain handles that frame) and
+        # without waiting for this one confirm: `_await_confirms` waits once for the batch
+        self._events_ch.send_method(
+            amqp.spec.Basic.Publish, "Bssbb", (0, self._events_exchange, rk, False, False), msg
+        )
         return tag
 
     def _await_confirms(self, timeout: float = 30.0) -> None:
         """Until the broker has confirmed every event published; deliveries that arrive
         meanwhile are taken in as usual."""
         end = time.monotonic() + timeout
-        conn = self._events_ch.connection
         while self._unconfirmed:
             left = end - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no publisher confirm in {timeout:g}s")
             with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=min(left, 1.0))
+                self._drain(self._conn, timeout=min(left, 1.0))
         if self._nacked:  # the channel is done for: a new one after the reconnect
             raise MessageNacked("the broker refused an event")
 
@@ -717,18 +739,36 @@ class Service:
 
     def _drain(self, conn: Connection, timeout: float) -> None:
         """Handle what the broker sent, waiting up to `timeout` for it or for a pool thread's
-        wake-up (a finished job), whichever comes first."""
+        wake-up (a finished job), whichever comes first. Every frame already received is
+        handled before returning: frames read ahead are never left waiting for the socket."""
         sock = getattr(conn.connection, "sock", None)
         buffered = getattr(sock, "pending", None)  # TLS: bytes already decrypted
         if sock is None or (buffered is not None and buffered()):
             conn.drain_events(timeout=timeout)
             return
-        ready, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+        if buffered is not None:  # TLS: frame by frame, as py-amqp reads them
+            ready, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+            self._clear_wakeup(ready)
+            if sock in ready:
+                conn.drain_events(timeout=timeout)
+            return
+        if not frame_buffered(conn):
+            ready, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+            self._clear_wakeup(ready)
+            if sock not in ready:
+                return
+            receive_available(conn)
+        for _ in range(_MAX_FRAMES_PER_DRAIN):  # every whole frame received, from the buffer
+            if not frame_buffered(conn):
+                break
+            # one frame, from the buffer: never waits (drain_events would go on reading until
+            # a whole method came, waiting on the socket after a heartbeat frame)
+            conn.connection.blocking_read(None)
+
+    def _clear_wakeup(self, ready: list[Any]) -> None:
         if self._wake_r in ready:
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
-        if sock in ready:
-            conn.drain_events(timeout=timeout)
 
     def _dead_letter(self, message: Message, reason: dict[str, str]) -> None:
         props = message.properties
