@@ -40,7 +40,7 @@ def run(config: Path | None, **flags: Any) -> None:
     logs.configure(s.log_level)
     from worker.service import Service
 
-    svc = Service(s)
+    svc = Service(s, freeze_gc=True)  # this process is the worker: nothing else to collect
     svc.install_signal_handlers()
     svc.run()
 

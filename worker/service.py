@@ -8,6 +8,7 @@ with publisher confirms; a message is acked only once its terminal event is conf
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import queue
 import random
@@ -105,8 +106,10 @@ class Service:
         hooks: HookEngine | None = None,
         transport_options: dict[str, Any] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         self.settings = settings
+        self.freeze_gc = freeze_gc
         self.host = settings.host
         self.topology = Topology.from_settings(settings)
         self.lv = libvirt or LibvirtConnection(settings.libvirt_uri)
@@ -177,6 +180,12 @@ class Service:
         backoff = 1.0
         try:
             self._start_observers()
+            if self.freeze_gc:
+                # what start-up made (modules, schemas, libvirt and hook state) lives as long as
+                # the process: out of the cyclic collector's sight, a full collection looks at
+                # what operations create only (from ~40 ms to ~1 ms at 100 MB: a latency spike)
+                gc.collect()
+                gc.freeze()
             while True:
                 if self._stop.is_set() and not self._inflight:
                     break
