@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CpuMeter,
     EventTap,
     Process,
     broker_conn,
     check_ok,
-    cpu_seconds,
     delete_topology,
     percentile,
     rate,
@@ -87,9 +87,9 @@ def run_once(tmp: Path, n: int, m: int) -> dict[str, Any]:
                         rids.append(rid)
                 wait_depth(q["queue"], n)
                 worker.start()
-                cpu0 = cpu_seconds(worker.pid)
+                meter = CpuMeter(worker.pid)
                 seen = tap.wait_all(rids)
-                cpu = cpu_seconds(worker.pid) - cpu0
+                cpu = meter.stop(n)
                 check_ok(seen)
                 ops_s = rate([s.at for s in seen])
                 lat: list[float] = []
@@ -116,5 +116,5 @@ def run_once(tmp: Path, n: int, m: int) -> dict[str, Any]:
         "lat_p50_ms": percentile(lat, 50) * 1e3,
         "lat_p99_ms": percentile(lat, 99) * 1e3,
         "event_bytes": size,
-        "cpu_ms_per_op": cpu / n * 1e3,
+        **cpu,
     }

@@ -470,6 +470,53 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def _broker_pids() -> list[int]:
+    """The Erlang VMs on this machine (the broker; nodes of other tests idle meanwhile)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (d / "comm").read_text().strip() == "beam.smp":
+                    pids.append(int(d.name))
+    return pids
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class CpuMeter:
+    """Where the machine's CPU goes while a consumer drains a queue: the consumer, the broker,
+    this harness (publishers and the event tap), and how many cores were busy in all."""
+
+    def __init__(self, consumer_pid: int) -> None:
+        self.pid = consumer_pid
+        self.brokers = _broker_pids()
+        self.t0 = time.monotonic()
+        self.consumer0 = cpu_seconds(self.pid)
+        self.broker0 = sum(cpu_seconds(b) for b in self.brokers)
+        self.harness0 = time.process_time()
+        self.machine0 = _machine_ticks()
+
+    def stop(self, n: int) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        busy1, total1 = _machine_ticks()
+        busy0, total0 = self.machine0
+        cpus = os.cpu_count() or 1
+        return {
+            "cpu_ms_per_op": (cpu_seconds(self.pid) - self.consumer0) / n * 1e3,
+            "broker_cpu_ms_per_op": (sum(cpu_seconds(b) for b in self.brokers) - self.broker0)
+            / n
+            * 1e3,
+            "harness_cpu_ms_per_op": (time.process_time() - self.harness0) / n * 1e3,
+            "machine_busy_cores": (busy1 - busy0) / max(1, total1 - total0) * cpus,
+            "consumer_cores": (cpu_seconds(self.pid) - self.consumer0) / wall if wall else 0.0,
+        }
+
+
 @dataclass
 class Measured:
     """What one throughput + latency measurement of a consumer gave."""
@@ -478,6 +525,7 @@ class Measured:
     latencies: list[float]  # seconds, closed loop
     cpu_s: float  # the consumer's CPU during the throughput phase
     event_bytes: int
+    cpu: dict[str, float] = field(default_factory=dict)  # CpuMeter.stop()
 
 
 def measure_consumer(
@@ -487,13 +535,14 @@ def measure_consumer(
     started only after the fill), then m closed-loop round trips."""
     rids = prefill(topo.ops, host, topo.host_queue.name, [start_body() for _ in range(n)])
     proc.start()
-    cpu0 = cpu_seconds(proc.pid)
+    meter = CpuMeter(proc.pid)
     seen = tap.wait_all(rids)
-    cpu = cpu_seconds(proc.pid) - cpu0
+    cpu = meter.stop(n)
     check_ok(seen)
     pub = OpPublisher(topo.ops, host)
     try:
         lat = closed_loop(pub, tap, (start_body() for _ in range(m)))
     finally:
         pub.close()
-    return Measured(rate([s.at for s in seen]), lat, cpu, max(s.size for s in seen))
+    cpu_s = cpu["cpu_ms_per_op"] * n / 1e3
+    return Measured(rate([s.at for s in seen]), lat, cpu_s, max(s.size for s in seen), cpu)

@@ -246,6 +246,14 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         lines.append(_row(f"{label}: publish → after p99", p99, "ms"))
         cpu = sec.get("cpu_ms_per_op")
         lines.append(_row(f"{label}: CPU per op (all its processes)", cpu, "ms"))
+        for k, what, unit in (
+            ("consumer_cores", "cores it kept busy", "cores"),
+            ("broker_cpu_ms_per_op", "broker CPU per op meanwhile", "ms"),
+            ("harness_cpu_ms_per_op", "harness CPU per op (publisher, tap)", "ms"),
+            ("machine_busy_cores", "machine cores busy meanwhile", "cores"),
+        ):
+            if k in sec:
+                lines.append(_row(f"{label}: {what}", sec[k], unit))
     r = s.get("ratios", {})
     for key, label in (
         ("vmworker_vs_celery", "vmworker ÷ Celery (ops/s)"),

@@ -61,7 +61,7 @@ def run_once(tmp: Path, n: int, m: int, **worker_kw: Any) -> dict[str, Any]:
         "lat_p99_ms": percentile(lat, 99) * 1e3,
         "event_bytes": got.event_bytes,
         "rss_mib": rss.get("VmRSS", 0) / 1024,
-        "cpu_ms_per_op": got.cpu_s / n * 1e3,
+        **got.cpu,
     }
     say(
         f"vmworker: {got.ops_s:.0f} ops/s, latency p50 {out['lat_p50_ms']:.2f} ms"
