@@ -61,3 +61,21 @@ def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
     for heading in ("Throughput and latency", "Hooks", "Real QEMU", "Scale"):
         assert heading in text
     assert "| target |" in text
+
+
+@pytest.mark.timeout(120)
+def test_latency_breakdown_prints_every_stage(broker: None) -> None:
+    from bench.breakdown import STAGES
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.breakdown", "5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {line.split(":")[0].strip("| ") for line in proc.stdout.splitlines()}
+    assert {key for key, _ in STAGES} <= rows, proc.stdout
+    total = next(line for line in proc.stdout.splitlines() if line.startswith("| total:"))
+    assert all(float(cell) > 0 for cell in total.split("|")[2:5]), total
