@@ -737,8 +737,8 @@ class Service:
             left = end - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no publisher confirm in {timeout:g}s")
-            with contextlib.suppress(TimeoutError):
-                self._drain(self._conn, timeout=min(left, 1.0))
+            with contextlib.suppress(TimeoutError):  # a wake-up is left for the main loop
+                self._drain(self._conn, timeout=min(left, 1.0), wake=False)
         if self._nacked:  # the channel is done for: a new one after the reconnect
             raise MessageNacked("the broker refused an event")
 
@@ -746,23 +746,24 @@ class Service:
         with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
             os.write(self._wake_w, b"x")
 
-    def _drain(self, conn: Connection, timeout: float) -> None:
-        """Handle what the broker sent, waiting up to `timeout` for it or for a pool thread's
-        wake-up (a finished job), whichever comes first. Every frame already received is
-        handled before returning: frames read ahead are never left waiting for the socket."""
+    def _drain(self, conn: Connection, timeout: float, *, wake: bool = True) -> None:
+        """Handle what the broker sent, waiting up to `timeout` for it or (with `wake`) for a
+        pool thread's wake-up (a finished job), whichever comes first. Every frame already
+        received is handled before returning: frames read ahead never wait for the socket."""
+        waits = [self._wake_r] if wake else []
         sock = getattr(conn.connection, "sock", None)
         buffered = getattr(sock, "pending", None)  # TLS: bytes already decrypted
         if sock is None or (buffered is not None and buffered()):
             conn.drain_events(timeout=timeout)
             return
         if buffered is not None:  # TLS: frame by frame, as py-amqp reads them
-            ready, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+            ready, _, _ = select.select([sock, *waits], [], [], timeout)
             self._clear_wakeup(ready)
             if sock in ready:
                 conn.drain_events(timeout=timeout)
             return
         if not frame_buffered(conn):
-            ready, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+            ready, _, _ = select.select([sock, *waits], [], [], timeout)
             self._clear_wakeup(ready)
             if sock not in ready:
                 return
