@@ -171,21 +171,6 @@ def _parse(point: HookPoint, data: bytes) -> Any:
         raise ValueError(f"invalid JSON: {exc}") from None
 
 
-def _canonical(point: HookPoint, data: bytes) -> Any:
-    """A form in which two payloads compare equal iff they mean the same (None: unparseable)."""
-    try:
-        parsed = _parse(point, data)
-    except ValueError:
-        return None
-    return _canonical_of(point, parsed)
-
-
-def _canonical_of(point: HookPoint, parsed: Any) -> Any:
-    if point.is_xml:
-        return etree.tostring(parsed.getroot(), method="c14n")
-    return parsed
-
-
 _UNPARSED: Any = object()
 
 
@@ -211,10 +196,13 @@ class _Payload:
         return self._parsed
 
     def canonical(self, hp: HookPoint) -> Any:
-        """As `_canonical(hp, self.data)`."""
+        """A form in which two payloads compare equal iff they mean the same (None:
+        unparseable)."""
         if self._canon is _UNPARSED:
             parsed = self.parsed(hp)
-            self._canon = None if parsed is None else _canonical_of(hp, parsed)
+            if parsed is not None and hp.is_xml:
+                parsed = etree.tostring(parsed.getroot(), method="c14n")
+            self._canon = parsed
         return self._canon
 
     def for_hook(self, hp: HookPoint) -> Any:
@@ -475,23 +463,26 @@ class HookEngine:
             raise
         return path
 
+    @staticmethod
     def _judge(
-        self, hp: HookPoint, good: bytes, new: bytes, rc: int, timed_out: bool
-    ) -> tuple[bytes, bool, str | None]:
-        """(payload to go on with, changed, why the edit was discarded)."""
-        if new == good:
+        hp: HookPoint, good: _Payload, new: bytes, rc: int, timed_out: bool = False
+    ) -> tuple[_Payload, bool, str | None]:
+        """(payload to go on with, changed, why the edit was discarded); what is parsed of an
+        accepted edit is kept with it for the next step."""
+        if new == good.data:
             return good, False, None
         if timed_out:
             return good, False, "timed out"
         if rc != 0:
             return good, False, f"exited {rc}"
         try:
-            _parse(hp, new)
+            parsed = _parse(hp, new)
         except ValueError as exc:
             return good, False, str(exc)
-        if _canonical(hp, new) == _canonical(hp, good):
+        kept = _Payload(new, parsed)
+        if kept.canonical(hp) == good.canonical(hp):
             return good, False, None  # rewritten but means the same: keep the old text
-        return new, True, None
+        return kept, True, None
 
     def _run_script(
         self, hp: HookPoint, step: _Step, path: str, env: Mapping[str, str], good: _Payload
@@ -509,11 +500,11 @@ class HookEngine:
             removed = True
         else:
             removed = False
-        kept, changed, discarded = self._judge(hp, good.data, new, done.rc, done.timed_out)
-        if removed and kept is good.data:
+        kept, changed, discarded = self._judge(hp, good, new, done.rc, done.timed_out)
+        if removed and kept is good:
             discarded = discarded or "payload file removed"
-        if removed or new != kept:
-            _restore(path, kept)
+        if removed or new != kept.data:
+            _restore(path, kept.data)
         return (
             ScriptResult(
                 name=step.name,
@@ -526,7 +517,7 @@ class HookEngine:
                 timed_out=done.timed_out,
                 discarded=discarded,
             ),
-            good if kept is good.data else _Payload(kept),
+            kept,
         )
 
     def _run_inprocs(
@@ -602,7 +593,7 @@ class HookEngine:
             except (TypeError, ValueError) as exc:
                 discarded = f"cannot serialize the result: {exc}"
             else:
-                kept, changed, discarded = self._judge_inproc(hp, good, new, out.rc)
+                kept, changed, discarded = self._judge(hp, good, new, out.rc)
         return (
             ScriptResult(
                 name=step.name,
@@ -617,24 +608,6 @@ class HookEngine:
             ),
             kept,
         )
-
-    @staticmethod
-    def _judge_inproc(
-        hp: HookPoint, good: _Payload, new: bytes, rc: int
-    ) -> tuple[_Payload, bool, str | None]:
-        """As `_judge` (never timed out), with what is parsed kept for the next hook."""
-        if new == good.data:
-            return good, False, None
-        if rc != 0:
-            return good, False, f"exited {rc}"
-        try:
-            parsed = _parse(hp, new)
-        except ValueError as exc:
-            return good, False, str(exc)
-        kept = _Payload(new, parsed)
-        if kept.canonical(hp) == good.canonical(hp):
-            return good, False, None  # rewritten but means the same: keep the old text
-        return kept, True, None
 
     @staticmethod
     def _refused(step: _Step) -> ScriptResult:

@@ -118,7 +118,6 @@ class InprocOutcome:
     rc: int
     result: Any
     stderr: str
-    timed_out: bool
 
 
 class _HookThreads:
@@ -195,11 +194,11 @@ class HookRun:
             raise Abandoned
         self._since = time.monotonic()
         try:
-            out = InprocOutcome(0, func(payload, ctx), "", False)
+            out = InprocOutcome(0, func(payload, ctx), "")
         except HookFailed as exc:
-            out = InprocOutcome(exc.rc, None, str(exc), False)
+            out = InprocOutcome(exc.rc, None, str(exc))
         except BaseException as exc:
-            out = InprocOutcome(1, None, "".join(traceback.format_exception(exc)), False)
+            out = InprocOutcome(1, None, "".join(traceback.format_exception(exc)))
         with self._lock:
             if self.abandoned:
                 raise Abandoned
