@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -487,39 +488,37 @@ def test_the_environment_is_the_one_exec_gives_in_the_same_order(
     assert seen[1] == seen[0]
 
 
-def test_no_spare_is_left_when_the_engine_closes(root: Path) -> None:
-    py(root, "10_ok", "print('ok')")
+@contextmanager
+def _warm(root: Path, source: str, prints: str) -> Iterator[tuple[HookEngine, int, int]]:
+    """A pre-warmed engine that has run `source` (printing `prints`) once: (engine, its fork
+    server's pid, the spare's pid); closed on the way out."""
+    py(root, "10_ok", source)
     engine = HookEngine(root, inproc=False, prewarm=True)
     try:
-        assert run(engine).scripts[0].stdout_tail == "ok\n"
+        assert run(engine).scripts[0].stdout_tail == prints
         server = _server_pid(engine)
         (spare,) = _children(server)
+        yield engine, server, spare
     finally:
         engine.close()
+
+
+def test_no_spare_is_left_when_the_engine_closes(root: Path) -> None:
+    with _warm(root, "print('ok')", "ok\n") as (_, server, spare):
+        pass
     assert _wait_gone(server) and _wait_gone(spare)
 
 
 def test_a_spare_exits_when_its_server_dies(root: Path) -> None:
-    py(root, "10_ok", "print('ok')")
-    engine = HookEngine(root, inproc=False, prewarm=True)
-    try:
-        assert run(engine).scripts[0].stdout_tail == "ok\n"
-        server = _server_pid(engine)
-        (spare,) = _children(server)
+    with _warm(root, "print('ok')", "ok\n") as (engine, server, spare):
         os.kill(server, signal.SIGKILL)
         assert _wait_gone(spare)
         assert run(engine).scripts[0].stdout_tail == "ok\n"  # by a new server
-    finally:
-        engine.close()
 
 
 def test_a_dead_spare_is_replaced(root: Path) -> None:
-    py(root, "10_ok", "import os; print(os.getsid(0) == os.getpid())")
-    engine = HookEngine(root, inproc=False, prewarm=True)
-    try:
-        assert run(engine).scripts[0].stdout_tail == "True\n"
-        server = _server_pid(engine)
-        (spare,) = _children(server)
+    source = "import os; print(os.getsid(0) == os.getpid())"
+    with _warm(root, source, "True\n") as (engine, server, spare):
         os.kill(spare, signal.SIGKILL)
         assert _wait_gone(spare)
         for _ in range(3):
@@ -527,5 +526,3 @@ def test_a_dead_spare_is_replaced(root: Path) -> None:
         assert _server_pid(engine) == server
         (following,) = _children(server)
         assert following != spare
-    finally:
-        engine.close()

@@ -243,6 +243,14 @@ def run_script(script: str, main_code: types.CodeType | None = None) -> int:
     return rc
 
 
+def open_pidfd(pid: int) -> int | None:
+    """A descriptor readable once `pid` exits; None where the kernel or Python has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
 class Spare:
     """A child forked before its request, waiting for it on its own socket."""
 
@@ -397,10 +405,7 @@ class Server:
             os._exit(0)  # not reached
         theirs.close()
         spare = Spare(pid, ours)
-        try:
-            spare.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            spare.pidfd = None  # a death is then seen when it is handed a request
+        spare.pidfd = open_pidfd(pid)  # without one, a death is seen when handed a request
         if spare.pidfd is not None:
             self.sel.register(spare.pidfd, selectors.EVENT_READ, spare)
         self.spare = spare
@@ -462,10 +467,7 @@ class Server:
             if pid == 0:
                 sock.close()
                 child_main(header, out_fd, err_fd, self.base_path, code)
-            try:
-                pidfd = os.pidfd_open(pid)
-            except (AttributeError, OSError):
-                pidfd = None  # reaped by polling instead
+            pidfd = open_pidfd(pid)  # without one, reaped by polling instead
         # before the next fork: a spare holding these would keep the worker's pipes open
         os.close(out_fd)
         os.close(err_fd)
