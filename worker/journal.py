@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker import events
+
 RECEIVED, STARTED, FINISHED = "received", "started", "finished"
 
 _SCHEMA = """
@@ -52,10 +54,6 @@ _REQUEST_COLUMNS = (
     "request_id, op, vm_uuid, state, attempts, runs, deliveries, before_sent, outcome, terminal,"
     " final_delivery"
 )
-
-
-def _compact(ev: dict[str, Any]) -> str:
-    return json.dumps(ev, separators=(",", ":"), default=str)
 
 
 @dataclass
@@ -155,6 +153,15 @@ class Journal:
         if wait:
             self._sync(n)
 
+    def _statement(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """One write statement as its own transaction (autocommit), not waited for on disk, as
+        `_tx(wait=False)` but one call into SQLite instead of three: on the connection thread
+        each is a wait for the GIL when the pool is busy. Returns its rows (RETURNING)."""
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()  # stepped to the end: committed
+            self._commits += 1
+        return rows
+
     def _sync(self, n: int) -> None:
         """Make commit `n` (and every one before it) durable: one fsync of the WAL, outside
         the lock, for all the commits made so far."""
@@ -197,18 +204,14 @@ class Journal:
         power loss before them, the request had not started: its redelivery runs it, as it
         would have."""
         now = time.time()
-        # one statement, its own transaction (autocommit): on the connection thread, every
-        # call into SQLite is a wait for the GIL when the pool is busy
-        with self._lock:
-            rows = self._db.execute(
-                "INSERT INTO requests(request_id, op, vm_uuid, state, deliveries, received_at,"
-                " updated_at) VALUES (?,?,?,?,1,?,?) ON CONFLICT(request_id) DO UPDATE SET"
-                " deliveries = deliveries + 1, updated_at = excluded.updated_at"
-                f" RETURNING {_REQUEST_COLUMNS}",
-                (request_id, op, vm_uuid, RECEIVED, now, now),
-            ).fetchall()  # stepped to the end: committed
-            self._commits += 1
-        return _request(rows[0])
+        (row,) = self._statement(
+            "INSERT INTO requests(request_id, op, vm_uuid, state, deliveries, received_at,"
+            " updated_at) VALUES (?,?,?,?,1,?,?) ON CONFLICT(request_id) DO UPDATE SET"
+            " deliveries = deliveries + 1, updated_at = excluded.updated_at"
+            f" RETURNING {_REQUEST_COLUMNS}",
+            (request_id, op, vm_uuid, RECEIVED, now, now),
+        )
+        return _request(row)
 
     def start(self, request_id: str, before: tuple[str, dict[str, Any]] | None) -> int | None:
         """Mark a run as started; queue the `before` event unless one was already queued.
@@ -216,20 +219,15 @@ class Journal:
         seq = None
         with self._tx() as db:
             if before is not None:
-                rk, ev = before
-                cur = db.execute(
-                    "INSERT INTO outbox(routing_key, body, created_at) SELECT ?,?,? WHERE NOT"
-                    " EXISTS (SELECT 1 FROM requests WHERE request_id=? AND before_sent=1)",
-                    (rk, _compact(ev), time.time(), request_id),
-                )
-                if cur.rowcount == 1:
-                    assert cur.lastrowid is not None
-                    seq = cur.lastrowid
-                    self._last_seq = max(self._last_seq, seq)  # under the lock (_tx)
+                sent = db.execute(
+                    "SELECT before_sent FROM requests WHERE request_id=?", (request_id,)
+                ).fetchone()
+                if not sent or not sent[0]:
+                    seq = self._enqueue(db, *before)
             db.execute(
                 "UPDATE requests SET state=?, runs=runs+1, updated_at=?,"
                 " before_sent=before_sent OR ? WHERE request_id=?",
-                (STARTED, time.time(), before is not None, request_id),
+                (STARTED, time.time(), seq is not None, request_id),
             )
         return seq
 
@@ -292,7 +290,7 @@ class Journal:
     def _enqueue(self, db: sqlite3.Connection, rk: str, ev: dict[str, Any]) -> int:
         cur = db.execute(
             "INSERT INTO outbox(routing_key, body, created_at) VALUES (?,?,?)",
-            (rk, _compact(ev), time.time()),
+            (rk, events.encode(ev).decode(), time.time()),
         )
         assert cur.lastrowid is not None
         self._last_seq = max(self._last_seq, cur.lastrowid)  # under the lock (_tx)
@@ -320,12 +318,10 @@ class Journal:
         in between, they are sent again, with the same event ids."""
         if not seqs:
             return
-        with self._lock:  # one statement, its own transaction
-            self._db.execute(
-                f"UPDATE outbox SET sent_at=? WHERE seq IN ({','.join('?' * len(seqs))})",
-                (time.time(), *seqs),
-            )
-            self._commits += 1
+        self._statement(
+            f"UPDATE outbox SET sent_at=? WHERE seq IN ({','.join('?' * len(seqs))})",
+            (time.time(), *seqs),
+        )
 
     def outbox_size(self) -> int:
         with self._lock:
