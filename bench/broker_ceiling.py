@@ -75,16 +75,7 @@ def serve(prefix: str, host: str, prefetch: int) -> None:
         rid = m.properties.get("message_id")
         vm = json.loads(m.body).get("vm") or {}
         for rk, ev in _events(host, rid, vm):
-            producer.publish(
-                events.encode(ev),
-                exchange=topo.events,
-                routing_key=rk,
-                content_type=events.CONTENT_TYPE,
-                content_encoding="utf-8",
-                delivery_mode=2,
-                message_id=ev["id"],
-                retry=False,
-            )
+            events.publish(producer, topo.events, rk, ev)
         m.ack()
 
     # deliveries are only collected in the callback: a publish waiting for its confirm reads

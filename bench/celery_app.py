@@ -71,16 +71,7 @@ def make_app(prefix: str, host: str) -> Celery:
             conn.connect()
             state["conn"] = conn
             state["producer"] = Producer(conn.channel())
-        state["producer"].publish(
-            events.encode(ev),
-            exchange=topo.events,
-            routing_key=rk,
-            content_type=events.CONTENT_TYPE,
-            content_encoding="utf-8",
-            delivery_mode=2,
-            message_id=ev["id"],
-            retry=False,
-        )
+        events.publish(state["producer"], topo.events, rk, ev)
 
     @app.task(name=TASK, bind=True)
     def start_vm(self: Any, body: str) -> None:

@@ -503,17 +503,18 @@ class CpuMeter:
 
     def stop(self, n: int) -> dict[str, float]:
         wall = time.monotonic() - self.t0
+        consumer = cpu_seconds(self.pid) - self.consumer0
         busy1, total1 = _machine_ticks()
         busy0, total0 = self.machine0
         cpus = os.cpu_count() or 1
         return {
-            "cpu_ms_per_op": (cpu_seconds(self.pid) - self.consumer0) / n * 1e3,
+            "cpu_ms_per_op": consumer / n * 1e3,
             "broker_cpu_ms_per_op": (sum(cpu_seconds(b) for b in self.brokers) - self.broker0)
             / n
             * 1e3,
             "harness_cpu_ms_per_op": (time.process_time() - self.harness0) / n * 1e3,
             "machine_busy_cores": (busy1 - busy0) / max(1, total1 - total0) * cpus,
-            "consumer_cores": (cpu_seconds(self.pid) - self.consumer0) / wall if wall else 0.0,
+            "consumer_cores": consumer / wall if wall else 0.0,
         }
 
 

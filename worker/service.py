@@ -138,7 +138,6 @@ class Service:
         self._vm_queues: dict[str, deque[Job]] = {}
         self._running: set[str] = set()  # VMs with an operation in the pool
         self._inflight: dict[str, Job] = {}  # request id -> job, queued or running here
-        self._wake = threading.Event()
         # a pool thread that finishes a job writes a byte here: the connection thread, waiting
         # for the broker in select(), wakes at once to publish its event and ack
         self._wake_r, self._wake_w = os.pipe()
@@ -681,7 +680,6 @@ class Service:
         ch._confirm_selected = True  # py-amqp: never again from basic_publish_confirm
         ch.events["basic_ack"].add(self._on_confirm)
         ch.events["basic_nack"].add(self._on_nack)
-        self._events_ch = ch
         self._unconfirmed.clear()
         self._nacked.clear()
         self._next_tag = 1
@@ -700,16 +698,7 @@ class Service:
         """Publish one event (persistent); returns its delivery tag, confirmed later. `body`
         is the event as the outbox holds it (compact JSON), published as it is."""
         if self._events_producer is not None:  # no confirms on this transport
-            self._events_producer.publish(
-                events.encode(ev),
-                exchange=self.topology.events,
-                routing_key=rk,
-                content_type=events.CONTENT_TYPE,
-                content_encoding="utf-8",
-                delivery_mode=2,
-                message_id=ev["id"],
-                retry=False,
-            )
+            events.publish(self._events_producer, self.topology.events, rk, ev)
             return 0
         msg = amqp.Message(
             body or events.encode(ev),
@@ -752,20 +741,19 @@ class Service:
         received is handled before returning: frames read ahead never wait for the socket."""
         waits = [self._wake_r] if wake else []
         sock = getattr(conn.connection, "sock", None)
-        buffered = getattr(sock, "pending", None)  # TLS: bytes already decrypted
-        if sock is None or (buffered is not None and buffered()):
+        pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted
+        if sock is None or (pending is not None and pending()):
             conn.drain_events(timeout=timeout)
             return
-        if buffered is not None:  # TLS: frame by frame, as py-amqp reads them
+        if pending is not None or not frame_buffered(conn):
             ready, _, _ = select.select([sock, *waits], [], [], timeout)
-            self._clear_wakeup(ready)
-            if sock in ready:
-                conn.drain_events(timeout=timeout)
-            return
-        if not frame_buffered(conn):
-            ready, _, _ = select.select([sock, *waits], [], [], timeout)
-            self._clear_wakeup(ready)
+            if self._wake_r in ready:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 4096)
             if sock not in ready:
+                return
+            if pending is not None:  # TLS: frame by frame, as py-amqp reads them
+                conn.drain_events(timeout=timeout)
                 return
             receive_available(conn)
         for _ in range(_MAX_FRAMES_PER_DRAIN):  # every whole frame received, from the buffer
@@ -774,11 +762,6 @@ class Service:
             # one frame, from the buffer: never waits (drain_events would go on reading until
             # a whole method came, waiting on the socket after a heartbeat frame)
             conn.connection.blocking_read(None)
-
-    def _clear_wakeup(self, ready: list[Any]) -> None:
-        if self._wake_r in ready:
-            with contextlib.suppress(OSError):
-                os.read(self._wake_r, 4096)
 
     def _dead_letter(self, message: Message, reason: dict[str, str]) -> None:
         props = message.properties
