@@ -120,8 +120,10 @@ class OpPublisher:
 
 
 def prefill(exchange: Any, routing_key: str, queue: str, bodies: list[bytes]) -> list[str]:
-    """Publish every body (unconfirmed, then wait until the queue holds them all)."""
-    pub = OpPublisher(exchange, routing_key, confirm=False)
+    """Publish every body, each confirmed by the broker (a fill published without confirms
+    once came up short of a quorum queue, and the run failed waiting for it), then wait until
+    the queue reports them all."""
+    pub = OpPublisher(exchange, routing_key)
     try:
         rids = [pub.publish(b) for b in bodies]
     finally:
@@ -139,7 +141,7 @@ def wait_depth(name: str, n: int, timeout: float = 60.0) -> None:
     end = time.monotonic() + timeout
     while queue_depth(name) < n:
         if time.monotonic() > end:
-            raise RuntimeError(f"queue {name} did not reach {n} messages")
+            raise RuntimeError(f"queue {name} holds {queue_depth(name)} messages, not {n}")
         time.sleep(0.05)
 
 
