@@ -16,7 +16,7 @@ lint:
 	@scripts/bootstrap venv
 	$(VENV)/bin/ruff check worker handlers tests bench
 	$(VENV)/bin/ruff format --check worker handlers tests bench
-	$(VENV)/bin/mypy worker handlers
+	$(VENV)/bin/mypy worker handlers bench
 
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

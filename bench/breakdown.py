@@ -77,7 +77,7 @@ def measure(n: int) -> list[dict[str, float]]:
             stamps.mark(job.request_id, "collect")
         collect(svc)
 
-    Service._collect_done = collect_done  # type: ignore[method-assign]
+    Service._collect_done = collect_done  # type: ignore[method-assign,assignment]
     rows: list[dict[str, float]] = []
     prefix, host = unique("brk"), unique("h")
     with tempfile.TemporaryDirectory() as tmp, topology(prefix, host) as topo:

@@ -76,6 +76,7 @@ def make_app(prefix: str, host: str) -> Celery:
     @app.task(name=TASK, bind=True)
     def start_vm(self: Any, body: str) -> None:
         from handlers.domxml import build_domain_xml
+        from handlers.spec import VmSpec
         from worker.messages import parse_operation
 
         t0 = time.monotonic()
@@ -89,6 +90,7 @@ def make_app(prefix: str, host: str) -> Celery:
             redelivered=bool(self.request.delivery_info.get("redelivered")),
         )
         _publish(*events.op_event(host, "start_vm", "before", recovered=False, **common))
+        assert isinstance(op.vm, VmSpec)  # what start_body() sends
         xml = build_domain_xml(op.vm)
         conn = _libvirt()
         conn.defineXML(xml)

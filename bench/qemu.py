@@ -55,6 +55,7 @@ def run_once(tmp: Path, m: int) -> dict[str, Any]:
     import libvirt
 
     from handlers.domxml import build_domain_xml
+    from handlers.spec import VmSpec
     from worker.messages import parse_operation
 
     conn = libvirt.open(URI)
@@ -84,7 +85,9 @@ def run_once(tmp: Path, m: int) -> dict[str, Any]:
                     spec = _spec()
                     made.append(spec["uuid"])
                     body = json.dumps({"version": 1, "op": "start_vm", "vm": spec}).encode()
-                    xml = build_domain_xml(parse_operation(body, max_bytes=1 << 20).vm)
+                    vm = parse_operation(body, max_bytes=1 << 20).vm
+                    assert isinstance(vm, VmSpec)
+                    xml = build_domain_xml(vm)
                     t0 = time.monotonic()
                     conn.defineXML(xml)
                     conn.createXML(xml, 0)

@@ -167,7 +167,7 @@ class EventTap:
                 self._cv.wait(min(left, 0.2))
 
     def wait_terminal(self, request_id: str, timeout: float = 20.0) -> dict[str, Any]:
-        return self.wait(lambda: (self.terminal(request_id) or [None])[0], timeout)
+        return self.wait(lambda: next(iter(self.terminal(request_id) or []), None), timeout)
 
 
 @dataclass
