@@ -78,10 +78,18 @@ def core(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
             "p99_vs_bare_rtt_p99": v["lat_p99_ms"] / c["rtt_p99_ms"],
             "p50_vs_bare_rtt_p50": v["lat_p50_ms"] / c["rtt_p50_ms"],
         }
+        # the machine's budget: its cores over the CPU one operation costs everywhere (the
+        # consumer, the broker, the harness), and the consumer's share a target leaves
+        cores_ms = (os.cpu_count() or 1) * 1e3
+        others = v.get("broker_cpu_ms_per_op", 0.0) + v.get("harness_cpu_ms_per_op", 0.0)
+        if "cpu_ms_per_op" in v:
+            r["machine_ops_s_at_vmworker_cpu"] = cores_ms / (v["cpu_ms_per_op"] + others)
+        r["cpu_allowed_for_ceiling_target"] = cores_ms / (0.70 * c["ops_s"]) - others
         if cel is not None:
             cel_runs.append(cel)
             r["vmworker_vs_celery"] = v["ops_s"] / cel["ops_s"]
             r["celery_vs_ceiling"] = cel["ops_s"] / c["ops_s"]
+            r["cpu_allowed_for_celery_target"] = cores_ms / (1.5 * cel["ops_s"]) - others
         ratios.append(r)
     res["sections"]["broker_ceiling"] = _fields(ceil_runs)
     if cel_runs:
@@ -265,6 +273,25 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
     ):
         if key in r:
             lines.append(_row(label, r[key], "x"))
+    for key, label, unit in (
+        (
+            "machine_ops_s_at_vmworker_cpu",
+            "most vmworker ops/s these cores allow at its CPU per op (every core busy)",
+            "ops/s",
+        ),
+        (
+            "cpu_allowed_for_celery_target",
+            "vmworker CPU per op at which 1.5 x Celery fits in these cores",
+            "ms",
+        ),
+        (
+            "cpu_allowed_for_ceiling_target",
+            "vmworker CPU per op at which 0.7 x the ceiling fits in these cores",
+            "ms",
+        ),
+    ):
+        if key in r:
+            lines.append(_row(label, r[key], unit))
     if "vmworker" in s and "rss_mib" in s["vmworker"]:
         lines.append(
             _row(f"vmworker RSS after {res['params']['ops']} ops", s["vmworker"]["rss_mib"], "MiB")
