@@ -121,42 +121,53 @@ class Ownership:
     The service calls `acquire` when an operation starts on a VM and `release` when it ends;
     libvirt's events arrive a little after the calls that caused them, so the claim lasts
     `grace_s` more. `judge` is asked, with the time an event was received, whether to publish it.
+    The last few claims of a VM are kept, so an event read after the VM's next operation began is
+    still judged against the operation that was running when it came.
     """
+
+    KEEP = 8  # claims kept per VM
 
     def __init__(self, grace_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.grace_s = grace_s
         self.clock = clock
-        self._claims: dict[str, _Claim] = {}
+        self._claims: dict[str, list[_Claim]] = {}  # per VM, oldest first
         self._lock = threading.Lock()
         self._next_sweep = 0.0
 
     def acquire(self, vm: str, request_id: str, op: str) -> None:
         now = self.clock()
         with self._lock:
-            self._claims[vm] = _Claim(request_id, op, now)
+            claims = self._claims.setdefault(vm, [])
+            claims.append(_Claim(request_id, op, now))
+            del claims[: -self.KEEP]
             # forget claims long over (kept a while: an event may be read late); a sweep
             # reads every claim, so at most one every 10 s, not one per operation
             if now >= self._next_sweep:
                 self._next_sweep = now + 10.0
-                for old in [k for k, c in self._claims.items() if c.until and c.until < now - 300]:
-                    del self._claims[old]
+                for key in list(self._claims):
+                    left = [c for c in self._claims[key] if not (c.until and c.until < now - 300)]
+                    if left:
+                        self._claims[key] = left
+                    else:
+                        del self._claims[key]
 
     def release(self, vm: str, request_id: str) -> None:
         with self._lock:
-            claim = self._claims.get(vm)
-            if claim is not None and claim.request_id == request_id:
-                claim.until = self.clock() + self.grace_s
+            for claim in reversed(self._claims.get(vm, ())):
+                if claim.request_id == request_id:
+                    if claim.until is None:
+                        claim.until = self.clock() + self.grace_s
+                    return
 
     def owner(self, vm: str, at: float | None = None) -> _Claim | None:
-        """The claim on `vm` at time `at` (now by default), if any."""
+        """The claim on `vm` at time `at` (now by default), if any: the newest one that had
+        begun by then and was not over."""
         at = self.clock() if at is None else at
         with self._lock:
-            claim = self._claims.get(vm)
-            if claim is None or at < claim.since:
-                return None
-            if claim.until is not None and at > claim.until:
-                return None
-            return claim
+            for claim in reversed(self._claims.get(vm, ())):
+                if claim.since <= at and (claim.until is None or at <= claim.until):
+                    return claim
+            return None
 
     def judge(self, vm: str, state: str, at: float | None = None) -> Verdict:
         claim = self.owner(vm, at)
@@ -226,6 +237,7 @@ class DomainEvents:
         ownership: Ownership | None = None,
         counter: StateCounter | None = None,
         reconnect_max_s: float = 10.0,
+        batch_s: float = 0.05,
     ) -> None:
         self.uri = uri
         self.host = host
@@ -233,6 +245,7 @@ class DomainEvents:
         self.ownership = ownership or Ownership()
         self.counter = counter
         self.reconnect_max_s = reconnect_max_s
+        self.batch_s = batch_s
         self.connected = threading.Event()
         self.connects = 0
         self._seen: queue.Queue[_Seen] = queue.Queue()
@@ -284,7 +297,11 @@ class DomainEvents:
                     backoff = min(backoff * 2, self.reconnect_max_s)
                     continue
             with contextlib.suppress(queue.Empty):
-                self._handle(self._seen.get(timeout=0.2))
+                first = self._seen.get(timeout=0.2)
+                # what else comes within `batch_s` is handled with it: one wake-up of this
+                # thread and one state lookup per domain for a burst, not one per event
+                self._stop.wait(self.batch_s)
+                self._handle([first, *self._take()])
             if time.monotonic() - last_check > 2.0:
                 last_check = time.monotonic()
                 self._check_alive()
@@ -333,12 +350,15 @@ class DomainEvents:
             log.warning("libvirt events: connection is dead; resubscribing", uri=self.uri)
             self._lost.set()
 
+    def _take(self) -> list[_Seen]:
+        out: list[_Seen] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out.append(self._seen.get_nowait())
+        return out
+
     def _drain(self) -> None:
-        while True:
-            try:
-                self._handle(self._seen.get_nowait())
-            except queue.Empty:
-                return
+        self._handle(self._take())
 
     # -- callbacks (libvirt's event loop thread: record and return) ------------------------
     def _on_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
@@ -363,9 +383,17 @@ class DomainEvents:
                 return UNDEFINED
             return "unknown"
 
-    def _handle(self, seen: _Seen) -> None:
+    def _handle(self, batch: list[_Seen]) -> None:
+        """Publish each event in order; `domain_state` is what libvirt says once the batch is
+        taken (looked up once per domain): the state the domain is in now."""
+        states: dict[str, str] = {}
+        for seen in batch:
+            if seen.uuid not in states:
+                states[seen.uuid] = self._domain_state(seen.uuid)
+            self._handle_one(seen, states[seen.uuid])
+
+    def _handle_one(self, seen: _Seen, dom_state: str) -> None:
         state, reason = describe(seen.event, seen.detail)
-        dom_state = self._domain_state(seen.uuid)
         if dom_state == UNDEFINED:
             self._known.pop(seen.uuid, None)
         else:

@@ -92,6 +92,23 @@ def test_a_state_the_op_does_not_cause_is_published_and_names_the_request():
     assert own.judge("vm2", "stopped").suppress and not own.judge("vm2", "crashed").suppress
 
 
+def test_an_event_read_after_the_next_op_began_is_judged_by_the_op_it_came_during():
+    clock = Clock()
+    own = Ownership(grace_s=0.0, clock=clock)  # no grace: only the time of each claim counts
+    own.acquire("vm1", "r1", "start_vm")
+    clock.t = 100.2
+    own.release("vm1", "r1")
+    clock.t = 100.3
+    own.acquire("vm1", "r2", "pause_vm")
+    clock.t = 100.4  # read now, after r2 began: the `started` event came during r1
+    v = own.judge("vm1", "started", at=100.1)
+    assert v.suppress and v.request_id == "r1"
+    # between the two claims nobody owned the VM; during r2, `stopped` is not a pause's
+    assert not own.judge("vm1", "started", at=100.25).suppress
+    v = own.judge("vm1", "stopped", at=100.35)
+    assert not v.suppress and v.request_id == "r2"
+
+
 def test_release_by_another_request_does_not_end_the_claim():
     clock = Clock()
     own = Ownership(grace_s=1.0, clock=clock)
