@@ -176,3 +176,35 @@ def test_state_events_resume_after_the_libvirt_connection_is_cut(
         30,
     )
     assert evs[0]["data"]["reason"] == "destroyed"
+
+
+def test_a_burst_of_outside_changes_is_reported_in_order_and_back_to_back_ops_publish_none(
+    env, tap, start_worker, test_domains
+):
+    from handlers.domxml import build_domain_xml
+    from handlers.spec import VmSpec
+
+    start_worker()
+    # two ops on one VM at once: the start's own events are read after the pause has begun
+    # (the worker reads libvirt's events in batches); they are still the start's, not news
+    vm = small_vm("b2b")
+    test_domains.append(vm["uuid"])
+    r1 = env.publish("start_vm", vm)
+    r2 = env.publish("pause_vm", {"uuid": vm["uuid"]})
+    assert tap.wait_terminal(r1)["data"]["phase"] == "after"
+    assert tap.wait_terminal(r2)["data"]["phase"] == "after"
+
+    # five domains defined and started outside the worker, as fast as libvirt goes
+    conn = libvirt.open("test:///default")
+    outside = [small_vm(f"burst{i}") for i in range(5)]
+    for v in outside:
+        test_domains.append(v["uuid"])
+        conn.defineXML(build_domain_xml(VmSpec.model_validate(v)))
+        conn.lookupByUUIDString(v["uuid"]).create()
+    for v in outside:
+        evs = _wait_state(tap, v["uuid"], 2)
+        assert _words(evs) == [("defined", "added"), ("started", "booted")]
+        assert evs[1]["data"]["domain_state"] == "running"
+        assert evs[1]["data"]["vm"] == {"uuid": v["uuid"], "name": v["name"]}
+    # events are read in order: the b2b VM's came before the burst's, and none was published
+    assert _state_events(tap, vm["uuid"]) == []
