@@ -85,6 +85,8 @@ def discover(root: Path, point: str) -> list[Script]:
         # a chain we cannot even list must not pass as an empty one
         unreadable = f"hook directory {pdir}: {exc.strerror}"
         return [Script(name=point, path=pdir, sha256=None, refused=unreadable)]
+    if not names:  # nothing to run, so nothing to refuse: no checks of the directories
+        return []
     # one bad directory refuses every script in it: the chain fails closed
     dir_reason = check_dir(root, "hooks root") or check_dir(pdir, "hook directory")
     found: list[Script] = []
