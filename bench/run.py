@@ -55,6 +55,11 @@ def _fields(per_run: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: _runs(k, per_run) for k in per_run[0]} if per_run else {}
 
 
+# the two throughput targets: vmworker at least 1.5x Celery's ops/s and 70% of the ceiling's
+VS_CELERY = 1.5
+VS_CEILING = 0.70
+
+
 # -- the sections --------------------------------------------------------------------------------
 def core(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
     """Ceiling, Celery and vmworker, interleaved run by run; ratios within each run."""
@@ -84,12 +89,12 @@ def core(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
         others = v.get("broker_cpu_ms_per_op", 0.0) + v.get("harness_cpu_ms_per_op", 0.0)
         if "cpu_ms_per_op" in v:
             r["machine_ops_s_at_vmworker_cpu"] = cores_ms / (v["cpu_ms_per_op"] + others)
-        r["cpu_allowed_for_ceiling_target"] = cores_ms / (0.70 * c["ops_s"]) - others
+        r["cpu_allowed_for_ceiling_target"] = cores_ms / (VS_CEILING * c["ops_s"]) - others
         if cel is not None:
             cel_runs.append(cel)
             r["vmworker_vs_celery"] = v["ops_s"] / cel["ops_s"]
             r["celery_vs_ceiling"] = cel["ops_s"] / c["ops_s"]
-            r["cpu_allowed_for_celery_target"] = cores_ms / (1.5 * cel["ops_s"]) - others
+            r["cpu_allowed_for_celery_target"] = cores_ms / (VS_CELERY * cel["ops_s"]) - others
         ratios.append(r)
     res["sections"]["broker_ceiling"] = _fields(ceil_runs)
     if cel_runs:
@@ -146,8 +151,8 @@ def _med(res: dict[str, Any], *path: str) -> float | None:
 
 
 TARGETS: list[tuple[str, tuple[str, ...], str, float, str]] = [
-    ("vmworker ops/s ÷ Celery ops/s", ("ratios", "vmworker_vs_celery"), ">=", 1.5, "x"),
-    ("vmworker ops/s ÷ broker ceiling", ("ratios", "vmworker_vs_ceiling"), ">=", 0.70, "x"),
+    ("vmworker ops/s ÷ Celery ops/s", ("ratios", "vmworker_vs_celery"), ">=", VS_CELERY, "x"),
+    ("vmworker ops/s ÷ broker ceiling", ("ratios", "vmworker_vs_ceiling"), ">=", VS_CEILING, "x"),
     (
         "vmworker p99 latency ÷ bare loop round trip (p50)",
         ("ratios", "p99_vs_bare_rtt_p50"),
@@ -281,12 +286,12 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         ),
         (
             "cpu_allowed_for_celery_target",
-            "vmworker CPU per op at which 1.5 x Celery fits in these cores",
+            f"vmworker CPU per op at which {VS_CELERY:g} x Celery fits in these cores",
             "ms",
         ),
         (
             "cpu_allowed_for_ceiling_target",
-            "vmworker CPU per op at which 0.7 x the ceiling fits in these cores",
+            f"vmworker CPU per op at which {VS_CEILING:g} x the ceiling fits in these cores",
             "ms",
         ),
     ):
