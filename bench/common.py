@@ -352,6 +352,10 @@ class Process:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> Process:
+        return self.spawn().wait_ready(timeout)
+
+    def spawn(self) -> Process:
+        """Start the process without waiting for it to be ready (several at once)."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.argv,
@@ -362,6 +366,10 @@ class Process:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Process:
+        assert self.proc is not None
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.ready_text in self.log_path.read_text(errors="replace"):
@@ -494,18 +502,21 @@ class CpuMeter:
     """Where the machine's CPU goes while a consumer drains a queue: the consumer, the broker,
     this harness (publishers and the event tap), and how many cores were busy in all."""
 
-    def __init__(self, consumer_pid: int) -> None:
-        self.pid = consumer_pid
+    def __init__(self, *consumer_pids: int) -> None:
+        self.pids = consumer_pids
         self.brokers = _broker_pids()
         self.t0 = time.monotonic()
-        self.consumer0 = cpu_seconds(self.pid)
+        self.consumer0 = self._consumer()
         self.broker0 = sum(cpu_seconds(b) for b in self.brokers)
         self.harness0 = time.process_time()
         self.machine0 = _machine_ticks()
 
+    def _consumer(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids)
+
     def stop(self, n: int) -> dict[str, float]:
         wall = time.monotonic() - self.t0
-        consumer = cpu_seconds(self.pid) - self.consumer0
+        consumer = self._consumer() - self.consumer0
         busy1, total1 = _machine_ticks()
         busy0, total0 = self.machine0
         cpus = os.cpu_count() or 1

@@ -29,7 +29,6 @@ import structlog
 from bench import broker_ceiling, celery_baseline, hooks, qemu, scale, vmworker_ops
 from bench.common import REPO, loadavg, now_iso, say, summary
 
-SECTIONS = ("broker_ceiling", "celery", "vmworker", "hooks", "qemu", "scale")
 DEFAULT_OUT = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
 DOC_BEGIN, DOC_END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
@@ -60,6 +59,10 @@ VS_CELERY = 1.5
 VS_CEILING = 0.70
 
 
+# what several worker processes per machine would give, one per core, at least two
+SPLIT_PROCESSES = max(2, os.cpu_count() or 1)
+
+
 # -- the sections --------------------------------------------------------------------------------
 def core(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
     """Ceiling, Celery and vmworker, interleaved run by run; ratios within each run."""
@@ -69,16 +72,20 @@ def core(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
             raise SystemExit(f"the full benchmark needs Celery: {celery_skip}")
         say(f"SKIPPING the Celery baseline: {celery_skip}")
         res["sections"]["celery"] = {"skipped": celery_skip}
-    ceil_runs, cel_runs, vmw_runs, ratios = [], [], [], []
+    ceil_runs, cel_runs, vmw_runs, split_runs, ratios = [], [], [], [], []
     for i in range(p["runs"]):
         say(f"core run {i + 1}/{p['runs']} (load {loadavg()[0]:.2f})")
         c = broker_ceiling.run_once(tmp, p["ops"], p["lat"])
         cel = None if celery_skip else celery_baseline.run_once(tmp, p["ops"], p["lat"])
         v = vmworker_ops.run_once(tmp, p["ops"], p["lat"])
+        sp = vmworker_ops.split_once(tmp, p["ops"], SPLIT_PROCESSES)
         ceil_runs.append(c)
         vmw_runs.append(v)
+        split_runs.append(sp)
         r = {
             "vmworker_vs_ceiling": v["ops_s"] / c["ops_s"],
+            "split_vs_ceiling": sp["ops_s"] / c["ops_s"],
+            "split_vs_vmworker": sp["ops_s"] / v["ops_s"],
             "p99_vs_bare_rtt_p50": v["lat_p99_ms"] / c["rtt_p50_ms"],
             "p99_vs_bare_rtt_p99": v["lat_p99_ms"] / c["rtt_p99_ms"],
             "p50_vs_bare_rtt_p50": v["lat_p50_ms"] / c["rtt_p50_ms"],
@@ -93,6 +100,7 @@ def core(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
         if cel is not None:
             cel_runs.append(cel)
             r["vmworker_vs_celery"] = v["ops_s"] / cel["ops_s"]
+            r["split_vs_celery"] = sp["ops_s"] / cel["ops_s"]
             r["celery_vs_ceiling"] = cel["ops_s"] / c["ops_s"]
             r["cpu_allowed_for_celery_target"] = cores_ms / (VS_CELERY * cel["ops_s"]) - others
         ratios.append(r)
@@ -100,6 +108,7 @@ def core(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
     if cel_runs:
         res["sections"]["celery"] = _fields(cel_runs)
     res["sections"]["vmworker"] = _fields(vmw_runs)
+    res["sections"]["vmworker_split"] = _fields(split_runs)
     res["sections"]["ratios"] = _fields(ratios)
 
 
@@ -267,11 +276,22 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         ):
             if k in sec:
                 lines.append(_row(f"{label}: {what}", sec[k], unit))
+    sp = s.get("vmworker_split", {})
+    if "ops_s" in sp:
+        n = int(sp["processes"]["median"])
+        label = f"{n} vmworker processes, VMs split (not shipped)"
+        lines.append(_row(f"{label}: ops/s", sp["ops_s"], "ops/s"))
+        lines.append(_row(f"{label}: CPU per op (all)", sp["cpu_ms_per_op"], "ms"))
+        lines.append(_row(f"{label}: cores they kept busy", sp["consumer_cores"], "cores"))
+        lines.append(_row(f"{label}: machine cores busy", sp["machine_busy_cores"], "cores"))
     r = s.get("ratios", {})
     for key, label in (
         ("vmworker_vs_celery", "vmworker ÷ Celery (ops/s)"),
         ("vmworker_vs_ceiling", "vmworker ÷ broker ceiling (ops/s)"),
         ("celery_vs_ceiling", "Celery ÷ broker ceiling (ops/s)"),
+        ("split_vs_vmworker", "vmworker processes, VMs split ÷ one vmworker (ops/s)"),
+        ("split_vs_celery", "vmworker processes, VMs split ÷ Celery (ops/s)"),
+        ("split_vs_ceiling", "vmworker processes, VMs split ÷ broker ceiling (ops/s)"),
         ("p50_vs_bare_rtt_p50", "vmworker p50 ÷ bare loop p50"),
         ("p99_vs_bare_rtt_p50", "vmworker p99 ÷ bare loop p50"),
         ("p99_vs_bare_rtt_p99", "vmworker p99 ÷ bare loop p99"),
@@ -382,8 +402,12 @@ def plots(res: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     names = [("broker_ceiling", "bare kombu loop"), ("celery", "Celery"), ("vmworker", "vmworker")]
     present = [(k, lbl) for k, lbl in names if "ops_s" in s.get(k, {})]
     if present:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        bars(ax, [lbl for _, lbl in present], [s[k]["ops_s"] for k, _ in present])
+        fig, ax = plt.subplots(figsize=(7, 4))
+        tput = [(lbl, s[k]["ops_s"]) for k, lbl in present]
+        if "ops_s" in s.get("vmworker_split", {}):
+            n = int(s["vmworker_split"]["processes"]["median"])
+            tput.append((f"{n} vmworkers,\nVMs split\n(not shipped)", s["vmworker_split"]["ops_s"]))
+        bars(ax, [lbl for lbl, _ in tput], [st for _, st in tput])
         ax.set_ylabel("start_vm per second (median, min-max)")
         ax.set_title("Throughput, same machine, same run")
         save(fig, "throughput", "Throughput")

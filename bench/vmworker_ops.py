@@ -8,24 +8,33 @@ Throughput is measured over a pre-filled queue (the rate between the first and t
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CpuMeter,
     EventTap,
     OpPublisher,
     Process,
+    broker_conn,
+    check_ok,
     closed_loop,
+    delete_topology,
     hooks_root,
     measure_consumer,
     percentile,
+    prefill,
+    rate,
     rss_kib,
     say,
     start_body,
     topology,
     unique,
+    vm_spec,
     worker_process,
 )
+from worker.topology import Topology
 
 
 def start_worker(tmp: Path, prefix: str, host: str, **kw: Any) -> Process:
@@ -87,3 +96,43 @@ def latency_once(tmp: Path, m: int, **worker_kw: Any) -> list[float]:
         finally:
             worker.stop()
             tap.stop()
+
+
+def split_once(tmp: Path, n: int, processes: int) -> dict[str, Any]:
+    """Not a mode vmworker ships: what several worker processes on one machine would give if
+    the broker routed each VM's operations to one of them. Each process is a whole worker on
+    its own queue (here: its own host id); the n start_vm messages are split between the
+    queues by VM uuid, as a consistent-hash exchange keyed on the VM would split them. Only
+    the throughput and the CPU are measured (the per-VM order holds within each queue)."""
+    prefix = unique("bench")
+    hosts = [unique("h") for _ in range(processes)]
+    topos = [Topology(prefix, h) for h in hosts]
+    try:
+        with broker_conn() as conn:
+            for t in topos:
+                t.declare(conn)
+        tap = EventTap(topos[0].events).start()
+        specs = [vm_spec() for _ in range(n)]
+        rids: list[str] = []
+        for i, (t, h) in enumerate(zip(topos, hosts, strict=True)):
+            mine = [s for s in specs if uuid.UUID(s["uuid"]).int % processes == i]
+            rids += prefill(t.ops, h, t.host_queue.name, [start_body(s) for s in mine])
+        workers = [start_worker(tmp, prefix, h) for h in hosts]
+        try:
+            for w in workers:  # all at once: none drains its queue alone for a while
+                w.spawn()
+            for w in workers:
+                w.wait_ready()
+            meter = CpuMeter(*(w.pid for w in workers))
+            seen = tap.wait_all(rids)
+            cpu = meter.stop(n)
+            check_ok(seen)
+        finally:
+            for w in workers:
+                w.stop()
+            tap.stop()
+    finally:
+        delete_topology(prefix, hosts)
+    ops_s = rate([s.at for s in seen])
+    say(f"vmworker, {processes} processes, VMs split: {ops_s:.0f} ops/s")
+    return {"ops_s": ops_s, "processes": processes, **cpu}

@@ -11,7 +11,16 @@ import pytest
 
 from tests.support import REPO
 
-SECTIONS = ("broker_ceiling", "celery", "vmworker", "ratios", "hooks", "qemu", "scale")
+SECTIONS = (
+    "broker_ceiling",
+    "celery",
+    "vmworker",
+    "vmworker_split",
+    "ratios",
+    "hooks",
+    "qemu",
+    "scale",
+)
 
 
 @pytest.mark.qemu
@@ -48,6 +57,9 @@ def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
     assert s["broker_ceiling"]["ops_s"]["median"] > 0
     assert s["vmworker"]["ops_s"]["median"] > 0
     assert s["vmworker"]["lat_p99_ms"]["median"] >= s["vmworker"]["lat_p50_ms"]["median"] > 0
+    assert s["vmworker_split"]["processes"]["median"] >= 2
+    assert s["vmworker_split"]["ops_s"]["median"] > 0
+    assert s["ratios"]["split_vs_vmworker"]["median"] > 0
     for kind in ("shell", "python_exec", "python_prewarm", "inproc"):
         assert s["hooks"]["direct"][kind]["per_hook_ms"]["median"] > 0
         assert kind in s["hooks"]["worker"]
