@@ -88,6 +88,11 @@ def _request(row: tuple[Any, ...]) -> Request:
     )
 
 
+def _body(ev: dict[str, Any]) -> str:
+    """An event as the outbox holds it: compact JSON, published as it is."""
+    return events.encode(ev).decode()
+
+
 @dataclass
 class OutboxEntry:
     seq: int
@@ -217,13 +222,14 @@ class Journal:
         """Mark a run as started; queue the `before` event unless one was already queued.
         Returns the outbox seq of the `before` event, if queued now."""
         seq = None
+        encoded = None if before is None else (before[0], _body(before[1]))  # outside the lock
         with self._tx() as db:
-            if before is not None:
+            if encoded is not None:
                 sent = db.execute(
                     "SELECT before_sent FROM requests WHERE request_id=?", (request_id,)
                 ).fetchone()
                 if not sent or not sent[0]:
-                    seq = self._enqueue(db, *before)
+                    seq = self._enqueue(db, *encoded)
             db.execute(
                 "UPDATE requests SET state=?, runs=runs+1, updated_at=?,"
                 " before_sent=before_sent OR ? WHERE request_id=?",
@@ -255,15 +261,18 @@ class Journal:
         attempts: int = 0,
     ) -> int:
         """Record the terminal event (and the run's libvirt attempts) and queue the event for
-        publishing, in one transaction."""
+        publishing, in one transaction. The event is encoded once, before the lock is taken:
+        the outbox holds it as it is, the request's record as `[routing key, event]`."""
         rk, ev = terminal
+        body = _body(ev)
+        record = f"[{json.dumps(rk)},{body}]"
         with self._tx() as db:
             db.execute(
                 "UPDATE requests SET state=?, outcome=?, terminal=?, updated_at=?,"
                 " attempts=attempts+? WHERE request_id=?",
-                (FINISHED, outcome, json.dumps([rk, ev]), time.time(), attempts, request_id),
+                (FINISHED, outcome, record, time.time(), attempts, request_id),
             )
-            return self._enqueue(db, rk, ev)
+            return self._enqueue(db, rk, body)
 
     def terminal_of(self, req: Request) -> tuple[str, dict[str, Any]] | None:
         if req.terminal is None:
@@ -287,10 +296,10 @@ class Journal:
             return dict(self._db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state"))
 
     # -- outbox ------------------------------------------------------------------------
-    def _enqueue(self, db: sqlite3.Connection, rk: str, ev: dict[str, Any]) -> int:
+    def _enqueue(self, db: sqlite3.Connection, rk: str, body: str) -> int:
         cur = db.execute(
             "INSERT INTO outbox(routing_key, body, created_at) VALUES (?,?,?)",
-            (rk, events.encode(ev).decode(), time.time()),
+            (rk, body, time.time()),
         )
         assert cur.lastrowid is not None
         self._last_seq = max(self._last_seq, cur.lastrowid)  # under the lock (_tx)
@@ -298,8 +307,9 @@ class Journal:
 
     def enqueue(self, rk: str, ev: dict[str, Any]) -> int:
         """Queue an event that belongs to no request state change (duplicates, state events)."""
+        body = _body(ev)
         with self._tx() as db:
-            return self._enqueue(db, rk, ev)
+            return self._enqueue(db, rk, body)
 
     def pending(self, after_seq: int = 0, limit: int = 1000) -> list[OutboxEntry]:
         """Unsent events, oldest first; only durable ones: an event never leaves before the
