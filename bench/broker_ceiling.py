@@ -2,7 +2,11 @@
 
 It consumes the host's quorum queue (same prefetch as the worker), publishes two confirmed,
 persistent events of the worker's size to the events exchange (with its stream bound), and
-acks. No parsing, no libvirt, no journal: what the broker and py-amqp allow at best.
+acks. No parsing, no libvirt, no journal: what the broker and py-amqp allow at best. As the
+worker does, it publishes the events of every delivery it holds, waits once for all their
+confirms, then acks those deliveries at once: a loop that waited for each confirm in turn
+would measure the broker's confirm latency (its disk), not its capacity, and on a slow disk
+it fell below the worker it is meant to bound.
 
 Run in its own process (`python -m bench.broker_ceiling PREFIX HOST PREFETCH`), like the worker.
 """
@@ -63,23 +67,27 @@ def serve(prefix: str, host: str, prefetch: int) -> None:
     topo = Topology(prefix, host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    conn = Connection(BROKER, transport_options={"confirm_publish": True})
+    conn = Connection(BROKER)  # confirms tracked here, not waited for publish by publish
     conn.connect()
     ch = conn.channel()
     ch.basic_qos(0, prefetch, False)
-    producer = Producer(conn.channel())
+    events_ch = conn.channel()
+    events_ch.confirm_select()
+    unconfirmed: set[int] = set()
+    published = 0
 
+    def confirmed(tag: int, multiple: bool) -> None:
+        unconfirmed.difference_update([t for t in unconfirmed if t <= tag] if multiple else [tag])
+
+    def refused(tag: int, multiple: bool) -> None:
+        raise RuntimeError(f"the broker refused event {tag}")
+
+    events_ch.events["basic_ack"].add(confirmed)
+    events_ch.events["basic_nack"].add(refused)
+    producer = Producer(events_ch)
     got: list[Any] = []
 
-    def handle(m: Any) -> None:
-        rid = m.properties.get("message_id")
-        vm = json.loads(m.body).get("vm") or {}
-        for rk, ev in _events(host, rid, vm):
-            events.publish(producer, topo.events, rk, ev)
-        m.ack()
-
-    # deliveries are only collected in the callback: a publish waiting for its confirm reads
-    # the socket too, and must not start another publish from inside that wait
+    # deliveries are only collected in the callback, and handled between reads of the socket
     consumer = Consumer(
         ch, queues=[topo.host_queue], on_message=got.append, no_ack=False, auto_declare=False
     )
@@ -88,8 +96,19 @@ def serve(prefix: str, host: str, prefetch: int) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             conn.drain_events(timeout=0.1)
-        while got:
-            handle(got.pop(0))
+        if not got:
+            continue
+        batch, got[:] = list(got), []
+        for m in batch:
+            vm = json.loads(m.body).get("vm") or {}
+            for rk, ev in _events(host, m.properties.get("message_id"), vm):
+                events.publish(producer, topo.events, rk, ev)
+                published += 1
+                unconfirmed.add(published)
+        while unconfirmed:  # one wait for the batch's confirms; deliveries go on arriving
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=1.0)
+        ch.basic_ack(batch[-1].delivery_tag, multiple=True)
     with contextlib.suppress(Exception):
         conn.release()
 
