@@ -5,7 +5,7 @@ persistent events of the worker's size to the events exchange (with its stream b
 acks. No parsing, no libvirt, no journal: what the broker and py-amqp allow at best. As the
 worker does, it publishes the events of every delivery it holds, waits once for all their
 confirms, then acks those deliveries at once: a loop that waited for each confirm in turn
-would measure the broker's confirm latency (its disk), not its capacity, and on a slow disk
+measured the broker's confirm latency, not its capacity, and at a slow moment of the broker
 it fell below the worker it is meant to bound.
 
 Run in its own process (`python -m bench.broker_ceiling PREFIX HOST PREFETCH`), like the worker.
