@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, broker_conn
 
 SECTIONS = (
     "broker_ceiling",
@@ -91,3 +96,79 @@ def test_latency_breakdown_prints_every_stage(broker: None) -> None:
     assert {key for key, _ in STAGES} <= rows, proc.stdout
     total = next(line for line in proc.stdout.splitlines() if line.startswith("| total:"))
     assert all(float(cell) > 0 for cell in total.split("|")[2:5]), total
+
+
+def _bench_names(kind: str) -> set[str]:
+    """The broker's queues or exchanges (`kind`) a benchmark made (names `bench<hex>...`)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", f"list_{kind}", "name"], capture_output=True, text=True, timeout=60
+    ).stdout
+    return {line.strip() for line in out.splitlines() if line.startswith("bench")}
+
+
+def _bench_processes() -> dict[int, str]:
+    """The processes a benchmark starts (workers, bare loops, Celery): pid -> command line."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = " ".join(a.decode(errors="replace") for a in argv if a)
+        if " -m worker run" in line or "bench.broker_ceiling" in line or "bench.celery_app" in line:
+            found[int(proc.name)] = line
+    return found
+
+
+BENCH_CORE = [sys.executable, "-m", "bench.run", "--smoke", "--only", "core", "--no-doc"]
+
+
+@pytest.mark.timeout(150)
+def test_a_terminated_bench_run_stops_its_processes_and_deletes_its_queues(
+    broker: None, tmp_path: Path
+) -> None:
+    before = {kind: _bench_names(kind) for kind in ("queues", "exchanges")}
+    proc = subprocess.Popen(
+        [*BENCH_CORE, "--out", str(tmp_path)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    left: dict[str, Any] = {}
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # the ceiling is measured: the next contender is starting
+            seen.append(line)
+            if "broker ceiling:" in line:
+                break
+        else:
+            raise AssertionError("".join(seen[-20:]))
+        time.sleep(1.5)
+        assert _bench_processes(), "no benchmark process to stop"
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=90)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        # what the run left behind, noted for the asserts below, then removed; a process
+        # killed on the way out may take a moment to be gone
+        end = time.monotonic() + 10
+        while _bench_processes() and time.monotonic() < end:
+            time.sleep(0.1)
+        left = {kind: _bench_names(kind) - names for kind, names in before.items()}
+        left["processes"] = _bench_processes()
+        for pid in left["processes"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with broker_conn() as conn:
+            for name in left["queues"]:
+                with contextlib.suppress(Exception), conn.channel() as ch:
+                    ch.queue_delete(name)
+            for name in left["exchanges"]:
+                with contextlib.suppress(Exception), conn.channel() as ch:
+                    ch.exchange_delete(name)
+    assert proc.returncode == 128 + signal.SIGTERM, rest[-3000:]
+    assert left == {"queues": set(), "exchanges": set(), "processes": {}}
