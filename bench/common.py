@@ -285,12 +285,46 @@ def closed_loop(pub: OpPublisher, tap: EventTap, bodies: Iterable[bytes]) -> lis
     return out
 
 
-# -- clean-up --------------------------------------------------------------------------------
+# -- SIGTERM and clean-up ----------------------------------------------------------------------
+class _Sigterm:
+    """SIGTERM ends a run as Ctrl-C does (SystemExit: every clean-up on the way out runs), but
+    never inside a `deferred()` block: there it waits for the block's end. Starting a process
+    and stopping one are such blocks, so a process is never started unknown to its `Process`,
+    nor left half stopped."""
+
+    depth = 0
+    pending = False
+
+    @classmethod
+    def handle(cls, signum: int, _frame: Any) -> None:
+        if cls.depth:
+            cls.pending = True
+            return
+        raise SystemExit(128 + signum)
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls) -> Iterator[None]:
+        cls.depth += 1
+        try:
+            yield
+        finally:
+            cls.depth -= 1
+        if cls.pending and not cls.depth:
+            cls.pending = False
+            raise SystemExit(128 + signal.SIGTERM)
+
+
+def exit_on_sigterm() -> None:
+    """In the benchmark's main process: SIGTERM runs every clean-up, as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, _Sigterm.handle)
+
+
 def delete_topology(
     prefix: str, hosts: Iterable[str], queues: Iterable[str] = (), exchanges: Iterable[str] = ()
 ) -> None:
     """Delete every queue and exchange a benchmark declared under `prefix`."""
-    with broker_conn() as conn:
+    with _Sigterm.deferred(), broker_conn() as conn:
         names = [*queues]
         for h in hosts:
             t = Topology(prefix, h)
@@ -356,16 +390,17 @@ class Process:
 
     def spawn(self) -> Process:
         """Start the process without waiting for it to be ready (several at once)."""
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with _Sigterm.deferred():
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Process:
@@ -392,18 +427,19 @@ class Process:
     def stop(self, timeout: float = 60.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        # whatever the process left in its session (fork servers, hook scripts)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self._log.close()
+        with _Sigterm.deferred():
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(10)
+            # whatever the process left in its session (fork servers, hook scripts)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._log.close()
 
 
 def worker_process(

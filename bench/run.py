@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import platform
-import signal
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import structlog
 
 from bench import broker_ceiling, celery_baseline, hooks, qemu, scale, vmworker_ops
-from bench.common import REPO, loadavg, now_iso, say, summary
+from bench.common import REPO, exit_on_sigterm, loadavg, now_iso, say, summary
 
 DEFAULT_OUT = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"
@@ -487,14 +486,8 @@ def update_doc(md: str) -> None:
     DOC.write_text(f"{head}{DOC_BEGIN}\n{md}{DOC_END}{tail}")
 
 
-def _terminated(signum: int, _frame: Any) -> None:
-    """SIGTERM ends a run as Ctrl-C does: every benchmark's clean-up runs (its processes
-    stopped, its queues, exchanges and domains deleted) on the way out."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _terminated)
+    exit_on_sigterm()  # a terminated run cleans up as an interrupted one does
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     ap.add_argument("--smoke", action="store_true", help="tiny counts, one run (CI)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
