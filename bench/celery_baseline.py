@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    CpuMeter,
     EventTap,
     Process,
     broker_conn,
-    check_ok,
     delete_topology,
+    drain,
     percentile,
     rate,
     say,
@@ -86,11 +85,7 @@ def run_once(tmp: Path, n: int, m: int) -> dict[str, Any]:
                         )
                         rids.append(rid)
                 wait_depth(q["queue"], n)
-                worker.start()
-                meter = CpuMeter(worker.pid)
-                seen = tap.wait_all(rids)
-                cpu = meter.stop(n)
-                check_ok(seen)
+                seen, cpu = drain(tap, [worker], rids)
                 ops_s = rate([s.at for s in seen])
                 lat: list[float] = []
                 with app.producer_or_acquire() as producer:

@@ -578,17 +578,30 @@ class Measured:
     cpu: dict[str, float] = field(default_factory=dict)  # CpuMeter.stop()
 
 
+def drain(
+    tap: EventTap, procs: Sequence[Process], rids: list[str]
+) -> tuple[list[Seen], dict[str, float]]:
+    """The consumers `procs` started at once (none drains a queue alone for a while) on
+    pre-filled queues, until every request in `rids` has its `after` event: those events, and
+    where the CPU went meanwhile (`CpuMeter.stop`)."""
+    for p in procs:
+        p.spawn()
+    for p in procs:
+        p.wait_ready()
+    meter = CpuMeter(*(p.pid for p in procs))
+    seen = tap.wait_all(rids)
+    cpu = meter.stop(len(rids))
+    check_ok(seen)
+    return seen, cpu
+
+
 def measure_consumer(
     topo: Topology, host: str, tap: EventTap, proc: Process, n: int, m: int
 ) -> Measured:
     """Throughput over a queue pre-filled with n start_vm messages (`proc`, the consumer, is
     started only after the fill), then m closed-loop round trips."""
     rids = prefill(topo.ops, host, topo.host_queue.name, [start_body() for _ in range(n)])
-    proc.start()
-    meter = CpuMeter(proc.pid)
-    seen = tap.wait_all(rids)
-    cpu = meter.stop(n)
-    check_ok(seen)
+    seen, cpu = drain(tap, [proc], rids)
     pub = OpPublisher(topo.ops, host)
     try:
         lat = closed_loop(pub, tap, (start_body() for _ in range(m)))

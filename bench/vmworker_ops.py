@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    CpuMeter,
     EventTap,
     OpPublisher,
     Process,
     broker_conn,
-    check_ok,
     closed_loop,
     delete_topology,
+    drain,
     hooks_root,
     measure_consumer,
     percentile,
@@ -119,14 +118,7 @@ def split_once(tmp: Path, n: int, processes: int) -> dict[str, Any]:
             rids += prefill(t.ops, h, t.host_queue.name, [start_body(s) for s in mine])
         workers = [start_worker(tmp, prefix, h) for h in hosts]
         try:
-            for w in workers:  # all at once: none drains its queue alone for a while
-                w.spawn()
-            for w in workers:
-                w.wait_ready()
-            meter = CpuMeter(*(w.pid for w in workers))
-            seen = tap.wait_all(rids)
-            cpu = meter.stop(n)
-            check_ok(seen)
+            seen, cpu = drain(tap, workers, rids)
         finally:
             for w in workers:
                 w.stop()
