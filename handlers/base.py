@@ -9,7 +9,7 @@ from typing import Any
 
 import libvirt
 
-from worker.errors import OpError
+from handlers.errors import OpError
 
 STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",

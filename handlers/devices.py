@@ -15,9 +15,9 @@ from lxml import etree
 
 from handlers.base import Ctx, Handler, register
 from handlers.domxml import build_disk_xml, build_nic_xml, stable_mac
+from handlers.errors import OpError, validation
 from handlers.spec import BandwidthSpec, NicSpec
 from handlers.storage import check_path_under_roots, next_disk_target
-from worker.errors import OpError, validation
 
 RUNNING = {"running", "paused", "blocked"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libvirt
 
-from worker.errors import OpError
+from handlers.errors import OpError
 
 # the connection to libvirtd itself went away: retry after reconnecting
 _CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_ERR_RPC}

@@ -12,7 +12,7 @@ import libvirt
 
 from handlers.base import Ctx, Handler, register
 from handlers.domxml import build_domain_xml
-from worker.errors import OpError
+from handlers.errors import OpError
 
 RUNNING = {"running", "blocked"}
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from worker.errors import OpError, validation
+from handlers.errors import OpError, validation
 
 QCOW2_MAGIC = b"QFI\xfb"
 

@@ -16,8 +16,8 @@ from pydantic import (
     field_validator,
 )
 
+from handlers.errors import OpError, validation
 from handlers.spec import BandwidthSpec, DiskSpec, NicSpec, VmSpec
-from worker.errors import OpError, validation
 from worker.hooks import CustomPropertyError, validate_custom
 
 MESSAGE_VERSION = 1

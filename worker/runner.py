@@ -23,9 +23,9 @@ import handlers.devices
 import handlers.lifecycle  # noqa: F401  (registers the lifecycle handlers)
 from handlers import HANDLERS, Ctx, Handler
 from handlers.connection import LibvirtConnection
+from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt
 from worker.config import Settings
-from worker.errors import OpError
 from worker.hooks import ChainResult, HookEngine
 
 log = structlog.get_logger()

@@ -28,9 +28,9 @@ from handlers.domxml import (
     usbredir,
     watchdog,
 )
+from handlers.errors import validation
 from handlers.spec import DiskSpec, NicSpec, VmSpec, check_target
 from handlers.storage import assign_targets, check_path_under_roots
-from worker.errors import validation
 
 Roots = Sequence[str | os.PathLike[str]] | None
 DOMAIN_TYPES = ("kvm", "qemu")

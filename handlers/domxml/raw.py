@@ -10,7 +10,7 @@ from __future__ import annotations
 from lxml import etree
 
 from handlers.domxml.general import XMLNS
-from worker.errors import OpError, validation
+from handlers.errors import OpError, validation
 
 # no entities, no DTDs, no network: the fragment is data, never instructions to the parser
 _PARSER = etree.XMLParser(

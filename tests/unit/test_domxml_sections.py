@@ -8,8 +8,8 @@ import pytest
 from lxml import etree
 
 from handlers.domxml import XMLNS, build_domain_xml, build_nic_xml, stable_mac
+from handlers.errors import OpError
 from handlers.spec import NicSpec, VmSpec
-from worker.errors import OpError
 
 UUID = "6f1c1a0e-3c1b-4c55-9d0e-2a7b5f2c9e01"
 NS = {"vmw": XMLNS}

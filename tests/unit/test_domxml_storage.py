@@ -9,6 +9,7 @@ import pytest
 from lxml import etree
 
 from handlers.domxml import build_disk_xml, build_domain_xml
+from handlers.errors import OpError
 from handlers.spec import DiskSpec, VmSpec
 from handlers.storage import (
     QCOW2_MAGIC,
@@ -18,7 +19,6 @@ from handlers.storage import (
     next_disk_target,
     target_name,
 )
-from worker.errors import OpError
 
 UUID = "6f1c1a0e-3c1b-4c55-9d0e-2a7b5f2c9e01"
 

@@ -18,9 +18,9 @@ from structlog.testing import capture_logs
 
 from handlers import HANDLERS, Handler
 from handlers.connection import LibvirtConnection
+from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt, is_connection_error
 from worker.config import Settings
-from worker.errors import OpError
 from worker.hooks import HookEngine
 from worker.journal import FINISHED, STARTED, Journal
 from worker.runner import Runner
