@@ -1,5 +1,5 @@
 """Operation handlers: one module per family of operations. A handler knows libvirt, never AMQP."""
 
-from handlers.base import HANDLERS, Ctx, Handler, domain_state, register
+from handlers.base import OPERATIONS, Ctx, Operation, declare, domain_state
 
-__all__ = ["HANDLERS", "Ctx", "Handler", "domain_state", "register"]
+__all__ = ["OPERATIONS", "Ctx", "Operation", "declare", "domain_state"]

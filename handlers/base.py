@@ -1,15 +1,17 @@
-"""What a handler is, the context it runs in, and the registry of handlers by op."""
+"""What an operation is (one `Operation` declaration), the context it runs in, and the registry
+of declarations by op name."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
 import libvirt
 
 from handlers.errors import OpError
+from handlers.message import OpMessage
 
 STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
@@ -36,12 +38,20 @@ def domain_state(dom: libvirt.virDomain | None) -> str:
         raise
 
 
+M = TypeVar("M", bound=OpMessage)
+M_co = TypeVar("M_co", bound=OpMessage, covariant=True)
+
+
 @dataclass
-class Ctx:
-    """What one operation runs with: the libvirt connection, the op message, host policies."""
+class Ctx(Generic[M_co]):
+    """What one operation runs with: the libvirt connection, the op message, host policies.
+
+    Typed by the op's model (`Ctx[SetVcpus]`), so mypy checks `ctx.op.params.count`; a helper
+    shared by several ops takes a common base (`Ctx[OpMessage]`).
+    """
 
     conn: libvirt.virConnect
-    op: Any
+    op: M_co
     storage_roots: Sequence[Path] | None = None
     allow_raw_xml: bool = False
     notes: dict[str, Any] = field(default_factory=dict)  # handler -> event data (e.g. noop)
@@ -78,28 +88,52 @@ class Ctx:
         return str(self.domain().XMLDesc(flags))
 
 
-@dataclass(frozen=True)
-class Handler:
-    """One operation, in the three steps the runner wraps with hooks and retries.
+# What the hook chains of an operation receive: the whole domain's XML, or one device's.
+Payload = Literal["domxml", "devicexml"]
 
-    - `prepare(ctx) -> payload`: the XML the `before_<point>` chain sees (domain or device XML);
+
+def _never_done(ctx: Ctx[OpMessage]) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Operation(Generic[M]):
+    """One operation, declared once; the runner, the message parser and the state observer all
+    read it from `OPERATIONS`.
+
+    - `message`: its pydantic model (`op` literal, `vm` form, `params`), the wire contract;
+    - `point`: its hook base point (`before_<point>`, `after_<point>`, `after_<point>_fail`),
+      a row of the hook-point table;
+    - `payload`: what those chains receive, as that row says;
+    - `expects`: the libvirt lifecycle events (`defined`, `started`, ...) its own calls cause,
+      so they are not reported as changes nobody asked for;
+    - `prepare(ctx) -> payload`: the XML the `before_<point>` chain sees;
     - `execute(ctx, payload)`: the libvirt call, with the payload as the chain left it;
       retried by the runner when it raises a transient error, so it must be safe to repeat;
     - `done(ctx) -> bool`: whether the op's effect is already there (a no-op, or a request
       recovered after a crash that needs no new run).
     """
 
-    op: str
+    message: type[M]
     point: str
-    prepare: Callable[[Ctx], str]
-    execute: Callable[[Ctx, str], None]
-    done: Callable[[Ctx], bool] = lambda ctx: False
-    device: bool = False
+    payload: Payload
+    expects: tuple[str, ...]
+    prepare: Callable[[Ctx[M]], str]
+    execute: Callable[[Ctx[M], str], None]
+    done: Callable[[Ctx[M]], bool] = _never_done
+
+    @property
+    def name(self) -> str:
+        return self.message.op_name()
 
 
-HANDLERS: dict[str, Handler] = {}
+OPERATIONS: dict[str, Operation[Any]] = {}
 
 
-def register(handler: Handler) -> Handler:
-    HANDLERS[handler.op] = handler
-    return handler
+def declare(operation: Operation[M]) -> Operation[M]:
+    """Register `operation` under its message's op name; one declaration per name."""
+    name = operation.name
+    if name in OPERATIONS:
+        raise ValueError(f"operation {name!r} is declared twice")
+    OPERATIONS[name] = operation
+    return operation

@@ -1,5 +1,6 @@
 """Device operations on a defined (usually running) domain: disks, NICs, cdrom media and NIC
-link/QoS updates, vCPUs and memory. The hook payload is the device's XML, as in VDSM.
+link/QoS updates, vCPUs and memory, each declared here with its message model. The hook
+payload is the device's XML, as in VDSM.
 
 `params.live` (default: when the domain is running) and `params.persistent` (default: true)
 say whether the live domain, its persistent definition, or both are changed.
@@ -9,20 +10,122 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Annotated, Literal
 
 import libvirt
 from lxml import etree
+from pydantic import Field, field_validator
 
-from handlers.base import Ctx, Handler, register
+from handlers.base import Ctx, Operation, declare
 from handlers.domxml import build_disk_xml, build_nic_xml, stable_mac
 from handlers.errors import OpError, validation
-from handlers.spec import BandwidthSpec, NicSpec
+from handlers.message import OpMessage, Strict
+from handlers.spec import BandwidthSpec, DiskSpec, NicSpec
 from handlers.storage import check_path_under_roots, next_disk_target
 
 RUNNING = {"running", "paused", "blocked"}
+MAC_PATTERN = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$"
 
 
-def _flags(ctx: Ctx) -> int:
+# -- messages --------------------------------------------------------------------------
+class _DeviceParams(Strict):
+    live: bool | None = Field(None, description="change the running domain (default: if running)")
+    persistent: bool = Field(True, description="change the persistent definition too")
+
+
+class AttachDiskParams(_DeviceParams):
+    disk: DiskSpec
+
+
+class _DetachParams(_DeviceParams):
+    wait_s: float = Field(10.0, gt=0, le=600, description="how long the guest may take to let go")
+
+
+class DetachDiskParams(_DetachParams):
+    target: str = Field(pattern=r"^(vd|sd|hd)[a-z]{1,3}$", description="guest device, e.g. vdb")
+
+
+class AttachNicParams(_DeviceParams):
+    nic: NicSpec
+
+
+class DetachNicParams(_DetachParams):
+    mac: str = Field(pattern=MAC_PATTERN)
+
+    @field_validator("mac")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+
+class UpdateCdromParams(_DeviceParams):
+    device: Literal["cdrom"]
+    target: str = Field(pattern=r"^(sd|hd)[a-z]{1,3}$")
+    path: str | None = Field(None, description="ISO to insert; null ejects the media")
+
+
+class UpdateNicParams(_DeviceParams):
+    device: Literal["nic"]
+    mac: str = Field(pattern=MAC_PATTERN)
+    link_state: Literal["up", "down"] | None = None
+    bandwidth: BandwidthSpec | None = None
+
+
+class SetVcpusParams(_DeviceParams):
+    count: int = Field(ge=1, le=512)
+
+
+class SetMemoryParams(_DeviceParams):
+    memory_mib: int = Field(ge=16, description="the new total; growing hotplugs a DIMM")
+    node: int = Field(0, ge=0, description="guest NUMA node of a hotplugged DIMM")
+
+
+class _DeviceOp(OpMessage):
+    """An op with `live` and `persistent` params (what `_flags` reads)."""
+
+    params: _DeviceParams  # type: ignore[assignment]
+
+
+class _DetachOp(_DeviceOp):
+    params: _DetachParams
+
+
+class AttachDisk(_DeviceOp):
+    op: Literal["attach_disk"]
+    params: AttachDiskParams
+
+
+class DetachDisk(_DetachOp):
+    op: Literal["detach_disk"]
+    params: DetachDiskParams
+
+
+class AttachNic(_DeviceOp):
+    op: Literal["attach_nic"]
+    params: AttachNicParams
+
+
+class DetachNic(_DetachOp):
+    op: Literal["detach_nic"]
+    params: DetachNicParams
+
+
+class UpdateDevice(_DeviceOp):
+    op: Literal["update_device"]
+    params: Annotated[UpdateCdromParams | UpdateNicParams, Field(discriminator="device")]
+
+
+class SetVcpus(_DeviceOp):
+    op: Literal["set_vcpus"]
+    params: SetVcpusParams
+
+
+class SetMemory(_DeviceOp):
+    op: Literal["set_memory"]
+    params: SetMemoryParams
+
+
+def _flags(ctx: Ctx[_DeviceOp]) -> int:
     p = ctx.op.params
     live = p.live if p.live is not None else ctx.state() in RUNNING
     flags = 0
@@ -35,7 +138,7 @@ def _flags(ctx: Ctx) -> int:
     return flags
 
 
-def _trees(ctx: Ctx, flags: int) -> list[etree._Element]:
+def _trees(ctx: Ctx[OpMessage], flags: int) -> list[etree._Element]:
     """The domain XML trees the op changes: live and/or persistent."""
     dom = ctx.domain()
     out = []
@@ -61,7 +164,7 @@ def _text(el: etree._Element) -> str:
 
 
 # -- disks -----------------------------------------------------------------------------
-def _disk_target(ctx: Ctx) -> str:
+def _disk_target(ctx: Ctx[AttachDisk]) -> str:
     disk = ctx.op.params.disk
     if disk.target:
         return str(disk.target)
@@ -73,43 +176,47 @@ def _disk_target(ctx: Ctx) -> str:
     return str(ctx.notes["target"])
 
 
-def _config_if_persistent(ctx: Ctx) -> int:
+def _config_if_persistent(ctx: Ctx[OpMessage]) -> int:
     return libvirt.VIR_DOMAIN_AFFECT_CONFIG if ctx.domain().isPersistent() else 0
 
 
-def _attach_disk_prepare(ctx: Ctx) -> str:
+def _attach_disk_prepare(ctx: Ctx[AttachDisk]) -> str:
     return build_disk_xml(ctx.op.params.disk, _disk_target(ctx), storage_roots=ctx.storage_roots)
 
 
-def _attach(ctx: Ctx, xml: str) -> None:
+def _attach(ctx: Ctx[_DeviceOp], xml: str) -> None:
     ctx.domain().attachDeviceFlags(xml, _flags(ctx))
 
 
-def _has_disk(ctx: Ctx, target: str) -> bool:
+def _has_disk(ctx: Ctx[_DeviceOp], target: str) -> bool:
     trees = _trees(ctx, _flags(ctx))
     return all(_find(t, f"devices/disk[target/@dev='{target}']") is not None for t in trees)
 
 
-def _no_disk(ctx: Ctx, target: str) -> bool:
+def _no_disk(ctx: Ctx[_DeviceOp], target: str) -> bool:
     trees = _trees(ctx, _flags(ctx))
     return all(_find(t, f"devices/disk[target/@dev='{target}']") is None for t in trees)
 
 
-register(
-    Handler(
-        "attach_disk",
-        "disk_hotplug",
+def _attach_disk_done(ctx: Ctx[AttachDisk]) -> bool:
+    target = ctx.op.params.disk.target
+    return bool(target) and _has_disk(ctx, str(target))
+
+
+declare(
+    Operation(
+        AttachDisk,
+        point="disk_hotplug",
+        payload="devicexml",
+        expects=("defined",),
         prepare=_attach_disk_prepare,
         execute=_attach,
-        done=lambda ctx: (
-            bool(ctx.op.params.disk.target) and _has_disk(ctx, ctx.op.params.disk.target)
-        ),
-        device=True,
+        done=_attach_disk_done,
     )
 )
 
 
-def _device_xml(ctx: Ctx, xpath: str, what: str) -> str:
+def _device_xml(ctx: Ctx[_DeviceOp], xpath: str, what: str) -> str:
     """The current XML of one device, from the live domain if it runs, else its definition."""
     for tree in _trees(ctx, _flags(ctx)):
         el = _find(tree, xpath)
@@ -123,11 +230,11 @@ def _device_xml(ctx: Ctx, xpath: str, what: str) -> str:
     )
 
 
-def _detach_and_wait(xpath: str, what: str) -> Callable[[Ctx, str], None]:
+def _detach_and_wait(xpath: str, what: str) -> Callable[[Ctx[_DetachOp], str], None]:
     """Detach, then wait until the device has left the live domain: a PCI device goes only
     when the guest OS acknowledges the unplug, and libvirt reports success before that."""
 
-    def execute(ctx: Ctx, xml: str) -> None:
+    def execute(ctx: Ctx[_DetachOp], xml: str) -> None:
         flags = _flags(ctx)
         dom = ctx.domain()
         dom.detachDeviceFlags(xml, flags)
@@ -149,19 +256,20 @@ def _detach_and_wait(xpath: str, what: str) -> Callable[[Ctx, str], None]:
     return execute
 
 
-def _detach_disk_prepare(ctx: Ctx) -> str:
+def _detach_disk_prepare(ctx: Ctx[DetachDisk]) -> str:
     t = ctx.op.params.target
     return _device_xml(ctx, f"devices/disk[target/@dev='{t}']", f"disk {t}")
 
 
-register(
-    Handler(
-        "detach_disk",
-        "disk_hotunplug",
+declare(
+    Operation(
+        DetachDisk,
+        point="disk_hotunplug",
+        payload="devicexml",
+        expects=("defined",),
         prepare=_detach_disk_prepare,
         execute=_detach_and_wait("devices/disk[target/@dev='{p.target}']", "disk {p.target}"),
         done=lambda ctx: _no_disk(ctx, ctx.op.params.target),
-        device=True,
     )
 )
 
@@ -171,7 +279,7 @@ def _nic_xpath(mac: str) -> str:
     return f"devices/interface[mac/@address='{mac.lower()}']"
 
 
-def _attach_nic_prepare(ctx: Ctx) -> str:
+def _attach_nic_prepare(ctx: Ctx[AttachNic]) -> str:
     nic = ctx.op.params.nic
     mac = nic.mac
     if mac is None:  # the next stable MAC of this VM that no NIC uses
@@ -183,43 +291,45 @@ def _attach_nic_prepare(ctx: Ctx) -> str:
     return build_nic_xml(nic, mac=mac)
 
 
-def _nic_present(ctx: Ctx, mac: str) -> list[bool]:
+def _nic_present(ctx: Ctx[_DeviceOp], mac: str) -> list[bool]:
     return [_find(t, _nic_xpath(mac)) is not None for t in _trees(ctx, _flags(ctx))]
 
 
-register(
-    Handler(
-        "attach_nic",
-        "nic_hotplug",
+declare(
+    Operation(
+        AttachNic,
+        point="nic_hotplug",
+        payload="devicexml",
+        expects=("defined",),
         prepare=_attach_nic_prepare,
         execute=_attach,
         done=lambda ctx: (
             bool(ctx.op.params.nic.mac) and all(_nic_present(ctx, str(ctx.op.params.nic.mac)))
         ),
-        device=True,
     )
 )
 
 
-def _detach_nic_prepare(ctx: Ctx) -> str:
+def _detach_nic_prepare(ctx: Ctx[DetachNic]) -> str:
     mac = ctx.op.params.mac
     return _device_xml(ctx, _nic_xpath(mac), f"NIC {mac}")
 
 
-register(
-    Handler(
-        "detach_nic",
-        "nic_hotunplug",
+declare(
+    Operation(
+        DetachNic,
+        point="nic_hotunplug",
+        payload="devicexml",
+        expects=("defined",),
         prepare=_detach_nic_prepare,
         execute=_detach_and_wait("devices/interface[mac/@address='{p.mac}']", "NIC {p.mac}"),
         done=lambda ctx: not any(_nic_present(ctx, ctx.op.params.mac)),
-        device=True,
     )
 )
 
 
 # -- update_device: cdrom media, NIC link state and QoS -------------------------------
-def _update_prepare(ctx: Ctx) -> str:
+def _update_prepare(ctx: Ctx[UpdateDevice]) -> str:
     p = ctx.op.params
     if p.device == "cdrom":
         xml = _device_xml(
@@ -257,25 +367,32 @@ def _bandwidth_only(bandwidth: BandwidthSpec) -> NicSpec:
     return NicSpec(source="x", mac="52:54:00:00:00:00", bandwidth=bandwidth)
 
 
-def _update(ctx: Ctx, xml: str) -> None:
+def _update(ctx: Ctx[UpdateDevice], xml: str) -> None:
     ctx.domain().updateDeviceFlags(xml, _flags(ctx))
 
 
-register(
-    Handler("update_device", "update_device", prepare=_update_prepare, execute=_update, device=True)
+declare(
+    Operation(
+        UpdateDevice,
+        point="update_device",
+        payload="devicexml",
+        expects=("defined",),
+        prepare=_update_prepare,
+        execute=_update,
+    )
 )
 
 
 # -- vCPUs and memory ------------------------------------------------------------------
-def _domain_xml(ctx: Ctx) -> str:
+def _domain_xml(ctx: Ctx[OpMessage]) -> str:
     return ctx.current_xml()
 
 
-def _set_vcpus(ctx: Ctx, _xml: str) -> None:
+def _set_vcpus(ctx: Ctx[SetVcpus], _xml: str) -> None:
     ctx.domain().setVcpusFlags(ctx.op.params.count, _flags(ctx))
 
 
-def _vcpus_done(ctx: Ctx) -> bool:
+def _vcpus_done(ctx: Ctx[SetVcpus]) -> bool:
     flags = _flags(ctx)
     dom = ctx.domain()
     want = ctx.op.params.count
@@ -287,9 +404,15 @@ def _vcpus_done(ctx: Ctx) -> bool:
     return all(checks)
 
 
-register(
-    Handler(
-        "set_vcpus", "set_num_of_cpus", prepare=_domain_xml, execute=_set_vcpus, done=_vcpus_done
+declare(
+    Operation(
+        SetVcpus,
+        point="set_num_of_cpus",
+        payload="domxml",
+        expects=("defined",),
+        prepare=_domain_xml,
+        execute=_set_vcpus,
+        done=_vcpus_done,
     )
 )
 
@@ -302,7 +425,7 @@ def _total_mib(tree: etree._Element) -> int:
     return kib // 1024
 
 
-def _memory_prepare(ctx: Ctx) -> str:
+def _memory_prepare(ctx: Ctx[SetMemory]) -> str:
     """Growing memory hotplugs one DIMM of the difference (VDSM's memory_hotplug); the hook
     payload is that `<memory model='dimm'>` device. Shrinking uses the balloon."""
     (tree, *_) = _trees(ctx, _flags(ctx))
@@ -326,7 +449,7 @@ def _memory_prepare(ctx: Ctx) -> str:
     return _text(dimm)
 
 
-def _set_memory(ctx: Ctx, xml: str) -> None:
+def _set_memory(ctx: Ctx[SetMemory], xml: str) -> None:
     el = etree.fromstring(xml.encode())
     if el.tag == "currentMemory":
         ctx.domain().setMemoryFlags(int(el.text or 0) * 1024, _flags(ctx))
@@ -334,8 +457,13 @@ def _set_memory(ctx: Ctx, xml: str) -> None:
         ctx.domain().attachDeviceFlags(xml, _flags(ctx))
 
 
-register(
-    Handler(
-        "set_memory", "memory_hotplug", prepare=_memory_prepare, execute=_set_memory, device=True
+declare(
+    Operation(
+        SetMemory,
+        point="memory_hotplug",
+        payload="devicexml",
+        expects=("defined",),
+        prepare=_memory_prepare,
+        execute=_set_memory,
     )
 )

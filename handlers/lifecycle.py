@@ -1,52 +1,127 @@
 """Lifecycle operations: define, start, shutdown, destroy, reboot, pause, resume, undefine.
 
-Each acts on the domain by uuid. Asking for a state the domain is already in is a success (the
-handler's `done` says so and the runner reports a no-op), never an error.
+Each is declared here once (`declare(Operation(...))`: its message model, hook point, payload and
+the lifecycle events it causes) next to its functions, and acts on the domain by uuid. Asking
+for a state the domain is already in is a success (the handler's `done` says so and the runner
+reports a no-op), never an error.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import libvirt
+from pydantic import Field
 
-from handlers.base import Ctx, Handler, register
+from handlers.base import Ctx, Operation, declare
 from handlers.domxml import build_domain_xml
 from handlers.errors import OpError
+from handlers.message import OpMessage, Strict, VmRefOrSpec
+from handlers.spec import VmSpec
 
 RUNNING = {"running", "blocked"}
 
 
-def _spec_xml(ctx: Ctx) -> str:
+# -- messages --------------------------------------------------------------------------
+class StartParams(Strict):
+    paused: bool = Field(False, description="start with the CPUs paused")
+
+
+class ShutdownParams(Strict):
+    timeout: float = Field(60.0, gt=0, le=3600, description="seconds to wait for the guest")
+    force: bool = Field(
+        False, description="destroy the domain if it is still running after timeout"
+    )
+
+
+class DestroyParams(Strict):
+    graceful: bool = Field(False, description="SIGTERM QEMU only, never SIGKILL")
+
+
+class UndefineParams(Strict):
+    keep_nvram: bool = False
+    destroy: bool = Field(False, description="destroy a running domain first")
+
+
+class DefineVm(OpMessage):
+    op: Literal["define_vm"]
+    vm: VmSpec  # type: ignore[assignment]
+
+
+class StartVm(OpMessage):
+    op: Literal["start_vm"]
+    vm: VmRefOrSpec  # type: ignore[assignment]
+    params: StartParams = Field(default_factory=StartParams)  # type: ignore[assignment]
+
+
+class ShutdownVm(OpMessage):
+    op: Literal["shutdown_vm"]
+    params: ShutdownParams = Field(default_factory=ShutdownParams)  # type: ignore[assignment]
+
+
+class DestroyVm(OpMessage):
+    op: Literal["destroy_vm"]
+    params: DestroyParams = Field(default_factory=DestroyParams)  # type: ignore[assignment]
+
+
+class RebootVm(OpMessage):
+    op: Literal["reboot_vm"]
+
+
+class PauseVm(OpMessage):
+    op: Literal["pause_vm"]
+
+
+class ResumeVm(OpMessage):
+    op: Literal["resume_vm"]
+
+
+class UndefineVm(OpMessage):
+    op: Literal["undefine_vm"]
+    params: UndefineParams = Field(default_factory=UndefineParams)  # type: ignore[assignment]
+
+
+def _spec_xml(ctx: Ctx[DefineVm | StartVm]) -> str:
     """The spec's domain XML, built once per run (prepare and execute both need it)."""
     xml = ctx.cache.get("spec_xml")
     if xml is None:
+        assert isinstance(ctx.op.vm, VmSpec)  # callers check _has_spec first
         xml = ctx.cache["spec_xml"] = build_domain_xml(
             ctx.op.vm, storage_roots=ctx.storage_roots, allow_raw=ctx.allow_raw_xml
         )
     return str(xml)
 
 
-def _has_spec(ctx: Ctx) -> bool:
-    return hasattr(ctx.op.vm, "vcpus")
+def _has_spec(ctx: Ctx[DefineVm | StartVm]) -> bool:
+    return isinstance(ctx.op.vm, VmSpec)
 
 
 # -- define ----------------------------------------------------------------------------
-def _define(ctx: Ctx, xml: str) -> None:
+def _define(ctx: Ctx[DefineVm], xml: str) -> None:
     ctx.conn.defineXML(xml)
 
 
-register(Handler("define_vm", "vm_define", prepare=_spec_xml, execute=_define))
+declare(
+    Operation(
+        DefineVm,
+        point="vm_define",
+        payload="domxml",
+        expects=("defined",),
+        prepare=_spec_xml,
+        execute=_define,
+    )
+)
 
 
 # -- start -----------------------------------------------------------------------------
-def _start_prepare(ctx: Ctx) -> str:
+def _start_prepare(ctx: Ctx[StartVm]) -> str:
     if _has_spec(ctx):
         return _spec_xml(ctx)
     return ctx.current_xml(inactive=True)
 
 
-def _start(ctx: Ctx, xml: str) -> None:
+def _start(ctx: Ctx[StartVm], xml: str) -> None:
     # the persistent definition is the spec; hook edits apply to this run only (as in VDSM)
     if _has_spec(ctx):
         ctx.conn.defineXML(_spec_xml(ctx))
@@ -63,23 +138,33 @@ def _start(ctx: Ctx, xml: str) -> None:
         ctx.conn.createXML(xml, 0).suspend()  # drivers without the flag (the test driver)
 
 
-def _start_done(ctx: Ctx) -> bool:
+def _start_done(ctx: Ctx[StartVm]) -> bool:
     return ctx.state() in RUNNING | {"paused"}
 
 
-register(Handler("start_vm", "vm_start", prepare=_start_prepare, execute=_start, done=_start_done))
+declare(
+    Operation(
+        StartVm,
+        point="vm_start",
+        payload="domxml",
+        expects=("defined", "started", "resumed", "paused"),
+        prepare=_start_prepare,
+        execute=_start,
+        done=_start_done,
+    )
+)
 
 
 # -- shutdown / destroy ------------------------------------------------------------------
-def _domain_xml(ctx: Ctx) -> str:
+def _domain_xml(ctx: Ctx[OpMessage]) -> str:
     return ctx.current_xml()
 
 
-def _is_off(ctx: Ctx) -> bool:
+def _is_off(ctx: Ctx[OpMessage]) -> bool:
     return ctx.state() in {"shutoff", "crashed"}
 
 
-def _shutdown(ctx: Ctx, _xml: str) -> None:
+def _shutdown(ctx: Ctx[ShutdownVm], _xml: str) -> None:
     dom = ctx.domain()
     if ctx.state() == "paused":
         dom.resume()  # a paused guest cannot see the ACPI button
@@ -102,31 +187,45 @@ def _shutdown(ctx: Ctx, _xml: str) -> None:
     )
 
 
-def _shutdown_done(ctx: Ctx) -> bool:
+def _shutdown_done(ctx: Ctx[OpMessage]) -> bool:
     ctx.domain()
     return _is_off(ctx)
 
 
-register(
-    Handler(
-        "shutdown_vm", "vm_shutdown", prepare=_domain_xml, execute=_shutdown, done=_shutdown_done
+declare(
+    Operation(
+        ShutdownVm,
+        point="vm_shutdown",
+        payload="domxml",
+        expects=("shutdown", "stopped"),
+        prepare=_domain_xml,
+        execute=_shutdown,
+        done=_shutdown_done,
     )
 )
 
 
-def _destroy(ctx: Ctx, _xml: str) -> None:
+def _destroy(ctx: Ctx[DestroyVm], _xml: str) -> None:
     dom = ctx.domain()
     if not _is_off(ctx):
         dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL if ctx.op.params.graceful else 0)
 
 
-register(
-    Handler("destroy_vm", "vm_destroy", prepare=_domain_xml, execute=_destroy, done=_shutdown_done)
+declare(
+    Operation(
+        DestroyVm,
+        point="vm_destroy",
+        payload="domxml",
+        expects=("shutdown", "stopped"),
+        prepare=_domain_xml,
+        execute=_destroy,
+        done=_shutdown_done,
+    )
 )
 
 
 # -- reboot ----------------------------------------------------------------------------
-def _reboot(ctx: Ctx, _xml: str) -> None:
+def _reboot(ctx: Ctx[RebootVm], _xml: str) -> None:
     dom = ctx.domain()
     if ctx.state() not in RUNNING:
         raise OpError(
@@ -138,42 +237,71 @@ def _reboot(ctx: Ctx, _xml: str) -> None:
     dom.reboot(0)
 
 
-register(Handler("reboot_vm", "vm_reboot", prepare=_domain_xml, execute=_reboot))
+declare(
+    Operation(
+        RebootVm,
+        point="vm_reboot",
+        payload="domxml",
+        expects=("shutdown", "stopped", "started", "resumed", "paused"),
+        prepare=_domain_xml,
+        execute=_reboot,
+    )
+)
 
 
 # -- pause / resume --------------------------------------------------------------------
-def _pause(ctx: Ctx, _xml: str) -> None:
+def _pause(ctx: Ctx[PauseVm], _xml: str) -> None:
     if ctx.state() != "paused":
         ctx.domain().suspend()
 
 
-def _paused(ctx: Ctx) -> bool:
+def _paused(ctx: Ctx[PauseVm]) -> bool:
     ctx.domain()
     return ctx.state() == "paused"
 
 
-register(Handler("pause_vm", "vm_pause", prepare=_domain_xml, execute=_pause, done=_paused))
+declare(
+    Operation(
+        PauseVm,
+        point="vm_pause",
+        payload="domxml",
+        expects=("paused",),
+        prepare=_domain_xml,
+        execute=_pause,
+        done=_paused,
+    )
+)
 
 
-def _resume(ctx: Ctx, _xml: str) -> None:
+def _resume(ctx: Ctx[ResumeVm], _xml: str) -> None:
     if ctx.state() == "paused":
         ctx.domain().resume()
 
 
-def _running(ctx: Ctx) -> bool:
+def _running(ctx: Ctx[ResumeVm]) -> bool:
     ctx.domain()
     return ctx.state() in RUNNING
 
 
-register(Handler("resume_vm", "vm_cont", prepare=_domain_xml, execute=_resume, done=_running))
+declare(
+    Operation(
+        ResumeVm,
+        point="vm_cont",
+        payload="domxml",
+        expects=("resumed",),
+        prepare=_domain_xml,
+        execute=_resume,
+        done=_running,
+    )
+)
 
 
 # -- undefine --------------------------------------------------------------------------
-def _undefine_prepare(ctx: Ctx) -> str:
+def _undefine_prepare(ctx: Ctx[UndefineVm]) -> str:
     return ctx.current_xml(inactive=True)
 
 
-def _undefine(ctx: Ctx, _xml: str) -> None:
+def _undefine(ctx: Ctx[UndefineVm], _xml: str) -> None:
     dom = ctx.find()
     if dom is None:
         return
@@ -201,10 +329,12 @@ def _undefine(ctx: Ctx, _xml: str) -> None:
         dom.undefine()  # drivers without flag support (the test driver)
 
 
-register(
-    Handler(
-        "undefine_vm",
-        "vm_undefine",
+declare(
+    Operation(
+        UndefineVm,
+        point="vm_undefine",
+        payload="domxml",
+        expects=("undefined", "shutdown", "stopped"),
         prepare=_undefine_prepare,
         execute=_undefine,
         done=lambda ctx: ctx.find() is None,

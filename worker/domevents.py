@@ -9,8 +9,9 @@ journal's outbox (`sink`), which the connection thread publishes.
 Changes the worker itself causes are not published twice (the operation's `before`/`after`
 events already say them): while an operation runs on a VM, and for `grace_s` after it ends, the
 VM is *owned* by that request (`Ownership`). An event for an owned VM whose state is one the
-operation is expected to produce (`EXPECTED`) is suppressed; any other state seen in that window
-(a crash above all) is published, with `data.during_request` set to the request id.
+operation is expected to produce (its declaration's `expects`) is suppressed; any other state
+seen in that window (a crash above all) is published, with `data.during_request` set to the
+request id.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import structlog
 
 import handlers.connection  # noqa: F401  (silences libvirt's printing of every error)
 from handlers.base import STATE_NAMES, UNDEFINED
+from handlers.operations import OPERATIONS
 from worker import events
 
 log = structlog.get_logger()
@@ -71,32 +73,17 @@ def describe(event: int, detail: int) -> tuple[str, str]:
     return state, reason
 
 
-# The state words each operation's own libvirt calls produce. Anything else seen while the
-# operation owns its VM is not the operation's doing and is published.
+# Any state but a crash: what an op that is not declared (or not yet known) may cause.
 _ANY_BUT_CRASH = frozenset(
     {"defined", "undefined", "started", "paused", "resumed", "stopped", "shutdown", "pmsuspended"}
 )
-EXPECTED: dict[str, frozenset[str]] = {
-    "define_vm": frozenset({"defined"}),
-    "start_vm": frozenset({"defined", "started", "resumed", "paused"}),
-    "shutdown_vm": frozenset({"shutdown", "stopped"}),
-    "destroy_vm": frozenset({"shutdown", "stopped"}),
-    "reboot_vm": frozenset({"shutdown", "stopped", "started", "resumed", "paused"}),
-    "pause_vm": frozenset({"paused"}),
-    "resume_vm": frozenset({"resumed"}),
-    "undefine_vm": frozenset({"undefined", "shutdown", "stopped"}),
-    "attach_disk": frozenset({"defined"}),
-    "detach_disk": frozenset({"defined"}),
-    "attach_nic": frozenset({"defined"}),
-    "detach_nic": frozenset({"defined"}),
-    "set_vcpus": frozenset({"defined"}),
-    "set_memory": frozenset({"defined"}),
-}
 
 
 def expected_states(op: str) -> frozenset[str]:
-    """States `op` is expected to cause; an op not in the table may cause any but a crash."""
-    return EXPECTED.get(op, _ANY_BUT_CRASH)
+    """The state words `op`'s own libvirt calls produce (its declaration's `expects`). Anything
+    else seen while the operation owns its VM is not its doing and is published."""
+    declared = OPERATIONS.get(op)
+    return frozenset(declared.expects) if declared is not None else _ANY_BUT_CRASH
 
 
 @dataclass

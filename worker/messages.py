@@ -1,248 +1,58 @@
-"""Operation messages (control plane -> host): one pydantic model per op, parsed in one place."""
+"""Operation messages (control plane -> host), parsed in one place: a body becomes the model its
+op declared with its handler (`handlers.operations`), or an OpError(validation) saying why not."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
-from uuid import UUID
+from collections.abc import Iterator, Mapping
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-)
+from pydantic import ValidationError, create_model, field_validator
 
 from handlers.errors import OpError, validation
-from handlers.spec import BandwidthSpec, DiskSpec, NicSpec, VmSpec
+from handlers.message import MESSAGE_VERSION, OpMessage
+from handlers.operations import OPERATIONS
 from worker.hooks import CustomPropertyError, validate_custom
 
-MESSAGE_VERSION = 1
 
+def _custom_is_safe(cls: type[OpMessage], v: dict[str, str]) -> dict[str, str]:
+    validate_custom(v)
+    return v
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+_CUSTOM_RULE: Any = field_validator("custom")(_custom_is_safe)
 
-class VmRef(_Strict):
-    """An existing domain, named by uuid (the name is informative)."""
 
-    uuid: UUID
-    name: str | None = None
+class _Models(Mapping[str, type[OpMessage]]):
+    """The message model of every declared operation, by op name, read live from `OPERATIONS`.
 
+    Each is the handler's model plus the hook engine's rule on custom properties (handlers know
+    nothing of hooks); same name and fields, so the JSON Schema is the handler model's.
+    """
 
-def _ref_or_spec(v: Any) -> str:
-    if isinstance(v, dict):
-        return "ref" if set(v) <= {"uuid", "name"} else "spec"
-    return "spec" if isinstance(v, VmSpec) else "ref"
+    def __init__(self) -> None:
+        self._built: dict[type[OpMessage], type[OpMessage]] = {}
 
+    def __getitem__(self, name: str) -> type[OpMessage]:
+        model = OPERATIONS[name].message
+        if model not in self._built:
+            self._built[model] = create_model(
+                model.__name__,
+                __base__=model,
+                __doc__=model.__doc__,
+                __module__=model.__module__,
+                __validators__={"_custom_is_safe": _CUSTOM_RULE},
+            )
+        return self._built[model]
 
-VmRefOrSpec = Annotated[
-    Annotated[VmRef, Tag("ref")] | Annotated[VmSpec, Tag("spec")], Discriminator(_ref_or_spec)
-]
+    def __iter__(self) -> Iterator[str]:
+        return iter(OPERATIONS)
 
+    def __len__(self) -> int:
+        return len(OPERATIONS)
 
-class NoParams(_Strict):
-    pass
 
-
-class StartParams(_Strict):
-    paused: bool = Field(False, description="start with the CPUs paused")
-
-
-class ShutdownParams(_Strict):
-    timeout: float = Field(60.0, gt=0, le=3600, description="seconds to wait for the guest")
-    force: bool = Field(
-        False, description="destroy the domain if it is still running after timeout"
-    )
-
-
-class DestroyParams(_Strict):
-    graceful: bool = Field(False, description="SIGTERM QEMU only, never SIGKILL")
-
-
-class UndefineParams(_Strict):
-    keep_nvram: bool = False
-    destroy: bool = Field(False, description="destroy a running domain first")
-
-
-class _Op(_Strict):
-    op: str
-    version: Literal[1] = 1
-    vm: VmRef
-    params: NoParams = Field(default_factory=NoParams)
-    custom: dict[str, str] = Field(default_factory=dict, description="custom properties for hooks")
-
-    @field_validator("custom")
-    @classmethod
-    def _custom_is_safe(cls, v: dict[str, str]) -> dict[str, str]:
-        validate_custom(v)
-        return v
-
-    @property
-    def vm_uuid(self) -> str:
-        return str(self.vm.uuid)
-
-    @property
-    def vm_name(self) -> str | None:
-        return self.vm.name
-
-
-class DefineVm(_Op):
-    op: Literal["define_vm"]
-    vm: VmSpec  # type: ignore[assignment]
-
-
-class StartVm(_Op):
-    op: Literal["start_vm"]
-    vm: VmRefOrSpec  # type: ignore[assignment]
-    params: StartParams = Field(default_factory=StartParams)  # type: ignore[assignment]
-
-
-class ShutdownVm(_Op):
-    op: Literal["shutdown_vm"]
-    params: ShutdownParams = Field(default_factory=ShutdownParams)  # type: ignore[assignment]
-
-
-class DestroyVm(_Op):
-    op: Literal["destroy_vm"]
-    params: DestroyParams = Field(default_factory=DestroyParams)  # type: ignore[assignment]
-
-
-class RebootVm(_Op):
-    op: Literal["reboot_vm"]
-
-
-class PauseVm(_Op):
-    op: Literal["pause_vm"]
-
-
-class ResumeVm(_Op):
-    op: Literal["resume_vm"]
-
-
-class UndefineVm(_Op):
-    op: Literal["undefine_vm"]
-    params: UndefineParams = Field(default_factory=UndefineParams)  # type: ignore[assignment]
-
-
-class _DeviceParams(_Strict):
-    live: bool | None = Field(None, description="change the running domain (default: if running)")
-    persistent: bool = Field(True, description="change the persistent definition too")
-
-
-class AttachDiskParams(_DeviceParams):
-    disk: DiskSpec
-
-
-class _DetachParams(_DeviceParams):
-    wait_s: float = Field(10.0, gt=0, le=600, description="how long the guest may take to let go")
-
-
-class DetachDiskParams(_DetachParams):
-    target: str = Field(pattern=r"^(vd|sd|hd)[a-z]{1,3}$", description="guest device, e.g. vdb")
-
-
-class AttachNicParams(_DeviceParams):
-    nic: NicSpec
-
-
-class DetachNicParams(_DetachParams):
-    mac: str = Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
-
-    @field_validator("mac")
-    @classmethod
-    def _lower(cls, v: str) -> str:
-        return v.lower()
-
-
-class UpdateCdromParams(_DeviceParams):
-    device: Literal["cdrom"]
-    target: str = Field(pattern=r"^(sd|hd)[a-z]{1,3}$")
-    path: str | None = Field(None, description="ISO to insert; null ejects the media")
-
-
-class UpdateNicParams(_DeviceParams):
-    device: Literal["nic"]
-    mac: str = Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
-    link_state: Literal["up", "down"] | None = None
-    bandwidth: BandwidthSpec | None = None
-
-
-class SetVcpusParams(_DeviceParams):
-    count: int = Field(ge=1, le=512)
-
-
-class SetMemoryParams(_DeviceParams):
-    memory_mib: int = Field(ge=16, description="the new total; growing hotplugs a DIMM")
-    node: int = Field(0, ge=0, description="guest NUMA node of a hotplugged DIMM")
-
-
-class AttachDisk(_Op):
-    op: Literal["attach_disk"]
-    params: AttachDiskParams  # type: ignore[assignment]
-
-
-class DetachDisk(_Op):
-    op: Literal["detach_disk"]
-    params: DetachDiskParams  # type: ignore[assignment]
-
-
-class AttachNic(_Op):
-    op: Literal["attach_nic"]
-    params: AttachNicParams  # type: ignore[assignment]
-
-
-class DetachNic(_Op):
-    op: Literal["detach_nic"]
-    params: DetachNicParams  # type: ignore[assignment]
-
-
-class UpdateDevice(_Op):
-    op: Literal["update_device"]
-    params: Annotated[  # type: ignore[assignment]
-        UpdateCdromParams | UpdateNicParams, Field(discriminator="device")
-    ]
-
-
-class SetVcpus(_Op):
-    op: Literal["set_vcpus"]
-    params: SetVcpusParams  # type: ignore[assignment]
-
-
-class SetMemory(_Op):
-    op: Literal["set_memory"]
-    params: SetMemoryParams  # type: ignore[assignment]
-
-
-OP_MODELS: dict[str, type[_Op]] = {
-    m.model_fields["op"].annotation.__args__[0]: m  # type: ignore[union-attr]
-    for m in (
-        DefineVm,
-        StartVm,
-        ShutdownVm,
-        DestroyVm,
-        RebootVm,
-        PauseVm,
-        ResumeVm,
-        UndefineVm,
-        AttachDisk,
-        DetachDisk,
-        AttachNic,
-        DetachNic,
-        UpdateDevice,
-        SetVcpus,
-        SetMemory,
-    )
-}
-
-
-def register_op(model: type[_Op]) -> None:
-    """Add an op model (handler families that bring their own ops call this at import)."""
-    OP_MODELS[model.model_fields["op"].annotation.__args__[0]] = model  # type: ignore[union-attr]
+OP_MODELS: Mapping[str, type[OpMessage]] = _Models()
 
 
 def peek(body: bytes) -> dict[str, Any]:
@@ -271,7 +81,7 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def parse_operation(body: bytes, *, max_bytes: int) -> _Op:
+def parse_operation(body: bytes, *, max_bytes: int) -> OpMessage:
     """The operation in `body`, or an OpError(validation) saying exactly what is wrong."""
     if len(body) > max_bytes:
         raise validation(f"body is {len(body)} bytes, over the {max_bytes}-byte limit", "too_large")
@@ -302,4 +112,4 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return {name: model.model_json_schema() for name, model in sorted(OP_MODELS.items())}
 
 
-__all__ = ["OP_MODELS", "OpError", "json_schemas", "parse_operation", "peek", "register_op"]
+__all__ = ["OP_MODELS", "OpError", "json_schemas", "parse_operation", "peek"]

@@ -19,12 +19,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-import handlers.devices
-import handlers.lifecycle  # noqa: F401  (registers the lifecycle handlers)
-from handlers import HANDLERS, Ctx, Handler
+from handlers import Ctx, Operation
 from handlers.connection import LibvirtConnection
 from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt
+from handlers.message import OpMessage
+from handlers.operations import OPERATIONS
 from worker.config import Settings
 from worker.hooks import ChainResult, HookEngine
 
@@ -72,7 +72,7 @@ class Runner:
         self.lv = lv
         self.hooks = hooks
 
-    def _ctx(self, op: Any) -> Ctx:
+    def _ctx(self, op: OpMessage) -> Ctx[OpMessage]:
         return Ctx(
             conn=self.lv.get(),
             op=op,
@@ -81,7 +81,12 @@ class Runner:
         )
 
     def _chain(
-        self, point: str, payload: str, op: Any, context: dict[str, Any], error: str | None = None
+        self,
+        point: str,
+        payload: str,
+        op: OpMessage,
+        context: dict[str, Any],
+        error: str | None = None,
     ) -> ChainResult:
         res = self.hooks.run_chain(
             point, payload, vm_id=str(op.vm.uuid), custom=op.custom, error=error, context=context
@@ -137,14 +142,16 @@ class Runner:
         n = self._libvirt(op, lambda: out.__setitem__(0, fn()), done=done)
         return out[0], n
 
-    def run(self, op: Any, *, request_id: str, context: dict[str, Any] | None = None) -> Outcome:
+    def run(
+        self, op: OpMessage, *, request_id: str, context: dict[str, Any] | None = None
+    ) -> Outcome:
         """Run `op` (a parsed operation message) to its outcome. Never raises."""
         t0 = time.monotonic()
-        handler: Handler = HANDLERS[op.op]
+        handler: Operation[Any] = OPERATIONS[op.op]
         context = {"op": op.op, "request_id": request_id, **(context or {})}
         hooks: list[dict[str, Any]] = []
         payload = f"<domain><uuid>{op.vm.uuid}</uuid></domain>"
-        ctx: Ctx | None = None
+        ctx: Ctx[OpMessage] | None = None
         attempts = 1
         try:
             # libvirtd being away at the start counts as attempts of this op, too
@@ -180,7 +187,9 @@ class Runner:
             attempts = opened - 1 + calls
             state = ctx.state()
             after_payload = (
-                payload if handler.device or state == "undefined" else _safe_xml(ctx, payload)
+                payload
+                if handler.payload == "devicexml" or state == "undefined"
+                else _safe_xml(ctx, payload)
             )
             after = self._chain(f"after_{handler.point}", after_payload, op, context)
             hooks += self._hooks_event(after)
@@ -203,7 +212,7 @@ class Runner:
         return Outcome(False, state, _ms(t0), attempts, hooks, err, notes=notes)
 
 
-def _safe_xml(ctx: Ctx, fallback: str) -> str:
+def _safe_xml(ctx: Ctx[OpMessage], fallback: str) -> str:
     try:
         return ctx.current_xml()
     except (OpError, libvirt.libvirtError):

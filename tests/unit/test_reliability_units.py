@@ -10,16 +10,17 @@ import time
 import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import libvirt
 import pytest
 from structlog.testing import capture_logs
 
-from handlers import HANDLERS, Handler
+from handlers import OPERATIONS, Operation
 from handlers.connection import LibvirtConnection
 from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt, is_connection_error
+from handlers.message import OpMessage
 from worker.config import Settings
 from worker.hooks import HookEngine
 from worker.journal import FINISHED, STARTED, Journal
@@ -93,9 +94,20 @@ def _flaky(monkeypatch, errors: list[libvirt.libvirtError]) -> list[float]:  # t
         if errors:
             raise errors.pop(0)
 
-    handler = Handler("flaky_vm", "vm_start", prepare=lambda ctx: "<domain/>", execute=execute)
-    monkeypatch.setitem(HANDLERS, "flaky_vm", handler)
+    handler = Operation(
+        FlakyVm,
+        point="vm_start",
+        payload="domxml",
+        expects=("started",),
+        prepare=lambda ctx: "<domain/>",
+        execute=execute,
+    )
+    monkeypatch.setitem(OPERATIONS, "flaky_vm", handler)
     return calls
+
+
+class FlakyVm(OpMessage):
+    op: Literal["flaky_vm"]
 
 
 def _op() -> Any:

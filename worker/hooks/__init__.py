@@ -11,11 +11,10 @@ See docs/hooks.md for the protocol seen by scripts.
 from worker.hooks.custom import CustomPropertyError, validate_custom
 from worker.hooks.engine import ChainResult, HookEngine, ScriptResult
 from worker.hooks.inproc import HookContext, HookFailed
-from worker.hooks.points import OP_POINTS, POINTS, HookPoint, chains_for_op, get_point
+from worker.hooks.points import POINTS, HookPoint, get_point
 from worker.hooks.runner import Completed, ProcessRunner, Runner
 
 __all__ = [
-    "OP_POINTS",
     "POINTS",
     "ChainResult",
     "Completed",
@@ -27,7 +26,6 @@ __all__ = [
     "ProcessRunner",
     "Runner",
     "ScriptResult",
-    "chains_for_op",
     "get_point",
     "validate_custom",
 ]

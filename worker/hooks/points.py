@@ -1,7 +1,8 @@
 """Hook points as data: one row per base point, three chains (before/after/after_fail) each.
 
 VDSM spells the same table as 57 wrapper functions; here a point is a name, the kind of payload
-its scripts receive, and whether a failing chain aborts the operation.
+its scripts receive, and whether a failing chain aborts the operation. Which point an operation
+runs is part of its declaration (`handlers.base.Operation.point`).
 """
 
 from __future__ import annotations
@@ -75,25 +76,6 @@ POINTS: Mapping[str, HookPoint] = {
     p.name: p for base, kind, _ in BASE_POINTS for p in _chains(base, kind)
 }
 
-# Which base point each operation of the message schema runs (DESIGN.md, Operations).
-OP_POINTS: Mapping[str, str] = {
-    "define_vm": "vm_define",
-    "start_vm": "vm_start",
-    "shutdown_vm": "vm_shutdown",
-    "destroy_vm": "vm_destroy",
-    "reboot_vm": "vm_reboot",
-    "pause_vm": "vm_pause",
-    "resume_vm": "vm_cont",
-    "undefine_vm": "vm_undefine",
-    "attach_disk": "disk_hotplug",
-    "detach_disk": "disk_hotunplug",
-    "attach_nic": "nic_hotplug",
-    "detach_nic": "nic_hotunplug",
-    "update_device": "update_device",
-    "set_vcpus": "set_num_of_cpus",
-    "set_memory": "memory_hotplug",
-}
-
 
 def get_point(name: str) -> HookPoint:
     """The point called `name`; ValueError for a path-like or unknown name."""
@@ -103,13 +85,3 @@ def get_point(name: str) -> HookPoint:
         return POINTS[name]
     except KeyError:
         raise ValueError(f"unknown hook point {name!r}") from None
-
-
-def chains_for_op(op: str) -> tuple[HookPoint, HookPoint, HookPoint]:
-    """(before, after, after_fail) for an operation name such as `start_vm`."""
-    base = OP_POINTS[op]
-    return (
-        POINTS[f"before_{base}"],
-        POINTS[f"after_{base}"],
-        POINTS[f"after_{base}_fail"],
-    )

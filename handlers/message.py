@@ -1,0 +1,71 @@
+"""What every operation message holds (`OpMessage`): op, version, vm, params, custom.
+
+Each family of handlers declares its own ops' models (their `op` literal, `vm` form and
+`params`) next to the functions that run them; `worker/messages.py` parses bodies into them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from handlers.spec import VmSpec
+
+MESSAGE_VERSION = 1
+
+
+class Strict(BaseModel):
+    """Unknown fields anywhere are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VmRef(Strict):
+    """An existing domain, named by uuid (the name is informative)."""
+
+    uuid: UUID
+    name: str | None = None
+
+
+def _ref_or_spec(v: Any) -> str:
+    if isinstance(v, dict):
+        return "ref" if set(v) <= {"uuid", "name"} else "spec"
+    return "spec" if isinstance(v, VmSpec) else "ref"
+
+
+VmRefOrSpec = Annotated[
+    Annotated[VmRef, Tag("ref")] | Annotated[VmSpec, Tag("spec")], Discriminator(_ref_or_spec)
+]
+
+
+class NoParams(Strict):
+    pass
+
+
+class OpMessage(Strict):
+    """The fields every op shares; an op's model narrows `op` to its name's literal."""
+
+    op: str
+    version: Literal[1] = 1
+    vm: VmRef
+    params: NoParams = Field(default_factory=NoParams)
+    # names and values follow the hook engine's rules, checked where bodies are parsed
+    custom: dict[str, str] = Field(default_factory=dict, description="custom properties for hooks")
+
+    @classmethod
+    def op_name(cls) -> str:
+        """The op this model is for: the value of its `op` literal."""
+        names: tuple[Any, ...] = getattr(cls.model_fields["op"].annotation, "__args__", ())
+        if len(names) != 1 or not isinstance(names[0], str):
+            raise TypeError(f"{cls.__name__}.op must be a Literal of one op name")
+        return str(names[0])
+
+    @property
+    def vm_uuid(self) -> str:
+        return str(self.vm.uuid)
+
+    @property
+    def vm_name(self) -> str | None:
+        return self.vm.name
