@@ -1,5 +1,8 @@
-"""Operation handlers: one module per family of operations. A handler knows libvirt, never AMQP."""
+"""Operation handlers: one module per family of operations. A handler knows libvirt, never AMQP.
 
-from handlers.base import OPERATIONS, Ctx, Operation, declare, domain_state
+Every declared operation, by name: `handlers.operations.OPERATIONS` (importing it imports
+every family)."""
 
-__all__ = ["OPERATIONS", "Ctx", "Operation", "declare", "domain_state"]
+from handlers.base import Ctx, Operation, declare, domain_state
+
+__all__ = ["Ctx", "Operation", "declare", "domain_state"]

@@ -26,7 +26,7 @@ from handlers.libvirt_errors import from_libvirt
 from handlers.message import OpMessage
 from handlers.operations import OPERATIONS
 from worker.config import Settings
-from worker.hooks import ChainResult, HookEngine
+from worker.hooks import POINTS, ChainResult, HookEngine
 
 log = structlog.get_logger()
 
@@ -62,12 +62,29 @@ class Outcome:
         return out
 
 
+def check_declarations() -> None:
+    """ValueError for a declared operation whose hook point is not a row of the hook table, or
+    whose payload is not the kind that row hands its scripts (a worker refuses to start)."""
+    for name, declared in OPERATIONS.items():
+        point = POINTS.get(f"before_{declared.point}")
+        if point is None:
+            raise ValueError(
+                f"operation {name!r}: hook point {declared.point!r} is not in the table"
+            )
+        if point.payload != declared.payload:
+            raise ValueError(
+                f"operation {name!r}: hands its hooks {declared.payload}, but {declared.point!r}"
+                f" scripts expect {point.payload}"
+            )
+
+
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OpError) and exc.transient
 
 
 class Runner:
     def __init__(self, settings: Settings, lv: LibvirtConnection, hooks: HookEngine) -> None:
+        check_declarations()
         self.settings = settings
         self.lv = lv
         self.hooks = hooks

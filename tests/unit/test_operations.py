@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,15 +19,16 @@ import libvirt
 import pytest
 from pydantic import Field
 
-from handlers import OPERATIONS, Ctx, Operation, declare
+from handlers import Ctx, Operation, declare
 from handlers.connection import LibvirtConnection
 from handlers.errors import OpError
 from handlers.message import OpMessage, Strict
+from handlers.operations import OPERATIONS
 from worker.config import Settings
 from worker.domevents import _EVENT_KINDS, Ownership, expected_states
 from worker.hooks import POINTS, HookEngine
 from worker.messages import OP_MODELS, json_schemas, parse_operation
-from worker.runner import Runner
+from worker.runner import Runner, check_declarations
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_WORDS = {state for state, _ in _EVENT_KINDS.values()} | {"crashed"}
@@ -42,6 +44,7 @@ def test_every_op_of_the_schema_has_one_declaration_a_hook_point_and_expected_st
         assert POINTS[f"after_{declared.point}_fail"].payload == declared.payload
         assert declared.expects and set(declared.expects) <= STATE_WORDS, name
         assert expected_states(name) == frozenset(declared.expects)
+    check_declarations()
     with pytest.raises(ValueError, match="declared twice"):
         declare(OPERATIONS["start_vm"])
 
@@ -178,3 +181,24 @@ def test_a_renamed_param_is_a_type_error_in_its_handler(tmp_path):
     )
     assert out.returncode == 1, out.stdout + out.stderr
     assert '"SetVcpusParams" has no attribute "count"' in out.stdout
+
+
+def test_a_worker_refuses_an_operation_whose_hook_point_is_not_in_the_table(registry, tmp_path):
+    declare(
+        Operation(
+            DescribeVm,
+            point="vm_describe",
+            payload="domxml",
+            expects=("defined",),
+            prepare=lambda ctx: ctx.current_xml(),
+            execute=_describe,
+        )
+    )
+    settings = Settings(
+        host="h", libvirt_uri="test:///default", hooks_root=tmp_path, state_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match="'vm_describe' is not in the table"):
+        Runner(settings, LibvirtConnection("test:///default"), HookEngine(tmp_path))
+    OPERATIONS["describe_vm"] = replace(OPERATIONS["describe_vm"], point="disk_hotplug")
+    with pytest.raises(ValueError, match="hands its hooks domxml, but 'disk_hotplug'"):
+        Runner(settings, LibvirtConnection("test:///default"), HookEngine(tmp_path))

@@ -16,11 +16,12 @@ import libvirt
 import pytest
 from structlog.testing import capture_logs
 
-from handlers import OPERATIONS, Operation
+from handlers import Operation
 from handlers.connection import LibvirtConnection
 from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt, is_connection_error
 from handlers.message import OpMessage
+from handlers.operations import OPERATIONS
 from worker.config import Settings
 from worker.hooks import HookEngine
 from worker.journal import FINISHED, STARTED, Journal
