@@ -174,6 +174,32 @@ def drain(
     )
 
 
+def shebang_program(script: str) -> str | None:
+    """The program a script's `#!` line names, or None when it has no such line."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    # as the kernel reads it: split at a space or tab only, so a CR stays in the name
+    program = first[2:].rstrip(b"\n").lstrip(b" \t").replace(b"\t", b" ").split(b" ", 1)[0]
+    return os.fsdecode(program) if program else None
+
+
+def exec_failure(script: str, exc: BaseException) -> str:
+    """Why exec of `script` failed; ENOENT for a script that exists is its interpreter's."""
+    ours = isinstance(exc, FileNotFoundError) and exc.filename in (None, script)  # not the cwd
+    if ours and os.path.isfile(script):
+        program = shebang_program(script)
+        if program is not None and not os.path.exists(program):
+            shown = program if program.isprintable() else repr(program)
+            crlf = "; DOS line endings?" if program.endswith("\r") else ""
+            return f"interpreter {shown} not found (the script's #! line{crlf})"
+    return str(exc)
+
+
 class _PopenExit:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
@@ -228,7 +254,7 @@ class ProcessRunner:
             return Completed(
                 rc=1,
                 stdout_tail="",
-                stderr_tail=f"cannot execute {argv[0]}: {exc}",
+                stderr_tail=f"cannot execute {argv[0]}: {exec_failure(argv[0], exc)}",
                 duration=time.monotonic() - start,
             )
         assert proc.stdout is not None and proc.stderr is not None
