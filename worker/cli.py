@@ -37,6 +37,9 @@ def main() -> None:
 def run(config: Path | None, **flags: Any) -> None:
     """Consume this host's queue and run its operations until SIGTERM/SIGINT."""
     s = _settings(config, **flags)
+    from worker.hooks.cli import hooks_root_or_exit
+
+    hooks_root_or_exit(s.hooks_root)  # before connecting to anything: exit 2, naming it
     logs.configure(s.log_level)
     from worker.service import Service
 

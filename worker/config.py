@@ -19,13 +19,18 @@ from pydantic_settings import (
 
 DEFAULT_CONFIG = Path("/etc/vmworker/vmworker.toml")
 REPO_HOOKDIRS = Path(__file__).resolve().parent.parent / "hookdirs"
+INSTALLED_HOOKS = Path("/etc/vmworker/hooks")
 HOST_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def default_hooks_root() -> Path:
-    """/etc/vmworker/hooks where installed, the repo's hookdirs/ in development."""
-    installed = Path("/etc/vmworker/hooks")
-    return installed if installed.is_dir() else REPO_HOOKDIRS
+    """/etc/vmworker/hooks where installed, the repo's hookdirs/ in development.
+
+    An /etc/vmworker/hooks that is there but not a usable directory stays the root (and
+    stops the worker): it is never silently replaced by the repo's hooks."""
+    if os.path.lexists(INSTALLED_HOOKS) or not REPO_HOOKDIRS.is_dir():
+        return INSTALLED_HOOKS
+    return REPO_HOOKDIRS
 
 
 class RetryPolicy(BaseModel):
@@ -93,6 +98,12 @@ class Settings(BaseSettings):
         if not HOST_RE.match(v):
             raise ValueError("host id must match [A-Za-z0-9_-]+ (no dots)")
         return v
+
+    @field_validator("hooks_root")
+    @classmethod
+    def _hooks_root_is_absolute(cls, v: Path) -> Path:
+        # resolved once, here: scripts run with their hook directory as cwd
+        return Path(os.path.abspath(v))
 
     @field_validator("storage_roots", "allowed_publishers", mode="before")
     @classmethod

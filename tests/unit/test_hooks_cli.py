@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,4 +139,23 @@ def test_default_hooks_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert default_hooks_root() == tmp_path
     monkeypatch.delenv("VMWORKER_HOOKS_ROOT")
     expected = Path("/etc/vmworker/hooks")
-    assert default_hooks_root() == (expected if expected.is_dir() else REPO_HOOKDIRS)
+    assert default_hooks_root() == (expected if os.path.lexists(expected) else REPO_HOOKDIRS)
+
+
+def test_a_broken_installed_root_is_not_replaced_by_the_repo_hooks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("VMWORKER_HOOKS_ROOT", raising=False)
+    installed = tmp_path / "etc-hooks"
+    monkeypatch.setattr("worker.config.INSTALLED_HOOKS", installed)
+    assert default_hooks_root() == REPO_HOOKDIRS  # absent: a source checkout's hooks
+    installed.write_text("not a directory\n")
+    assert default_hooks_root() == installed
+    result = CliRunner().invoke(hooks, ["list"])
+    assert result.exit_code == 2
+    assert result.output == f"Error: hooks root {installed} is not a directory\n"
+    # without a checkout's hookdirs/ either, the installed path is the root, and must exist
+    installed.unlink()
+    monkeypatch.setattr("worker.config.REPO_HOOKDIRS", tmp_path / "no-checkout")
+    assert default_hooks_root() == installed
+    assert CliRunner().invoke(hooks, ["list"]).exit_code == 2

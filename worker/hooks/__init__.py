@@ -13,6 +13,7 @@ from worker.hooks.engine import ChainResult, HookEngine, ScriptResult
 from worker.hooks.inproc import HookContext, HookFailed
 from worker.hooks.points import POINTS, HookPoint, get_point
 from worker.hooks.runner import Completed, ProcessRunner, Runner
+from worker.hooks.scripts import HookRootError
 
 __all__ = [
     "POINTS",
@@ -23,6 +24,7 @@ __all__ = [
     "HookEngine",
     "HookFailed",
     "HookPoint",
+    "HookRootError",
     "ProcessRunner",
     "Runner",
     "ScriptResult",

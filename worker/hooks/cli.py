@@ -14,22 +14,36 @@ import click
 import structlog
 from lxml import etree
 
+from worker import config
+from worker.config import REPO_HOOKDIRS as REPO_HOOKDIRS
 from worker.hooks.custom import CustomPropertyError
 from worker.hooks.engine import HookEngine, ScriptResult
 from worker.hooks.points import POINTS, get_point
-from worker.hooks.scripts import check_dir, point_dirs
+from worker.hooks.scripts import HookRootError, check_dir, check_root, point_dirs, skipped
 
-REPO_HOOKDIRS = Path(__file__).resolve().parents[2] / "hookdirs"
-INSTALLED_HOOKS = Path("/etc/vmworker/hooks")
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
 
 def default_hooks_root() -> Path:
-    """$VMWORKER_HOOKS_ROOT, else /etc/vmworker/hooks if it exists, else the repo's hookdirs/."""
+    """$VMWORKER_HOOKS_ROOT, else the worker's default (worker.config.default_hooks_root)."""
     env = os.environ.get("VMWORKER_HOOKS_ROOT")
     if env:
         return Path(env)
-    return INSTALLED_HOOKS if INSTALLED_HOOKS.is_dir() else REPO_HOOKDIRS
+    return config.default_hooks_root()
+
+
+class BadHooksRoot(click.ClickException):
+    """A hooks root that cannot be used: one line, exit status 2."""
+
+    exit_code = 2
+
+
+def hooks_root_or_exit(root: Path) -> Path:
+    """`root` made absolute, or exit 2 naming it and what is wrong with it."""
+    try:
+        return check_root(root)
+    except HookRootError as exc:
+        raise BadHooksRoot(str(exc)) from None
 
 
 hooks_dir_option = click.option(
@@ -58,7 +72,7 @@ def hooks() -> None:
 @click.option("--no-inproc", is_flag=True, help="leave out in-process (entry-point) hooks")
 def list_hooks(hooks_root: Path | None, as_json: bool, no_inproc: bool) -> None:
     """Every hook point that has hooks, its hooks in run order with sha256."""
-    root = hooks_root or default_hooks_root()
+    root = hooks_root_or_exit(hooks_root or default_hooks_root())
     engine = HookEngine(root, inproc=not no_inproc)
     inventory = engine.inventory()
     if as_json:
@@ -68,11 +82,14 @@ def list_hooks(hooks_root: Path | None, as_json: bool, no_inproc: bool) -> None:
     root_problem = check_dir(root, "hooks root")
     if root_problem:
         click.secho(f"  REFUSED: {root_problem}", fg="red")
-    if not inventory:
+    not_run = {p: found for p in POINTS if (found := skipped(root, p))}
+    if not inventory and not not_run:
         click.echo("  (no hooks)")
-    for point, entries in inventory.items():
+    for point in POINTS:
+        if point not in inventory and point not in not_run:
+            continue
         click.secho(f"{point}", bold=True)
-        for e in entries:
+        for e in inventory.get(point, ()):
             digest = (e["sha256"] or "-" * 64)[:16]
             tag = "" if e["kind"] == "script" else " [in-process]"
             line = f"  {e['name']:<32} {digest}{tag}"
@@ -80,6 +97,8 @@ def list_hooks(hooks_root: Path | None, as_json: bool, no_inproc: bool) -> None:
                 click.secho(f"{line}  REFUSED: {e['refused']}", fg="red")
             else:
                 click.echo(line)
+        for name, why in not_run.get(point, ()):
+            click.secho(f"  {name:<32} {'-' * 16}  skipped: {why}", fg="yellow")
     unknown = [d for d in point_dirs(root) if d not in POINTS]
     if unknown:
         click.echo(f"not run by vmworker (unknown hook points): {', '.join(unknown)}")
@@ -174,7 +193,7 @@ def run_hooks(
         raise click.UsageError(f"{point} takes a {hp.payload} payload: give {need} FILE")
     payload = source.read()
     custom = _parse_custom(custom_pairs)
-    root = hooks_root or default_hooks_root()
+    root = hooks_root_or_exit(hooks_root or default_hooks_root())
     engine = HookEngine(root, timeout=timeout, inproc=not no_inproc, prewarm=prewarm)
     try:
         res = engine.run_chain(

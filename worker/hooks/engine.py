@@ -37,7 +37,7 @@ from worker.hooks.inproc import (
 from worker.hooks.points import POINTS, HookPoint, get_point
 from worker.hooks.prewarm import ForkServerRunner
 from worker.hooks.runner import Completed, ProcessRunner, Runner
-from worker.hooks.scripts import Script, discover
+from worker.hooks.scripts import Script, check_root, discover
 
 HOOKLIB = Path(__file__).resolve().parent.parent / "hooklib"
 # context keys also exported to scripts, as `_hook_<key>`
@@ -259,7 +259,11 @@ def _clean(value: str) -> str:
 
 
 class HookEngine:
-    """Runs hook chains from a hooks root. Thread-safe: chains of different VMs may overlap."""
+    """Runs hook chains from a hooks root. Thread-safe: chains of different VMs may overlap.
+
+    HookRootError if the root is missing, not a directory or unreadable: no engine runs
+    without the site's hooks. A relative root is made absolute here, once.
+    """
 
     def __init__(
         self,
@@ -272,7 +276,7 @@ class HookEngine:
         runner: Runner | None = None,
         entry_point_group: str = GROUP,
     ) -> None:
-        self.root = Path(root)
+        self.root = check_root(Path(root))
         self.timeout = timeout
         self.output_limit = output_limit
         self.inproc = inproc

@@ -1,10 +1,11 @@
 """Finding a chain's scripts on disk, and deciding which of them may run.
 
 A chain is every regular executable file of `<root>/<point>/` (symlinks followed, dotfiles and
-subdirectories skipped) in plain sorted order, as in VDSM. A script is refused, never run,
-when it, its hook-point directory or the hooks root is group/world-writable or owned by
-someone other than root or the worker's effective uid. Directories above the root are the
-administrator's business and are not checked.
+subdirectories skipped) in plain sorted order, as in VDSM. The hooks root itself must be a
+readable directory: an engine is not made over one that is not (`check_root`). A script is
+refused, never run, when it, its hook-point directory or the hooks root is group/world-writable
+or owned by someone other than root or the worker's effective uid. Directories above the root
+are the administrator's business and are not checked.
 """
 
 from __future__ import annotations
@@ -24,6 +25,34 @@ class Script:
     path: Path
     sha256: str | None
     refused: str | None = None
+
+
+class HookRootError(Exception):
+    """The hooks root cannot hold hooks: missing, not a directory, or unreadable."""
+
+
+def root_problem(root: Path) -> str | None:
+    """Why `root` cannot be a hooks root, or None. An empty directory is a fine root."""
+    try:
+        st = os.stat(root)  # follows symlinks: a dangling one does not exist
+    except (FileNotFoundError, NotADirectoryError):
+        return f"hooks root {root} does not exist"
+    except OSError as exc:
+        return f"hooks root {root}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"hooks root {root} is not a directory"
+    if not os.access(root, os.R_OK | os.X_OK):
+        return f"hooks root {root} is not readable by uid {os.geteuid()}"
+    return None
+
+
+def check_root(root: Path) -> Path:
+    """`root` made absolute; HookRootError if it cannot be a hooks root."""
+    root = Path(os.path.abspath(root))
+    problem = root_problem(root)
+    if problem:
+        raise HookRootError(problem)
+    return root
 
 
 def trusted_uids() -> frozenset[int]:
@@ -80,7 +109,9 @@ def discover(root: Path, point: str) -> list[Script]:
     try:
         names = sorted(n for n in os.listdir(pdir) if not n.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        # no such point is an empty chain; no root (removed since start-up) is not
+        gone = root_problem(root)
+        return [Script(name=point, path=root, sha256=None, refused=gone)] if gone else []
     except OSError as exc:
         # a chain we cannot even list must not pass as an empty one
         unreadable = f"hook directory {pdir}: {exc.strerror}"
@@ -97,6 +128,31 @@ def discover(root: Path, point: str) -> list[Script]:
             continue
         reason = dir_reason or insecure(st, "script")
         found.append(Script(name=name, path=path, sha256=file_sha256(path), refused=reason))
+    return found
+
+
+def skipped(root: Path, point: str) -> list[tuple[str, str]]:
+    """(name, why) for each entry of `<root>/<point>/` that is not run (dotfiles aside)."""
+    pdir = root / point
+    try:
+        names = sorted(n for n in os.listdir(pdir) if not n.startswith("."))
+    except OSError:
+        return []  # a missing point has nothing to skip; an unreadable one is refused
+    found = []
+    for name in names:
+        path = pdir / name
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            why = "dangling symlink" if os.path.islink(path) else exc.strerror or str(exc)
+            found.append((name, why))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            found.append((name, "a directory"))
+        elif not stat.S_ISREG(st.st_mode):
+            found.append((name, "not a regular file"))
+        elif not os.access(path, os.X_OK):
+            found.append((name, "not executable"))
     return found
 
 
