@@ -212,7 +212,7 @@ def as_cli_user() -> list[str]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("running as root without setpriv: cannot run the CLI as an ordinary user")
-    return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]  # nobody
 
 
 def test_an_unreadable_root_stops_the_cli_and_the_worker(unreadable_root: Path) -> None:

@@ -144,7 +144,8 @@ def skipped(root: Path, point: str) -> list[tuple[str, str]]:
         try:
             st = os.stat(path)
         except OSError as exc:
-            why = "dangling symlink" if os.path.islink(path) else exc.strerror or str(exc)
+            dangling = isinstance(exc, FileNotFoundError) and os.path.islink(path)
+            why = "dangling symlink" if dangling else exc.strerror or str(exc)
             found.append((name, why))
             continue
         if stat.S_ISDIR(st.st_mode):
