@@ -248,16 +248,19 @@ class ThreadWorker:
 class ProcessWorker:
     """`vmworker run` as a real process (for kill -9 and signals)."""
 
-    def __init__(self, env: Env, log_path: Path, **settings: Any) -> None:
+    def __init__(
+        self, env: Env, log_path: Path, *, args: tuple[str, ...] = (), **settings: Any
+    ) -> None:
         self.env = env
         self.log_path = log_path
+        self.args = args  # flags of `vmworker run`
         self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ProcessWorker:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop/kill
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"],
+            [sys.executable, "-m", "worker", "run", *self.args],
             env=self.env.env_vars(**self.settings),
             stdout=self._log,
             stderr=subprocess.STDOUT,

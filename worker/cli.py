@@ -33,6 +33,8 @@ def main() -> None:
 @click.option("--hooks", "hooks_root", type=click.Path(path_type=Path), help="hooks root")
 @click.option("--state-dir", type=click.Path(path_type=Path), help="journal directory")
 @click.option("--concurrency", type=int, help="operations at once (distinct VMs)")
+@click.option("--metrics-port", type=int, help="Prometheus metrics port (0 = off)")
+@click.option("--metrics-address", help="address the metrics port listens on (default 127.0.0.1)")
 @_config
 def run(config: Path | None, **flags: Any) -> None:
     """Consume this host's queue and run its operations until SIGTERM/SIGINT."""

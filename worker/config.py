@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     events_log_max_age: str = Field("7D", description="retention of the vm.events.log stream")
     journal_retention_days: float = Field(7.0, gt=0)
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = off")
+    metrics_address: str = Field(
+        "127.0.0.1", description="address the metrics port listens on; 0.0.0.0 = all"
+    )
     ssl_ca: Path | None = None
     ssl_cert: Path | None = None
     ssl_key: Path | None = None

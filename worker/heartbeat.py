@@ -36,7 +36,7 @@ def worker_version() -> str:
         return "0+unknown"
 
 
-def _version(n: int) -> str:
+def version_text(n: int) -> str:
     """libvirt's packed version number (9000000) as text (9.0.0)."""
     return f"{n // 1_000_000}.{n // 1000 % 1000}.{n % 1000}"
 
@@ -61,7 +61,7 @@ class QueueDepth:
             except Exception as exc:  # broker away or queue missing: unknown, not fatal
                 self.close()
                 if attempt == 2:
-                    log.debug("queue depth unknown", queue=self.queue, error=str(exc))
+                    log.debug("heartbeat.queue_depth_unknown", queue=self.queue, error=str(exc))
         return None
 
     def close(self) -> None:
@@ -86,6 +86,7 @@ class Heartbeat:
         outbox_size: Callable[[], int] | None = None,
         in_flight: Callable[[], int] | None = None,
         on_beat: Callable[[], None] | None = None,
+        on_inventory: Callable[[dict[str, Any]], None] | None = None,
         online_after: threading.Event | None = None,
     ) -> None:
         self.host = host
@@ -97,6 +98,7 @@ class Heartbeat:
         self.outbox_size = outbox_size
         self.in_flight = in_flight
         self.on_beat = on_beat
+        self.on_inventory = on_inventory
         self.online_after = online_after
         self.started_mono = time.monotonic()
         self.started_at = events.now_iso()
@@ -132,9 +134,9 @@ class Heartbeat:
         info: dict[str, Any] = {"uri": self.lv.uri}
         try:
             conn = self.lv.get()
-            info["version"] = _version(conn.getLibVersion())
+            info["version"] = version_text(conn.getLibVersion())
             info["hypervisor"] = conn.getType()
-            info["hypervisor_version"] = _version(conn.getVersion())
+            info["hypervisor_version"] = version_text(conn.getVersion())
             domains = []
             for dom in conn.listAllDomains(0):
                 try:
@@ -158,6 +160,8 @@ class Heartbeat:
     def _queue(self, kind: str, data: dict[str, Any]) -> None:
         ev = events.cloud_event(self.host, ("host", kind), subject=None, request_id=None, data=data)
         self.sink(events.routing_key(self.host, "host", kind), ev)
+        if kind != "offline" and self.on_inventory is not None:
+            self.on_inventory(data)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Heartbeat:
@@ -166,7 +170,7 @@ class Heartbeat:
         try:  # connect now: the start-up log says at once whether libvirt answers
             self.lv.get()
         except libvirt.libvirtError as exc:
-            log.warning("libvirt does not answer", uri=self.lv.uri, error=str(exc))
+            log.warning("libvirt.unreachable", uri=self.lv.uri, error=str(exc))
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -188,7 +192,7 @@ class Heartbeat:
                 if self.on_beat is not None:
                     self.on_beat()
             except Exception:
-                log.exception("heartbeat failed")
+                log.exception("heartbeat.failed")
 
     def stop(self, *, offline: bool = True, reason: str = "stopped") -> None:
         """Stop beating; with `offline`, queue `host.offline` (once)."""

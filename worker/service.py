@@ -794,9 +794,13 @@ class Service:
     # -- observers: state events, heartbeat, metrics (docs/operations.md) --------------------
     def _start_observers(self) -> None:
         s = self.settings
-        self.metrics.bind(outbox=self.journal.outbox_size, inflight=lambda: len(self._inflight))
+        self.metrics.bind(
+            outbox=self.journal.outbox_size,
+            inflight=lambda: len(self._inflight),
+            connected=self.ready.is_set,
+        )
         if s.metrics_port:
-            self.metrics.serve(s.metrics_port)
+            self.metrics.serve(s.metrics_port, s.metrics_address)
         self._domevents = DomainEvents(
             s.libvirt_uri,
             self.host,
@@ -814,6 +818,7 @@ class Service:
             outbox_size=self.journal.outbox_size,
             in_flight=lambda: len(self._inflight),
             on_beat=self.metrics.heartbeats.inc,
+            on_inventory=self.metrics.inventory_queued,
             online_after=self.ready,
         ).start()
 
