@@ -470,7 +470,7 @@ def worker_process(
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         )
-    return Process([sys.executable, "-m", "worker", "run"], log_path, env, '"consuming"')
+    return Process([sys.executable, "-m", "worker", "run"], log_path, env, '"worker.consuming"')
 
 
 def hooks_root(base: Path) -> Path:

@@ -31,7 +31,7 @@ class LibvirtConnection:
                     pass
                 self._close_locked()
             self._conn = libvirt.open(self.uri)
-            log.info("libvirt connected", uri=self.uri)
+            log.info("libvirt.connected", uri=self.uri)
             return self._conn
 
     def reset(self) -> None:

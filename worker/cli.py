@@ -42,7 +42,7 @@ def run(config: Path | None, **flags: Any) -> None:
     from worker.hooks.cli import hooks_root_or_exit
 
     hooks_root_or_exit(s.hooks_root)  # before connecting to anything: exit 2, naming it
-    logs.configure(s.log_level)
+    logs.configure(s.log_level, host=s.host)
     from worker.service import Service
 
     svc = Service(s, freeze_gc=True)  # this process is the worker: nothing else to collect

@@ -190,7 +190,7 @@ def ensure_event_loop() -> None:
                 try:
                     libvirt.virEventRunDefaultImpl()
                 except Exception:  # never let the loop die; log and go on
-                    log.exception("libvirt event loop iteration failed")
+                    log.exception("libvirt.event_loop_failed")
                     time.sleep(0.1)
 
         _loop_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
@@ -275,7 +275,7 @@ class DomainEvents:
                     backoff = 0.5
                 except libvirt.libvirtError as exc:
                     log.warning(
-                        "libvirt events: cannot subscribe",
+                        "libvirt.events_unavailable",
                         uri=self.uri,
                         error=str(exc),
                         retry_in_s=backoff,
@@ -311,7 +311,7 @@ class DomainEvents:
         self.connects += 1
         self._reconcile(first=self.connects == 1)
         self.connected.set()
-        log.info("libvirt events: subscribed", uri=self.uri, connects=self.connects)
+        log.info("libvirt.events_subscribed", uri=self.uri, connects=self.connects)
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -334,7 +334,7 @@ class DomainEvents:
         except libvirt.libvirtError:
             alive = False
         if not alive and not self._lost.is_set():
-            log.warning("libvirt events: connection is dead; resubscribing", uri=self.uri)
+            log.warning("libvirt.events_dead", uri=self.uri)
             self._lost.set()
 
     def _take(self) -> list[_Seen]:
@@ -352,10 +352,10 @@ class DomainEvents:
         try:
             self._seen.put(_Seen(time.monotonic(), dom.UUIDString(), dom.name(), event, detail))
         except Exception:  # a callback must never raise into libvirt
-            log.exception("libvirt events: bad callback")
+            log.exception("libvirt.events_callback_failed")
 
     def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
-        log.warning("libvirt events: connection closed", uri=self.uri, reason=reason)
+        log.warning("libvirt.events_closed", uri=self.uri, reason=reason)
         self._lost.set()
 
     # -- turning what libvirt said into events ---------------------------------------------
@@ -424,7 +424,7 @@ class DomainEvents:
         ev = events.cloud_event(
             self.host, ("state", state), subject=uuid, request_id=None, data=data
         )
-        log.info("state event", vm=uuid, name=name, state=state, reason=reason)
+        log.info("state.changed", vm=uuid, name=name, state=state, reason=reason)
         self.sink(events.routing_key(self.host, "state", state), ev)
 
     def _reconcile(self, *, first: bool) -> None:

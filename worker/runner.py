@@ -122,7 +122,7 @@ class Runner:
             if isinstance(exc, OpError) and exc.details.get("connection_lost"):
                 self.lv.reset()
             log.warning(
-                "libvirt call failed, retrying",
+                "libvirt.retrying",
                 attempt=state.attempt_number,
                 error=str(exc),
                 sleep_s=round(state.upcoming_sleep, 3),
@@ -217,7 +217,7 @@ class Runner:
         except libvirt.libvirtError as exc:
             err = from_libvirt(exc)
         except Exception as exc:  # a bug must still end in a fail event, not a stuck message
-            log.exception("operation crashed")
+            log.exception("op.crashed")
             err = OpError("internal", f"{type(exc).__name__}: {exc}", "internal")
         fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=str(err))
         hooks += self._hooks_event(fail)

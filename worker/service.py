@@ -31,7 +31,7 @@ from kombu.exceptions import OperationalError
 from kombu.message import Message
 
 from handlers.connection import LibvirtConnection
-from worker import events
+from worker import events, logs
 from worker.amqp import connect, corked, frame_buffered, read_ahead, receive_available
 from worker.config import Settings
 from worker.domevents import DomainEvents, Ownership
@@ -163,17 +163,14 @@ class Service:
 
     def run(self) -> None:
         log.info(
-            "worker starting",
+            "worker.starting",
             host=self.host,
             broker=_redact(self.settings.broker_urls),
             libvirt=self.settings.libvirt_uri,
             hooks=str(self.settings.hooks_root),
         )
         if not self.settings.allowed_publishers:
-            log.warning(
-                "allowed_publishers is empty: any broker user that may publish to"
-                f" {self.topology.ops.name} can order operations on this host"
-            )
+            log.warning("worker.any_publisher_allowed", exchange=self.topology.ops.name)
         self._host_chain("before_vmworker_start")
         self._reconcile_journal()
         backoff = 1.0
@@ -192,7 +189,7 @@ class Service:
                 try:
                     conn.ensure_connection(  # each URL once, in order; the backoff is ours
                         errback=lambda exc, interval: log.warning(
-                            "broker unreachable", error=str(exc), retry_in_s=interval
+                            "broker.unreachable", error=str(exc), retry_in_s=interval
                         ),
                         max_retries=max(1, len(self.settings.broker_urls)),
                         interval_start=0,
@@ -209,17 +206,17 @@ class Service:
                 ) as exc:
                     self.stats.reconnects += 1
                     if isinstance(exc, ConsumerCancelled):  # queue deleted, or moved away
-                        log.warning("consumer cancelled by the broker; re-declaring the topology")
+                        log.warning("broker.consumer_cancelled")
                         continue
                     if self.ready.is_set():
                         backoff = 1.0  # we had been connected: a new outage starts over
                     wait = backoff * random.uniform(0.8, 1.2)
-                    log.warning("broker connection lost", error=repr(exc), retry_in_s=wait)
+                    log.warning("broker.connection_lost", error=repr(exc), retry_in_s=wait)
                     self._wait_offline(wait)
                     backoff = min(backoff * 2, 30.0)
                 except Exception:  # a bug must not end the process with operations running
                     self.stats.reconnects += 1
-                    log.exception("connection loop crashed; reconnecting", retry_in_s=backoff)
+                    log.exception("worker.loop_crashed", retry_in_s=backoff)
                     self._wait_offline(backoff)
                     backoff = min(backoff * 2, 30.0)
                 finally:
@@ -236,7 +233,7 @@ class Service:
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            log.info("worker stopped", host=self.host)
+            log.info("worker.stopped", host=self.host)
 
     def _connection(self) -> Connection:
         return connect(
@@ -292,15 +289,16 @@ class Service:
                 self.journal.finish(req.request_id, "fail", (rk, ev))
                 self._count("fail")
                 log.error(
-                    "request failed: it crashed the worker on its last delivery",
+                    "op.delivery_limit",
                     request_id=req.request_id,
                     op=req.op,
                     vm=req.vm_uuid,
                     deliveries=req.deliveries,
+                    **logs.error_fields(err),
                 )
             else:
                 log.warning(
-                    "unfinished request in the journal; reconciled when redelivered",
+                    "journal.unfinished",
                     request_id=req.request_id,
                     op=req.op,
                     vm=req.vm_uuid,
@@ -313,11 +311,11 @@ class Service:
         try:
             n = self.journal.prune(self.settings.journal_retention_days * 86400.0)
         except Exception:
-            log.exception("journal prune failed")
+            log.exception("journal.prune_failed")
             return
         if n:
             log.info(
-                "journal pruned", requests=n, retention_days=self.settings.journal_retention_days
+                "journal.pruned", requests=n, retention_days=self.settings.journal_retention_days
             )
 
     # -- the connection thread -----------------------------------------------------------
@@ -349,7 +347,9 @@ class Service:
         )
         consumer.consume()
         consuming = True
-        log.info("consuming", queue=self.topology.host_queue.name, generation=self._generation)
+        log.info(
+            "worker.consuming", queue=self.topology.host_queue.name, generation=self._generation
+        )
         self.ready.set()
         self._flush()
         last_beat = time.monotonic()
@@ -379,7 +379,7 @@ class Service:
         try:
             self._receive(message)
         except Exception:  # never let one message take the connection thread down
-            log.exception("handling a message failed; it is requeued (up to the delivery limit)")
+            log.exception("message.crashed")  # requeued, up to the delivery limit
             with contextlib.suppress(Exception):
                 message.reject(requeue=True)
 
@@ -427,7 +427,7 @@ class Service:
         job = self._inflight.get(request_id)
         if job is not None:  # a redelivery (or a second copy) of something we are on
             log.info(
-                "already in progress here; will ack with it",
+                "op.in_progress",  # acked with the run under way
                 request_id=request_id,
                 op=op.op,
                 vm=str(op.vm.uuid),
@@ -442,7 +442,7 @@ class Service:
         job.deadline = deadline
         if job.recovered:
             log.info(
-                "recovering a request that started before a crash or requeue",
+                "op.recovering",
                 request_id=request_id,
                 op=op.op,
                 vm=str(op.vm.uuid),
@@ -470,7 +470,7 @@ class Service:
         err: OpError,
     ) -> None:
         seen = _peek(body)
-        log.warning("message rejected", request_id=request_id, error=str(err))
+        log.warning("message.rejected", request_id=request_id, **logs.error_fields(err))
         rk, ev = events.op_event(
             self.host,
             seen.get("op") or "invalid",
@@ -505,7 +505,7 @@ class Service:
         self.stats.duplicates += 1
         self.metrics.duplicates.inc()
         log.info(
-            "duplicate request: republishing its recorded terminal event",
+            "op.duplicate",  # its recorded terminal event is published again
             request_id=req.request_id,
             outcome=req.outcome,
         )
@@ -557,7 +557,7 @@ class Service:
             self.stats.ran += 1
             self._finish(job, outcome, dead_letter=True)
         except BaseException:
-            log.exception("job crashed outside the runner")
+            log.exception("op.job_crashed")
             # leave it unacked: the broker redelivers it, up to the delivery limit
             self._done.put((job, -1, None))
             self._wakeup()
@@ -569,8 +569,9 @@ class Service:
         """Record and queue the terminal event; the connection thread acks once it is confirmed."""
         rk, ev = self._event(job, outcome.phase, recovered=job.recovered, **outcome.event_fields())
         seq = self.journal.finish(job.request_id, outcome.phase, (rk, ev), outcome.attempts)
-        log.info(
-            "operation finished",
+        logs.operation_finished(
+            log,
+            outcome.error,
             request_id=job.request_id,
             op=job.op.op,
             vm=job.vm,
@@ -578,7 +579,6 @@ class Service:
             state=outcome.state,
             attempts=outcome.attempts,
             duration_ms=round(outcome.duration_ms, 1),
-            error=str(outcome.error) if outcome.error else None,
         )
         dead = _reason(outcome.error) if (dead_letter and outcome.error) else None
         self._done.put((job, seq, dead))
@@ -846,9 +846,11 @@ class Service:
                 context={"host": self.host},
             )
             if res.failed:
-                log.warning("host hook chain failed", point=point, stderr=res.failure_stderr())
+                log.warning(
+                    "hook.chain_failed", point=point, stderr_tail=logs.tail(res.failure_stderr())
+                )
         except Exception:
-            log.exception("host hook chain crashed", point=point)
+            log.exception("hook.chain_crashed", point=point)
 
 
 def _reason(err: OpError) -> dict[str, str]:

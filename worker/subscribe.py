@@ -76,7 +76,7 @@ def read_events(
             return
         if not vouched(ev, message.delivery_info.get("routing_key")):
             log.warning(
-                "forged event dropped",
+                "event.forged",
                 routing_key=message.delivery_info.get("routing_key"),
                 source=ev.get("source"),
             )

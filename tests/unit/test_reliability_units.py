@@ -123,7 +123,7 @@ def test_transient_errors_are_retried_with_growing_backoff_and_counted(tmp_path,
     assert out.ok and out.attempts == 4 and len(calls) == 4
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert gaps[0] >= 0.05 and gaps[2] > gaps[0]  # exponential (plus jitter)
-    retries = [e for e in logs if e["event"] == "libvirt call failed, retrying"]
+    retries = [e for e in logs if e["event"] == "libvirt.retrying"]
     assert [e["attempt"] for e in retries] == [1, 2, 3]  # each retry logged
 
 

@@ -38,6 +38,7 @@ from worker.hooks.points import POINTS, HookPoint, get_point
 from worker.hooks.prewarm import ForkServerRunner
 from worker.hooks.runner import Completed, ProcessRunner, Runner
 from worker.hooks.scripts import Script, check_root, discover
+from worker.logs import tail as log_tail
 
 HOOKLIB = Path(__file__).resolve().parent.parent / "hooklib"
 # context keys also exported to scripts, as `_hook_<key>`
@@ -635,6 +636,8 @@ class HookEngine:
             "duration_ms": res.duration_ms,
             "changed": res.changed_xml,
         }
+        if res.rc != 0 or res.discarded:  # why it failed, as the fail event tells it
+            fields["stderr_tail"] = log_tail(res.stderr_tail)
         if res.refused:
             clog.warning("hook.refused", reason=res.refused, **fields)
         elif res.timed_out:
