@@ -3,7 +3,8 @@ link/QoS updates, vCPUs and memory, each declared here with its message model. T
 payload is the device's XML, as in VDSM.
 
 `params.live` (default: when the domain is running) and `params.persistent` (default: true)
-say whether the live domain, its persistent definition, or both are changed.
+say whether the live domain, its persistent definition, or both are changed. Asking for the live
+domain of a VM that is not running fails with `bad_state` (handlers/states.py), before any hook.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from handlers.domxml import build_disk_xml, build_nic_xml, stable_mac
 from handlers.errors import OpError, validation
 from handlers.message import OpMessage, Strict
 from handlers.spec import BandwidthSpec, DiskSpec, NicSpec
+from handlers.states import require_state
 from handlers.storage import check_path_under_roots, next_disk_target
 
 RUNNING = {"running", "paused", "blocked"}
@@ -127,7 +129,9 @@ class SetMemory(_DeviceOp):
 
 def _flags(ctx: Ctx[_DeviceOp]) -> int:
     p = ctx.op.params
-    live = p.live if p.live is not None else ctx.state() in RUNNING
+    state = ctx.state()
+    require_state(ctx, state)  # no domain, or the live domain asked of a VM that is not running
+    live = p.live if p.live is not None else state in RUNNING
     flags = 0
     if live:
         flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
@@ -181,6 +185,7 @@ def _config_if_persistent(ctx: Ctx[OpMessage]) -> int:
 
 
 def _attach_disk_prepare(ctx: Ctx[AttachDisk]) -> str:
+    require_state(ctx)  # the state check, before the before_* chain
     return build_disk_xml(ctx.op.params.disk, _disk_target(ctx), storage_roots=ctx.storage_roots)
 
 
@@ -280,6 +285,7 @@ def _nic_xpath(mac: str) -> str:
 
 
 def _attach_nic_prepare(ctx: Ctx[AttachNic]) -> str:
+    require_state(ctx)  # the state check, before the before_* chain
     nic = ctx.op.params.nic
     mac = nic.mac
     if mac is None:  # the next stable MAC of this VM that no NIC uses
@@ -385,6 +391,7 @@ declare(
 
 # -- vCPUs and memory ------------------------------------------------------------------
 def _domain_xml(ctx: Ctx[OpMessage]) -> str:
+    require_state(ctx)  # the state check, before the before_* chain
     return ctx.current_xml()
 
 

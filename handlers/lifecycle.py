@@ -1,9 +1,11 @@
 """Lifecycle operations: define, start, shutdown, destroy, reboot, pause, resume, undefine.
 
 Each is declared here once (`declare(Operation(...))`: its message model, hook point, payload and
-the lifecycle events it causes) next to its functions, and acts on the domain by uuid. Asking
-for a state the domain is already in is a success (the handler's `done` says so and the runner
-reports a no-op), never an error.
+the lifecycle events it causes) next to its functions, and acts on the domain by uuid. Which
+states each acts from is handlers/states.py's table: asking for a state the domain is already in
+is a success (the handler's `done` says so and the runner reports a no-op); asking from a state
+the op cannot act from fails with `bad_state` before any `before_*` hook runs, and is checked
+again just before the libvirt call.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from handlers.domxml import build_domain_xml
 from handlers.errors import OpError
 from handlers.message import OpMessage, Strict, VmRefOrSpec
 from handlers.spec import VmSpec
-
-RUNNING = {"running", "blocked"}
+from handlers.states import require_state
 
 
 # -- messages --------------------------------------------------------------------------
@@ -122,6 +123,9 @@ def _start_prepare(ctx: Ctx[StartVm]) -> str:
 
 
 def _start(ctx: Ctx[StartVm], xml: str) -> None:
+    if require_state(ctx):  # got there while the before_* hooks ran
+        ctx.notes["noop"] = True
+        return
     # the persistent definition is the spec; hook edits apply to this run only (as in VDSM)
     if _has_spec(ctx):
         ctx.conn.defineXML(_spec_xml(ctx))
@@ -139,7 +143,7 @@ def _start(ctx: Ctx[StartVm], xml: str) -> None:
 
 
 def _start_done(ctx: Ctx[StartVm]) -> bool:
-    return ctx.state() in RUNNING | {"paused"}
+    return require_state(ctx)
 
 
 declare(
@@ -157,6 +161,7 @@ declare(
 
 # -- shutdown / destroy ------------------------------------------------------------------
 def _domain_xml(ctx: Ctx[OpMessage]) -> str:
+    require_state(ctx)  # before the before_* chain: no hook prepares for what cannot run
     return ctx.current_xml()
 
 
@@ -165,6 +170,9 @@ def _is_off(ctx: Ctx[OpMessage]) -> bool:
 
 
 def _shutdown(ctx: Ctx[ShutdownVm], _xml: str) -> None:
+    if require_state(ctx):  # got there while the before_* hooks ran
+        ctx.notes["noop"] = True
+        return
     dom = ctx.domain()
     if ctx.state() == "paused":
         dom.resume()  # a paused guest cannot see the ACPI button
@@ -188,8 +196,7 @@ def _shutdown(ctx: Ctx[ShutdownVm], _xml: str) -> None:
 
 
 def _shutdown_done(ctx: Ctx[OpMessage]) -> bool:
-    ctx.domain()
-    return _is_off(ctx)
+    return require_state(ctx)
 
 
 declare(
@@ -206,9 +213,11 @@ declare(
 
 
 def _destroy(ctx: Ctx[DestroyVm], _xml: str) -> None:
-    dom = ctx.domain()
-    if not _is_off(ctx):
-        dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL if ctx.op.params.graceful else 0)
+    if require_state(ctx):  # got there while the before_* hooks ran
+        ctx.notes["noop"] = True
+        return
+    flags = libvirt.VIR_DOMAIN_DESTROY_GRACEFUL if ctx.op.params.graceful else 0
+    ctx.domain().destroyFlags(flags)
 
 
 declare(
@@ -226,15 +235,8 @@ declare(
 
 # -- reboot ----------------------------------------------------------------------------
 def _reboot(ctx: Ctx[RebootVm], _xml: str) -> None:
-    dom = ctx.domain()
-    if ctx.state() not in RUNNING:
-        raise OpError(
-            "not_running",
-            f"cannot reboot a {ctx.state()} domain",
-            "libvirt",
-            libvirt_code=libvirt.VIR_ERR_OPERATION_INVALID,
-        )
-    dom.reboot(0)
+    require_state(ctx)
+    ctx.domain().reboot(0)
 
 
 declare(
@@ -251,13 +253,14 @@ declare(
 
 # -- pause / resume --------------------------------------------------------------------
 def _pause(ctx: Ctx[PauseVm], _xml: str) -> None:
-    if ctx.state() != "paused":
-        ctx.domain().suspend()
+    if require_state(ctx):  # got there while the before_* hooks ran
+        ctx.notes["noop"] = True
+        return
+    ctx.domain().suspend()
 
 
 def _paused(ctx: Ctx[PauseVm]) -> bool:
-    ctx.domain()
-    return ctx.state() == "paused"
+    return require_state(ctx)
 
 
 declare(
@@ -274,13 +277,14 @@ declare(
 
 
 def _resume(ctx: Ctx[ResumeVm], _xml: str) -> None:
-    if ctx.state() == "paused":
-        ctx.domain().resume()
+    if require_state(ctx):  # got there while the before_* hooks ran
+        ctx.notes["noop"] = True
+        return
+    ctx.domain().resume()
 
 
 def _running(ctx: Ctx[ResumeVm]) -> bool:
-    ctx.domain()
-    return ctx.state() in RUNNING
+    return require_state(ctx)
 
 
 declare(
@@ -298,21 +302,16 @@ declare(
 
 # -- undefine --------------------------------------------------------------------------
 def _undefine_prepare(ctx: Ctx[UndefineVm]) -> str:
+    require_state(ctx)  # a running VM without params.destroy: before the before_* chain
     return ctx.current_xml(inactive=True)
 
 
 def _undefine(ctx: Ctx[UndefineVm], _xml: str) -> None:
     dom = ctx.find()
-    if dom is None:
+    if dom is None or require_state(ctx):
+        ctx.notes["noop"] = True
         return
-    if not _is_off(ctx):
-        if not ctx.op.params.destroy:
-            raise OpError(
-                "running",
-                "domain is running; set params.destroy to stop it first",
-                "libvirt",
-                libvirt_code=libvirt.VIR_ERR_OPERATION_INVALID,
-            )
+    if not _is_off(ctx):  # require_state let it through: params.destroy is set
         dom.destroy()
     flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     if "<nvram" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE):

@@ -202,3 +202,44 @@ def test_disk_outside_the_storage_roots_is_refused(env, tap, start_worker, test_
         fail = tap.wait_terminal(rid)["data"]
         assert fail["phase"] == "fail" and fail["error"]["source"] == "validation"
         assert says in fail["error"]["message"] and "disk.path" in fail["error"]["message"]
+
+
+def test_device_operations_on_a_shut_off_vm_change_its_definition_only(
+    env, tap, start_worker, qemu_domains, storage, bridge
+):
+    """docs/protocol.md, "Operations and VM states": a shut-off VM's devices are its definition."""
+    disk = storage / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "32M"], check=True)
+    iso = storage / "tools.iso"
+    iso.write_bytes(b"\0" * 2048 * 16)
+    env.libvirt_uri = QEMU_URI
+    start_worker(storage_roots=[storage])
+    vm = {**small_vm("off"), "cdroms": [{"bus": "sata"}]}
+    qemu_domains.append(vm["uuid"])
+    assert tap.wait_terminal(env.publish("define_vm", vm), timeout=60)["data"]["phase"] == "after"
+    u = vm["uuid"]
+    dom = libvirt.open(QEMU_URI).lookupByUUIDString(u)
+
+    def conf() -> etree._Element:
+        return etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+
+    steps = []
+    d = _ok(env, tap, "attach_disk", u, {"disk": {"path": str(disk)}})
+    target = d["target"]
+    assert _one(conf(), f"devices/disk[target/@dev='{target}']/source").get("file") == str(disk)
+    steps.append(d)
+    d = _ok(env, tap, "attach_nic", u, {"nic": {"source": bridge}})
+    mac = d["mac"]
+    assert _one(conf(), f"devices/interface[mac/@address='{mac}']") is not None
+    steps.append(d)
+    cd = _one(conf(), "devices/disk[@device='cdrom']/target").get("dev")
+    steps.append(
+        _ok(env, tap, "update_device", u, {"device": "cdrom", "target": cd, "path": str(iso)})
+    )
+    assert _one(conf(), f"devices/disk[target/@dev='{cd}']/source").get("file") == str(iso)
+    steps.append(_ok(env, tap, "detach_nic", u, {"mac": mac}))
+    assert _one(conf(), f"devices/interface[mac/@address='{mac}']") is None
+    steps.append(_ok(env, tap, "detach_disk", u, {"target": target}))
+    assert _one(conf(), f"devices/disk[target/@dev='{target}']") is None
+    assert [(s["state"], s["noop"]) for s in steps] == [("shutoff", False)] * 5
+    assert not dom.isActive()
