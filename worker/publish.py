@@ -7,9 +7,37 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from amqp.exceptions import NotFound
 from kombu import Connection, Producer
 
 from worker.topology import Topology
+
+
+class NoWorkerQueue(Exception):
+    """No queue is bound for the host: the broker would drop the message (the ops-log stream
+    takes every key, so `mandatory` would not tell)."""
+
+    def __init__(self, host: str, queue: str) -> None:
+        self.host, self.queue = host, queue
+        super().__init__(
+            f"no worker queue exists for host {host!r} (no queue {queue}); nothing sent. Check"
+            f" the host id; `vmworker broker setup --host {host}` declares its queue ahead of"
+            " its worker"
+        )
+
+
+def require_host_queue(conn: Connection, topology: Topology, host: str) -> None:
+    """NoWorkerQueue unless the operation queue of `host` exists (a passive declare: needs no
+    permission). A queue deleted between this check and the publish still loses the message."""
+    name = Topology(topology.prefix, host).host_queue.name
+    try:
+        with conn.channel() as ch:  # a 404 closes this channel only
+            ch.queue_declare(name, passive=True)
+    except conn.channel_errors as exc:
+        # kombu's in-memory transport says NOT_FOUND in its text only
+        if isinstance(exc, NotFound) or "NOT_FOUND" in str(exc):
+            raise NoWorkerQueue(host, name) from None
+        raise
 
 
 def parse_kv(pairs: tuple[str, ...] | list[str], *, typed: bool) -> dict[str, Any]:
@@ -54,8 +82,14 @@ def publish_op(
     headers: dict[str, Any] | None = None,
     user_id: str | None = None,
     routing_key: str | None = None,
+    check_queue: bool = True,
 ) -> str:
-    """Publish one operation message to `<prefix>.ops` (confirmed); returns its request id."""
+    """Publish one operation message to `<prefix>.ops` (confirmed); returns its request id.
+    NoWorkerQueue, and nothing sent, if no queue takes the host's key (unless `check_queue`
+    is false)."""
+    host = routing_key or topology.host
+    if check_queue:
+        require_host_queue(conn, topology, host)
     request_id = request_id or str(uuid.uuid4())
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     hdrs = dict(headers or {})
@@ -68,7 +102,7 @@ def publish_op(
         Producer(ch).publish(
             raw,
             exchange=topology.ops,
-            routing_key=routing_key or topology.host,
+            routing_key=host,
             content_type="application/json",
             content_encoding="utf-8",
             delivery_mode=2,

@@ -38,6 +38,7 @@ from kombu.message import Message
 
 from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
 from worker.history import LogMessage, read_ops_log
+from worker.publish import NoWorkerQueue, require_host_queue
 from worker.topology import Topology
 
 # headers that describe a past delivery, not the operation: never copied to a replay
@@ -143,8 +144,13 @@ def replay_headers(m: LogMessage, *, replay_of: str | None) -> dict[str, Any]:
     return headers
 
 
-def publish_replay(conn: Connection, topology: Topology, p: Planned) -> None:
-    """Publish one planned replay and wait for the broker's confirm."""
+def publish_replay(
+    conn: Connection, topology: Topology, p: Planned, *, check_queue: bool = True
+) -> None:
+    """Publish one planned replay and wait for the broker's confirm; NoWorkerQueue, and
+    nothing sent, if its target host has no queue (unless `check_queue` is false: checked)."""
+    if check_queue:
+        require_host_queue(conn, topology, p.target)
     m = p.message
     replay_of = m.message_id if p.new_id != m.message_id else None
     props: dict[str, Any] = {}
@@ -378,12 +384,18 @@ def replay(
             if dry_run or not planned:
                 rest += [p.raw for p in planned if p.raw is not None]
             else:
+                try:  # every target first: nothing is sent if one of them has no queue
+                    for target in sorted({p.target for p in planned}):
+                        require_host_queue(conn, topo, target)
+                except NoWorkerQueue:
+                    rest += [p.raw for p in planned if p.raw is not None]
+                    raise
                 watch = None
                 if wait_s > 0:  # bound before publishing: no outcome can slip past
                     watch = live_queue(topo).bind(conn.default_channel)
                     watch.declare()
                 for p in planned:
-                    publish_replay(conn, topo, p)  # confirmed when it returns
+                    publish_replay(conn, topo, p, check_queue=False)  # confirmed
                     if p.raw is not None:
                         p.raw.ack()
                 if watch is not None:
