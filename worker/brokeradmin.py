@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import click
 
-from worker.cliopts import settings_or_exit
+from worker.cliopts import connect_or_exit, settings_or_exit
 from worker.config import HOST_RE
 from worker.topology import Topology
 
@@ -461,7 +461,9 @@ def grant(
 ) -> None:
     """Create or update the broker user of a host, control plane or monitor, with exactly the
     permissions its role needs. A generated password is printed once, alone on stdout."""
-    g = _grant_for(prefix or _load(config).prefix, host, control_plane, monitor, user)
+    g = _grant_for(
+        prefix or _load(config, check_broker=False).prefix, host, control_plane, monitor, user
+    )
     if print_api:
         for line in curl_lines(g, vhost, certificate_only=certificate_only):
             click.echo(line)
@@ -516,17 +518,15 @@ def setup(
 ) -> None:
     """Declare the shared exchanges and streams (and the queues of --host hosts, so that their
     operations are kept before their workers first start), as an administrator."""
-    from worker.amqp import connect
-
+    for h in hosts:
+        if not HOST_RE.match(h):
+            raise click.BadParameter(f"not a host id: {h!r}", param_hint="--host")
     s = _load(config, broker=broker, prefix=prefix)
     shared = replace(Topology.from_settings(s), passive=False)
-    try:
-        with connect(s) as conn:
-            shared.declare_shared(conn)
-            for h in hosts:
-                replace(shared, host=h).declare_host(conn)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    with connect_or_exit(s) as conn:
+        shared.declare_shared(conn)
+        for h in hosts:
+            replace(shared, host=h).declare_host(conn)
     click.echo(
         f"declared {shared.ops.name}, {shared.events.name}, {shared.dlx.name}, "
         f"{shared.ops_log.name}, {shared.events_log.name}"
@@ -562,7 +562,7 @@ def definitions_cmd(
 ) -> None:
     """Print a RabbitMQ definitions file (users, permissions, the shared topology and the
     hosts' queues) for a broker to load at boot (`load_definitions`)."""
-    s = _load(config, prefix=prefix)
+    s = _load(config, prefix=prefix, check_broker=False)  # printed, never connected to
     given = dict(p.split("=", 1) for p in passwords if "=" in p)
     try:
         grants = (

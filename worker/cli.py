@@ -11,7 +11,13 @@ from typing import Any
 import click
 
 from worker import logs
-from worker.cliopts import broker_option, config_option, connect_or_exit, settings_or_exit
+from worker.cliopts import (
+    BrokerGroup,
+    broker_option,
+    config_option,
+    connect_or_exit,
+    settings_or_exit,
+)
 from worker.topology import Topology
 
 _broker = broker_option
@@ -20,7 +26,7 @@ _settings = settings_or_exit
 _connect = connect_or_exit
 
 
-@click.group()
+@click.group(cls=BrokerGroup)
 @click.version_option(package_name="vmworker")
 def main() -> None:
     """vmworker: VM operations from RabbitMQ, run on this host's libvirt with hook chains."""
@@ -95,6 +101,7 @@ def publish(
         body = build_body(op, vm, parse_kv(params, typed=True), parse_kv(custom, typed=False))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    _validate(body, s.max_body_bytes)
     topo = Topology.from_settings(s, host)
     from worker.amqp import broker_user
 
@@ -111,6 +118,17 @@ def publish(
             user_id=user_id or broker_user(s),  # checked by the broker, then by the worker
         )
     click.echo(rid)
+
+
+def _validate(body: dict[str, Any], max_bytes: int) -> None:
+    """The worker's own check (worker.messages.parse_operation), before anything is sent."""
+    from worker.errors import OpError
+    from worker.messages import parse_operation
+
+    try:
+        parse_operation(json.dumps(body).encode(), max_bytes=max_bytes)
+    except OpError as exc:
+        raise click.ClickException(f"invalid message, nothing sent: {exc.message}") from None
 
 
 @main.command()
