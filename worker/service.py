@@ -33,6 +33,7 @@ from kombu.message import Message
 from handlers.connection import LibvirtConnection
 from worker import events, logs
 from worker.amqp import connect, corked, frame_buffered, read_ahead, receive_available
+from worker.brokererrors import classify, connect_each_node, redact
 from worker.config import Settings
 from worker.domevents import DomainEvents, Ownership
 from worker.errors import OpError
@@ -187,14 +188,15 @@ class Service:
                     break
                 conn = self._connection()
                 try:
-                    conn.ensure_connection(  # each URL once, in order; the backoff is ours
-                        errback=lambda exc, interval: log.warning(
-                            "broker.unreachable", error=str(exc), retry_in_s=interval
+                    connect_each_node(  # each URL once, in order; the backoff is ours
+                        conn,
+                        self.settings.broker_urls,
+                        lambda url, node, exc: log.warning(
+                            "broker.unreachable",
+                            url=redact(url),
+                            node=node,
+                            error=classify(exc)[0],
                         ),
-                        max_retries=max(1, len(self.settings.broker_urls)),
-                        interval_start=0,
-                        interval_step=0.2,
-                        interval_max=1,
                     )
                     self._serve(conn)
                     backoff = 1.0

@@ -208,7 +208,7 @@ def test_the_worker_logs_each_node_it_tries_with_its_url(tmp_path: Path):
         def attempts() -> list[dict[str, Any]]:
             lines = log.read_text(errors="replace").splitlines()
             evs = [json.loads(ln) for ln in lines if ln.startswith("{")]
-            got = [e for e in evs if e.get("event") == "broker unreachable"]
+            got = [e for e in evs if e.get("event") == "broker.unreachable"]
             return got if len(got) >= 4 else []  # both nodes, twice
 
         tried = wait_for(attempts, 30, "two rounds of connection attempts")
