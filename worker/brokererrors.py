@@ -20,7 +20,8 @@ from worker.config import Settings
 # kombu's in-process transport is for the demo and tests; every real broker is amqp(s)://
 SCHEMES = ("amqp", "amqps", "pyamqp", "memory")
 
-_PASSWORD = re.compile(r"(//[^:/@]*):[^@/]*@")
+# to the last "@": a password written with a raw "@" or "/" is hidden whole too
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):.*@")
 
 
 class ConfigError(ValueError):

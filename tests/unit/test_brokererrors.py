@@ -20,6 +20,8 @@ def test_redact_hides_the_password_only():
     assert redact(URL) == "amqp://ops:***@rabbit-1.example:5672/prod"
     assert redact("amqps://rabbit:5671//") == "amqps://rabbit:5671//"
     assert redact("amqp://user@rabbit//") == "amqp://user@rabbit//"
+    assert redact("amqp://u:p@s/s@rabbit:5672//") == "amqp://u:***@rabbit:5672//"
+    assert redact("amqp://rabbit:5672//") == "amqp://rabbit:5672//"
 
 
 def _wrapped(exc: BaseException) -> OperationalError:
