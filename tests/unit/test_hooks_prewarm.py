@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from structlog.testing import capture_logs
 
 from tests.support import wait_until
 from worker.hooks import HookEngine
@@ -517,3 +518,20 @@ def test_a_dead_spare_is_replaced(root: Path) -> None:
         assert _server_pid(engine) == server
         (following,) = _children(server)
         assert following != spare
+
+
+def test_a_server_that_keeps_dying_is_started_three_times_in_all_then_scripts_are_execd(
+    root: Path,
+) -> None:
+    source = f"import os; print(os.getppid() == {os.getpid()})"  # True: started by the engine
+    with _warm(root, source, "False\n") as (engine, server, _):  # the first start
+        for _ in range(2):  # the second and third
+            os.kill(server, signal.SIGKILL)
+            assert _wait_gone(server)
+            assert run(engine).scripts[0].stdout_tail == "False\n"
+            server = _server_pid(engine)
+        os.kill(server, signal.SIGKILL)
+        assert _wait_gone(server)
+        with capture_logs() as logs:
+            assert run(engine).scripts[0].stdout_tail == "True\n"
+        assert "hook.forkserver.given_up" in [e["event"] for e in logs]
