@@ -21,6 +21,7 @@ lint:
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# as any user: no broker, no libvirtd (a venv of one's own needs only the Debian packages)
 unit:
 	@scripts/bootstrap venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)

@@ -31,7 +31,7 @@ class OpError(Exception):
         return f"{self.source}/{self.code}: {self.message}"
 
     def to_event(self) -> dict[str, Any]:
-        """The `error` object of a `fail` event (DESIGN.md, Events)."""
+        """The `error` object of a `fail` event (docs/protocol.md, Events)."""
         out: dict[str, Any] = {
             "code": self.code,
             "message": self.message,

@@ -9,10 +9,11 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from tests.support import wait_for
 
 # A hook that marks its run in $mark_dir/<point>-<vmId> (custom properties are the hook's
 # environment) and, the first time only, sleeps `$slow_<point>` seconds with its pid in the mark
@@ -126,16 +127,6 @@ def tally(events: list[dict[str, Any]], request_ids: list[str]) -> dict[str, Any
     }
 
 
-def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def libvirtd_pid() -> int | None:
     out = subprocess.run(["pidof", "libvirtd"], capture_output=True, text=True)
     pids = [int(p) for p in out.stdout.split()]
@@ -153,12 +144,9 @@ def start_libvirtd(timeout: float = 20.0) -> None:
     """`libvirtd -d` unless one runs, then wait until it answers."""
     if libvirtd_pid() is None:
         subprocess.run(["libvirtd", "-d"], check=False, timeout=30)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        rc = subprocess.run(
-            ["virsh", "-c", "qemu:///system", "version"], capture_output=True, timeout=10
-        )
-        if rc.returncode == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("libvirtd did not come back")
+
+    def answers() -> bool:
+        cmd = ["virsh", "-c", "qemu:///system", "version"]
+        return subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0
+
+    wait_for(answers, timeout, "libvirtd to answer", interval=0.2)

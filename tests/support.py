@@ -33,6 +33,30 @@ def unique(tag: str = "t") -> str:
     return f"{tag}{uuid.uuid4().hex[:10]}"
 
 
+def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll `pred` until it returns something true (returned), at most `timeout` seconds;
+    then its last answer, for a test whose own assert says more than a timeout would."""
+    end = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got or time.monotonic() >= end:
+            return got
+        time.sleep(interval)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `pred` until it returns something true (returned), or fail after `timeout` s."""
+    got = wait_until(pred, timeout, interval)
+    if not got:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return got
+
+
+def wait_depth(conn: Connection, name: str, n: int, timeout: float = 10.0) -> None:
+    """Until queue `name` holds `n` ready messages: dead-lettering and requeues settle later."""
+    wait_for(lambda: queue_depth(conn, name) == n, timeout, f"{n} message(s) in {name}")
+
+
 def broker_conn() -> Connection:
     return Connection(BROKER, transport_options={"confirm_publish": True})
 
@@ -42,8 +66,9 @@ def queue_depth(conn: Connection, name: str) -> int:
         return int(ch.queue_declare(name, passive=True).message_count)
 
 
-def drain_queue(conn: Connection, name: str, timeout: float = 2.0) -> list[Any]:
-    """Take every message out of a queue (acked); returns kombu messages."""
+def drain_queue(conn: Connection, name: str, timeout: float = 10.0, expect: int = 1) -> list[Any]:
+    """Take every message out of a queue (acked), once at least `expect` came (dead letters
+    arrive a moment after the fail event) or after `timeout`; returns kombu messages."""
     got: list[Any] = []
     with conn.channel() as ch:
         c = Consumer(ch, queues=[Queue(name, no_declare=True)], on_message=got.append, no_ack=True)
@@ -53,7 +78,7 @@ def drain_queue(conn: Connection, name: str, timeout: float = 2.0) -> list[Any]:
             try:
                 conn.drain_events(timeout=0.2)
             except TimeoutError:
-                if got:
+                if len(got) >= expect:
                     break
         c.cancel()
     return got

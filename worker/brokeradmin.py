@@ -1,5 +1,5 @@
 """Broker identities: one RabbitMQ user per host, per control plane and per monitor, each allowed
-exactly what its role needs (DESIGN.md, docs/security.md).
+exactly what its role needs (docs/security.md).
 
 The permissions are data (`Grant`), computed from the name prefix and the host id; they are applied
 with `rabbitmqctl` (`Rabbitmqctl`), or printed as management-API calls, or written into a RabbitMQ

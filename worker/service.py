@@ -70,6 +70,7 @@ class Job:
     recovered: bool = False
     replay_of: str | None = None  # the x-replay-of header: this request replays that one
     deadline: datetime | None = None  # x-deadline: not started past it, fails as `expired`
+    attempt: int = 1  # which run of the request on this host: 2 and up after the worker died in it
 
     @property
     def vm(self) -> str:
@@ -442,6 +443,7 @@ class Service:
         job = Job(request_id, op, correlation_id, [delivery], recovered=req.state == STARTED)
         job.replay_of = (message.headers or {}).get("x-replay-of")
         job.deadline = deadline
+        job.attempt = req.runs + 1
         if job.recovered:
             log.info(
                 "op.recovering",
@@ -551,9 +553,12 @@ class Service:
             self.journal.start(job.request_id, (rk, ev))
             self.ownership.acquire(job.vm, job.request_id, job.op.op)
             try:
-                outcome = self.runner.run(
-                    job.op, request_id=job.request_id, context={"host": self.host}
-                )
+                context = {
+                    "host": self.host,
+                    "correlation_id": job.correlation_id,
+                    "attempt": job.attempt,
+                }
+                outcome = self.runner.run(job.op, request_id=job.request_id, context=context)
             finally:
                 self.ownership.release(job.vm, job.request_id)
             self.stats.ran += 1

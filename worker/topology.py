@@ -1,4 +1,5 @@
-"""The AMQP topology of DESIGN.md, declared idempotently at start (and after every reconnect)."""
+"""The AMQP topology of docs/protocol.md, declared idempotently at start (and after every
+reconnect)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ killing the worker ends in the dead-letter queue, dead-lettered by the broker.""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 
 import libvirt
@@ -20,11 +22,19 @@ from tests.reliability import (
     journal_rows,
     kill_sleepers,
     tally,
-    wait_for,
     window_hooks,
     write_hook,
 )
-from tests.support import QEMU_URI, ProcessWorker, broker_conn, drain_queue, queue_depth, small_vm
+from tests.support import (
+    QEMU_URI,
+    ProcessWorker,
+    broker_conn,
+    drain_queue,
+    queue_depth,
+    small_vm,
+    wait_depth,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.fault]
 
@@ -57,8 +67,7 @@ def test_kill9_in_before_hook_libvirt_call_and_after_hook_runs_each_op_once(
             params={"timeout": 4, "force": True},
             custom={"mark_dir": m},
         )
-        wait_for(lambda: (marks / f"before_vm_shutdown-{b['uuid']}").exists(), 30, "B called")
-        time.sleep(0.5)
+        wait_for(lambda: _hook_ran(w, "before_vm_shutdown", b["uuid"]), 30, "B in its call")
         assert domain_state(conn.lookupByUUIDString(b["uuid"])) == "running"  # still in call
         assert domain_state(conn.lookupByUUIDString(c["uuid"])) == "running"  # call done
         w.kill9()
@@ -87,21 +96,32 @@ def test_kill9_in_before_hook_libvirt_call_and_after_hook_runs_each_op_once(
     assert domain_state(conn.lookupByUUIDString(b["uuid"])) == "shutoff"
     assert domain_state(conn.lookupByUUIDString(c["uuid"])) == "running"
     with broker_conn() as bc:
-        assert queue_depth(bc, env.topology.host_queue.name) == 0
+        wait_depth(bc, env.topology.host_queue.name, 0)
+
+
+def _hook_ran(w: ProcessWorker, point: str, vm: str) -> bool:
+    """The worker logged that `point`'s chain ran its hook for `vm` (its next step: libvirt)."""
+    for line in w.log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if (rec.get("event"), rec.get("point"), rec.get("vm_id")) == ("hook.ran", point, vm):
+                return True
+    return False
 
 
 def _dies_before_dead_lettering(w: ProcessWorker, env) -> bool:  # type: ignore[no-untyped-def]
     """Wait until the worker process dies (True) or the message is in the dead-letter queue."""
     assert w.proc is not None
+    proc = w.proc
     with broker_conn() as c:
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            if w.proc.poll() is not None:
-                return True
-            if queue_depth(c, env.topology.dead_queue.name):
-                return False
-            time.sleep(0.1)
-    raise AssertionError("the worker neither died nor dead-lettered the poison")
+        dead = env.topology.dead_queue.name
+        wait_for(
+            lambda: proc.poll() is not None or queue_depth(c, dead),
+            30,
+            "the worker to die or dead-letter the poison",
+            interval=0.1,
+        )
+    return proc.poll() is not None
 
 
 @pytest.mark.timeout(120)
@@ -168,7 +188,7 @@ def test_sigterm_mid_operation_finishes_it_publishes_acks_and_exits_0(
         assert [e["data"]["phase"] for e in tap.of(rid)] == ["before", "after"]
     assert tap.of(a2) == []
     with broker_conn() as c:
-        assert queue_depth(c, env.topology.host_queue.name) == 1  # a2 is back in the queue
+        wait_depth(c, env.topology.host_queue.name, 1)  # a2 is back in the queue
     w = ProcessWorker(env, tmp_path / "worker2.log").start()
     try:
         assert tap.wait_terminal(a2)["data"]["phase"] == "after"

@@ -17,10 +17,9 @@ from tests.reliability import (
     kill_sleepers,
     start_libvirtd,
     tally,
-    wait_for,
     window_hooks,
 )
-from tests.support import QEMU_URI, small_vm
+from tests.support import QEMU_URI, small_vm, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.qemu, pytest.mark.timeout(120)]
 

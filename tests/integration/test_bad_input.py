@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.support import broker_conn, drain_queue, queue_depth
+from tests.support import broker_conn, drain_queue, wait_depth
 
 VM = str(uuid.uuid4())
 
@@ -68,7 +68,7 @@ def test_bad_message_fails_clearly_and_is_dead_lettered(env, tap, start_worker, 
         assert m.headers["x-vmworker-error-source"] == "validation"
         assert m.headers["x-vmworker-reason"] == d["error"]["message"][:1000]
         assert (m.body.encode() if isinstance(m.body, str) else m.body) == raw
-        assert queue_depth(c, env.topology.host_queue.name) == 0
+        wait_depth(c, env.topology.host_queue.name, 0)
     # the worker keeps serving
     ok = env.publish("pause_vm", {"uuid": str(uuid.uuid4())})
     assert tap.wait_terminal(ok)["data"]["error"]["code"] == "no_domain"

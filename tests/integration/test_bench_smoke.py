@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, broker_conn
+from tests.support import REPO, broker_conn, wait_for, wait_until
 
 SECTIONS = (
     "broker_ceiling",
@@ -143,10 +142,8 @@ def test_a_terminated_bench_run_stops_its_processes_and_deletes_its_queues(
                 break
         else:
             raise AssertionError("".join(seen[-20:]))
-        end = time.monotonic() + 30  # until one of them (Celery's or a worker) is running
-        while not _bench_processes():
-            assert time.monotonic() < end, "no benchmark process to stop"
-            time.sleep(0.02)
+        # until one of them (Celery's or a worker) is running
+        wait_for(_bench_processes, 30, "a benchmark process to stop", interval=0.02)
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=90)[1]
     finally:
@@ -155,9 +152,7 @@ def test_a_terminated_bench_run_stops_its_processes_and_deletes_its_queues(
             proc.wait()
         # what the run left behind, noted for the asserts below, then removed; a process
         # killed on the way out may take a moment to be gone
-        end = time.monotonic() + 10
-        while _bench_processes() and time.monotonic() < end:
-            time.sleep(0.1)
+        wait_until(lambda: not _bench_processes(), 10, interval=0.1)
         queues = _bench_names("queues") - before["queues"]
         exchanges = _bench_names("exchanges") - before["exchanges"]
         procs = _bench_processes()

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from kombu import Connection, Consumer, Producer, Queue
 
 from tests.identities import refused
-from tests.support import BROKER, broker_conn, delete_topology, queue_depth, unique
+from tests.support import BROKER, broker_conn, delete_topology, unique, wait_depth
 from worker.brokeradmin import Rabbitmqctl
 from worker.cli import main
 from worker.publish import build_body, publish_op
@@ -57,8 +57,8 @@ def test_definitions_load_into_rabbitmq_and_confine_each_user():
             vm = {"uuid": str(uuid.uuid4()), "name": "x", "vcpus": 1, "memory_mib": 64}
             publish_op(conn, ta, build_body("define_vm", vm), user_id=cp)
         with broker_conn() as admin:
-            assert queue_depth(admin, ta.host_queue.name) == 1
-            assert queue_depth(admin, tb.host_queue.name) == 0
+            wait_depth(admin, ta.host_queue.name, 1)
+            wait_depth(admin, tb.host_queue.name, 0)
         # host a reads its own queue, and is refused host b's
         got = []
         with Connection(_url(ha, pw[ha])) as conn, conn.channel() as ch:

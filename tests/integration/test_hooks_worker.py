@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -13,7 +14,8 @@ import libvirt
 import pytest
 from click.testing import CliRunner
 
-from tests.support import QEMU_URI, REPO, small_vm
+from tests.support import QEMU_URI, REPO, small_vm, wait_for
+from worker.journal import Journal
 
 SHEBANG = f"#!{sys.executable}\n"
 
@@ -170,8 +172,14 @@ def test_hanging_hook_is_killed_with_its_children_and_the_op_fails_in_about_the_
     assert h["timed_out"] is True
     assert 1.5 < elapsed < 8
     child = int(pidfile.read_text())
-    time.sleep(0.2)
-    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
+    wait_for(lambda: _gone(child), 10, "the hook's child to be killed")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_edit_of_a_failing_script_and_invalid_xml_are_discarded(
@@ -228,6 +236,56 @@ def test_custom_properties_reach_the_script(env, tap, start_worker, test_domains
     test_domains.append(vm["uuid"])
     d = start(env, tap, vm, custom={"color": "blue"})
     assert f"color=blue vmId={vm['uuid']}" in d["hooks"][0]["stderr_tail"]
+
+
+# writes what it was given to $dump_dir/<point>-<attempt>.json, and who forked it
+ENV_DUMP = """
+import json, os
+e = os.environ
+out = os.path.join(e["dump_dir"], f"{e['_hook_point']}-{e['_hook_attempt']}.json")
+hook_env = {k: v for k, v in e.items() if k.startswith("_hook_")}
+json.dump({"env": hook_env, "ppid": os.getppid()}, open(out, "w"))
+"""
+
+
+@pytest.mark.parametrize("prewarm", [False, True], ids=["exec", "prewarm"])
+def test_scripts_see_the_requests_correlation_id_and_attempt(
+    env, tap, start_worker, test_domains, hooks_root, tmp_path, prewarm
+):
+    bindir = tmp_path / "bin"  # a plain `python3`: what the pre-warmed runner takes over
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    for point in ("before_vm_start", "after_vm_start"):
+        hook(hooks_root, point, "10_env", f"#!{bindir}/python3\n{ENV_DUMP}")
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    custom = {"dump_dir": str(dumps)}
+    first, again = spec(), spec()
+    test_domains += [first["uuid"], again["uuid"]]
+    # `again` was started by a worker that died in it: its redelivery is the second run
+    rerun = str(uuid.uuid4())
+    journal = Journal(env.state_dir / "journal.sqlite")
+    journal.receive(rerun, "start_vm", again["uuid"])
+    journal.start(rerun, None)
+    journal.close()
+    start_worker(hook_prewarm=prewarm)
+
+    rid = env.publish("start_vm", first, custom=custom, correlation_id="order-42")
+    assert tap.wait_terminal(rid)["data"]["phase"] == "after"
+    env.publish("start_vm", again, custom=custom, request_id=rerun, correlation_id="order-43")
+    d = tap.wait_terminal(rerun)["data"]
+    assert d["phase"] == "after" and d["recovered"] is True
+
+    for point in ("before_vm_start", "after_vm_start"):
+        for request, correlation, attempt in ((rid, "order-42", 1), (rerun, "order-43", 2)):
+            seen = json.loads((dumps / f"{point}-{attempt}.json").read_text())
+            assert seen["env"]["_hook_request_id"] == request
+            assert seen["env"]["_hook_correlation_id"] == correlation
+            assert seen["env"]["_hook_attempt"] == str(attempt)
+            assert seen["env"]["_hook_op"] == "start_vm"
+            assert seen["env"]["_hook_host"] == env.host
+            # pre-warmed: forked by its fork server, not started by the worker
+            assert (seen["ppid"] == os.getpid()) is not prewarm
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import uuid
 import libvirt
 import pytest
 
-from tests.support import broker_conn, queue_depth, read_stream
+from tests.support import broker_conn, read_stream, wait_depth
 
 
 def _spec(**kw):  # type: ignore[no-untyped-def]
@@ -70,8 +70,8 @@ def test_lifecycle_ops_publish_before_then_after_in_order(env, tap, start_worker
 
             assert domain_state(dom) == state
     with broker_conn() as c:
-        assert queue_depth(c, env.topology.host_queue.name) == 0
-        assert queue_depth(c, env.topology.dead_queue.name) == 0
+        wait_depth(c, env.topology.host_queue.name, 0)
+        wait_depth(c, env.topology.dead_queue.name, 0)
 
 
 def test_start_of_running_vm_is_a_noop_success(env, tap, start_worker, test_domains):

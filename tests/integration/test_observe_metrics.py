@@ -12,7 +12,7 @@ import libvirt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ProcessWorker, ThreadWorker, broker_conn, queue_depth, small_vm
+from tests.support import ProcessWorker, ThreadWorker, broker_conn, small_vm, wait_depth
 
 
 def _free_port() -> int:
@@ -63,9 +63,7 @@ def test_metrics_endpoint_counts_operations_hooks_duplicates_and_dead_letters(
     tap.wait(lambda: tap.terminal(again, include_duplicates=True)[1:])
 
     with broker_conn() as c:  # dead-lettering follows the confirm of the fail event
-        end = time.monotonic() + 5
-        while queue_depth(c, env.topology.dead_queue.name) < 1 and time.monotonic() < end:
-            time.sleep(0.05)
+        wait_depth(c, env.topology.dead_queue.name, 1)
     after = _scrape(port)
     assert _v(after, "vmworker_operations_total", op="start_vm", outcome="after") == 1
     assert _v(after, "vmworker_operations_total", op="pause_vm", outcome="fail") == 1

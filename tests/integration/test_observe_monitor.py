@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import libvirt
 from click.testing import CliRunner
 from rich.console import Console
 
-from tests.support import BROKER, broker_conn, small_vm
+from tests.support import BROKER, broker_conn, small_vm, wait_for
 from worker.cli import main
 from worker.monitor import load_fleet, render
 
@@ -32,7 +30,8 @@ def test_monitor_shows_states_last_operations_and_the_failing_hooks_stderr(
 
     for op, vm in (("start_vm", good), ("pause_vm", {"uuid": good["uuid"]}), ("start_vm", bad)):
         tap.wait_terminal(env.publish(op, vm))
-    time.sleep(0.3)
+    # past the grace of the worker's own change, a change is someone else's
+    wait_for(lambda: w.service.ownership.owner(good["uuid"]) is None, 10, "the claim to end")
     # the guest goes away behind the worker's back: only a state event tells
     libvirt.open("test:///default").lookupByUUIDString(good["uuid"]).destroy()
     tap.wait(lambda: [e for e in tap.events if e["type"] == "vmworker.state.stopped"])

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
-from tests.support import QEMU_URI, small_vm
+from tests.support import QEMU_URI, small_vm, wait_for
 
 
 def _state_events(tap: Any, vm_uuid: str) -> list[dict[str, Any]]:
@@ -28,6 +27,12 @@ def _wait_state(tap: Any, vm_uuid: str, n: int, timeout: float = 20.0) -> list[d
     return tap.wait(
         lambda: len(_state_events(tap, vm_uuid)) >= n and _state_events(tap, vm_uuid), timeout
     )
+
+
+def _wait_unclaimed(w: Any, vm_uuid: str) -> None:
+    """Until the worker's claim on the VM (its operation, then a grace) is over: a change from
+    outside is then no longer taken for the operation's own."""
+    wait_for(lambda: w.service.ownership.owner(vm_uuid) is None, 10, "the claim to end")
 
 
 def _virsh(*args: str) -> None:
@@ -50,7 +55,7 @@ def test_changes_made_outside_the_worker_are_reported_and_its_own_are_not(
     # the worker starts it: defined/started/resumed are the op's own and are not published
     rid = env.publish("start_vm", vm)
     assert tap.wait_terminal(rid, 60)["data"]["phase"] == "after"
-    time.sleep(0.7)
+    _wait_unclaimed(w, vm["uuid"])
 
     # destroyed from outside: reported (libvirt says the host asked QEMU to stop, then stopped)
     _virsh("destroy", vm["uuid"])
@@ -84,7 +89,7 @@ def test_changes_made_outside_the_worker_are_reported_and_its_own_are_not(
     for op in ("start_vm", "destroy_vm"):
         rid = env.publish(op, {"uuid": vm["uuid"]})
         assert tap.wait_terminal(rid, 60)["data"]["phase"] == "after"
-    time.sleep(0.7)
+    _wait_unclaimed(w, vm["uuid"])
     _virsh("start", vm["uuid"])
     evs = _wait_state(tap, vm["uuid"], seen + 1)
     assert evs[seen]["data"]["state"] in ("resumed", "started")
@@ -163,10 +168,7 @@ def test_state_events_resume_after_the_libvirt_connection_is_cut(
             )
             cut += 1
     assert cut >= 1
-    end = time.monotonic() + 15
-    while dom_events.connects < 2 and time.monotonic() < end:
-        time.sleep(0.05)
-    assert dom_events.connects >= 2, "did not resubscribe after the connection was cut"
+    wait_for(lambda: dom_events.connects >= 2, 15, "a new subscription after the cut")
     assert dom_events.connected.wait(10)
 
     n = len(_state_events(tap, vm["uuid"]))

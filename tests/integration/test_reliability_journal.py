@@ -14,7 +14,7 @@ import pytest
 
 from handlers.base import domain_state
 from tests.reliability import SLEEP_HOOK, journal_rows, write_hook
-from tests.support import broker_conn, drain_queue, queue_depth
+from tests.support import broker_conn, drain_queue, queue_depth, wait_depth, wait_for
 from worker import events
 from worker.journal import FINISHED, STARTED, Journal
 
@@ -75,8 +75,8 @@ def test_redelivered_finished_request_republishes_its_terminal_event_marked_dupl
     assert [e["data"]["phase"] for e in tap.of(rid)] == ["before", "after", "after"]
     assert journal_rows(env.state_dir)[rid]["runs"] == 1
     with broker_conn() as c:
-        assert queue_depth(c, env.topology.host_queue.name) == 0
-        assert queue_depth(c, env.topology.dead_queue.name) == 0
+        wait_depth(c, env.topology.host_queue.name, 0)
+        wait_depth(c, env.topology.dead_queue.name, 0)
 
 
 def test_started_unfinished_request_is_reconciled_against_the_domain_state(
@@ -162,8 +162,8 @@ def test_past_deadline_fails_as_expired_in_its_turn_without_running(
     order = [e["requestid"] for e in tap.events if e["data"].get("phase") in ("after", "fail")]
     assert order == [slow, late, stale]  # per-VM order holds for expired ones too
     with broker_conn() as c:
-        assert queue_depth(c, env.topology.dead_queue.name) == 0  # expired is not poison
-        assert queue_depth(c, env.topology.host_queue.name) == 0
+        wait_depth(c, env.topology.dead_queue.name, 0)  # expired is not poison
+        wait_depth(c, env.topology.host_queue.name, 0)
     assert journal_rows(env.state_dir)[late]["runs"] == 0
 
 
@@ -175,14 +175,16 @@ def test_worker_redeclares_its_queue_and_carries_on_when_the_queue_is_deleted(
     tap.wait_terminal(first)
     with broker_conn() as c, c.channel() as ch:
         ch.queue_delete(env.topology.host_queue.name)
-    end = time.monotonic() + 20
-    while time.monotonic() < end:  # back once the queue exists again
+
+    def queue_is_back() -> bool:
         try:
             with broker_conn() as c:
                 queue_depth(c, env.topology.host_queue.name)
-            break
-        except Exception:
-            time.sleep(0.2)
+        except Exception:  # NOT_FOUND until the worker declares it again
+            return False
+        return True
+
+    wait_for(queue_is_back, 20, "the worker to declare its queue again", interval=0.2)
     after = env.publish("pause_vm", {"uuid": str(uuid.uuid4())})
     assert tap.wait_terminal(after)["data"]["error"]["code"] == "no_domain"
     assert w.thread.is_alive()
@@ -219,7 +221,7 @@ def test_amqp_heartbeats_keep_flowing_during_a_slow_hook(
     assert term["data"]["hooks"][0]["duration_ms"] > 9000
     assert w.service.stats.reconnects == 0  # five heartbeat periods: the connection lived
     with broker_conn() as c:
-        assert queue_depth(c, env.topology.host_queue.name) == 0
+        wait_depth(c, env.topology.host_queue.name, 0)
 
 
 def test_a_message_that_fails_is_dead_lettered_with_its_reason(env, tap, start_worker):

@@ -5,7 +5,6 @@ and never run."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +13,7 @@ import pytest
 from kombu import Connection
 
 from tests.identities import Identities
-from tests.support import BROKER, broker_conn, drain_queue, queue_depth, unique
+from tests.support import BROKER, broker_conn, drain_queue, unique, wait_depth
 from worker.publish import build_body, publish_op
 from worker.topology import Topology
 
@@ -65,8 +64,8 @@ def test_operations_from_publishers_not_allowed_are_dead_lettered_and_never_run(
     lv.close()
 
     with broker_conn() as conn:
-        dead = drain_queue(conn, env.topology.dead_queue.name)
-        assert queue_depth(conn, env.topology.host_queue.name) == 0
+        dead = drain_queue(conn, env.topology.dead_queue.name, expect=4)
+        wait_depth(conn, env.topology.host_queue.name, 0)
     by_id = {m.properties.get("message_id"): m.headers for m in dead}
     assert set(by_id) == {not_listed, garbage, unsigned, without}
     for rid in by_id:
@@ -88,13 +87,14 @@ def test_a_forged_user_id_is_refused_by_the_broker_and_never_reaches_the_worker(
     assert getattr(refused.value, "reply_code", None) == 406, refused.value
     assert "PRECONDITION_FAILED" in str(refused.value)
 
-    control = env.publish("define_vm", _vm(), user_id="guest")  # published after the forgery
-    tap.wait_terminal(control)
-    time.sleep(0.3)
+    # published after the forgery, for the same VM: had the forgery been queued, it would have
+    # run (and had its events) before this one, as a VM's operations run in arrival order
+    control = env.publish("undefine_vm", {"uuid": vm["uuid"]}, user_id="guest")
+    assert tap.wait_terminal(control)["data"]["noop"] is True  # nothing was ever defined
     assert tap.of(rid) == []
     with broker_conn() as conn:
-        assert queue_depth(conn, env.topology.host_queue.name) == 0
-        assert queue_depth(conn, env.topology.dead_queue.name) == 0
+        wait_depth(conn, env.topology.host_queue.name, 0)
+        wait_depth(conn, env.topology.dead_queue.name, 0)
     lv = libvirt.open("test:///default")
     with pytest.raises(libvirt.libvirtError):
         lv.lookupByUUIDString(str(vm["uuid"]))

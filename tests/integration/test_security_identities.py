@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from kombu import Connection, Consumer, Producer, Queue
 
 from tests.identities import Identities, refused
-from tests.support import BROKER, ThreadWorker, broker_conn, queue_depth, unique
+from tests.support import BROKER, ThreadWorker, broker_conn, unique, wait_depth
 from worker.cli import main
 from worker.topology import Topology
 
@@ -108,7 +108,7 @@ def test_host_identity_reaches_only_its_own_queues_and_routing_keys(env, identit
     for what, act in allowed.items():
         assert _attempt(url_a, act) is None, what
     with broker_conn() as admin:
-        assert queue_depth(admin, ta.dead_queue.name) == 1  # the one it dead-lettered
+        wait_depth(admin, ta.dead_queue.name, 1)  # the one it dead-lettered
 
     # a body naming another host, under its own routing key: readers drop it as forged
     def event(rid: str, host: str) -> bytes:

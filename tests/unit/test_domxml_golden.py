@@ -2,7 +2,7 @@
 
 Regenerate after an intended change with `UPDATE_GOLDEN=1 pytest tests/unit/test_domxml_golden.py`
 and review the diff. Every output must also pass libvirt's own schema (virt-xml-validate) and be
-accepted by libvirt's test driver; where a real qemu:///system answers, by its define checks too.
+accepted by libvirt's test driver (tests/integration/test_qemu_define.py: by a real QEMU's too).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,29 +99,3 @@ def test_there_is_a_golden_spec_for_each_kind_of_vm() -> None:
         "spice-desktop",
     }
     assert expected <= names
-
-
-def _qemu_conn() -> libvirt.virConnect | None:
-    try:
-        return libvirt.open("qemu:///system")
-    except libvirt.libvirtError:
-        return None
-
-
-@pytest.mark.qemu
-@pytest.mark.parametrize("spec_file", SPECS, ids=[p.stem for p in SPECS])
-def test_golden_xml_passes_qemu_driver_define_checks(spec_file: Path) -> None:
-    """The QEMU driver checks much more at define time than the schema (bus vs machine, ...)."""
-    conn = _qemu_conn()
-    if conn is None:
-        pytest.fail("no qemu:///system libvirtd here: run scripts/bootstrap libvirtd")
-    spec = json.loads(spec_file.read_text())
-    # a name and uuid of our own, so nothing on the host can clash with the golden ones
-    spec["name"] = f"vmworker-golden-{spec_file.stem}"
-    spec["uuid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vmworker-golden/{spec_file.stem}"))
-    xml = build_domain_xml(VmSpec.model_validate(spec), domain_type="kvm")
-    try:
-        dom = conn.defineXML(xml)
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
-    finally:
-        conn.close()

@@ -361,30 +361,3 @@ def test_valid_spec_gives_schema_valid_xml_libvirt_defines(
         assert len(back.findall("devices/interface")) == len(spec.nics)
     finally:
         dom.undefine()
-
-
-@pytest.fixture(scope="module")
-def qemu_conn() -> Iterator[libvirt.virConnect]:
-    try:
-        c = libvirt.open("qemu:///system")
-    except libvirt.libvirtError:
-        pytest.fail("no qemu:///system libvirtd here: run scripts/bootstrap libvirtd")
-    yield c
-    c.close()
-
-
-@pytest.mark.qemu
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(data=specs())
-def test_valid_spec_passes_qemu_driver_define_checks(
-    data: dict[str, Any], qemu_conn: libvirt.virConnect
-) -> None:
-    """The QEMU driver's define-time checks (bus vs machine, tick policies, ...) all pass."""
-    data = {**data, "name": f"vmworker-hyp-{data['uuid'][:8]}"}
-    xml = build_domain_xml(VmSpec.model_validate(data), domain_type="kvm")
-    dom = qemu_conn.defineXML(xml)
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)

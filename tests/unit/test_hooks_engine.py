@@ -6,13 +6,13 @@ import json
 import os
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from lxml import etree
 from structlog.testing import capture_logs
 
+from tests.support import wait_for
 from worker.hooks import POINTS, ChainResult, HookEngine, ScriptResult
 
 DOMXML = (
@@ -136,6 +136,8 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"  # a zombie nobody reaped yet is dead
 
 
+# A hook that sleeps 60 s in a test given 30: only the engine's timeout can end it in time.
+@pytest.mark.timeout(30)
 def test_timeout_kills_the_process_group(root: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     hook(
@@ -151,37 +153,30 @@ def test_timeout_kills_the_process_group(root: Path, tmp_path: Path) -> None:
     )
     hook(root, "before_vm_start", "20_after", sh("exit 0"))
 
-    start = time.monotonic()
     res = run(root, timeout=0.5)
-    elapsed = time.monotonic() - start
 
-    assert elapsed < 2.5
     hung = res.scripts[0]
     assert hung.timed_out and hung.rc != 0 and "started" in hung.stdout_tail
     assert res.failed and [s.name for s in res.scripts] == ["10_hang", "20_after"]
     child = int(pidfile.read_text())
-    deadline = time.monotonic() + 2
-    while not _gone(child) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert _gone(child)
+    wait_for(lambda: _gone(child), 10, "the hook's child to be killed")
 
 
+@pytest.mark.timeout(30)  # the script sleeps 60 s
 def test_script_closing_its_output_still_times_out(root: Path) -> None:
     hook(root, "before_vm_start", "10_quiet", sh("exec >&- 2>&-\nsleep 60"))
-    start = time.monotonic()
     res = run(root, timeout=0.3)
-    assert time.monotonic() - start < 2.0
     assert res.scripts[0].timed_out and res.failed
 
 
 def test_leftover_child_holding_output_does_not_block_the_chain(root: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "bg.pid"
     hook(root, "before_vm_start", "10_bg", sh(f'sleep 30 &\necho $! > "{pidfile}"\nexit 0'))
-    start = time.monotonic()
     try:
         res = run(root, timeout=10.0)
-        assert time.monotonic() - start < 2.0
         assert res.scripts[0].rc == 0 and not res.scripts[0].timed_out
+        # the chain returned while the child still holds the script's output open
+        assert not _gone(int(pidfile.read_text()))
     finally:
         os.kill(int(pidfile.read_text()), 9)
 

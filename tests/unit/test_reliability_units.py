@@ -4,7 +4,6 @@ worker's reading of delivery headers."""
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import time
 import uuid
@@ -121,10 +120,10 @@ def test_transient_errors_are_retried_with_growing_backoff_and_counted(tmp_path,
     with capture_logs() as logs:
         out = _runner(tmp_path).run(_op(), request_id="r1")
     assert out.ok and out.attempts == 4 and len(calls) == 4
-    gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert gaps[0] >= 0.05 and gaps[2] > gaps[0]  # exponential (plus jitter)
     retries = [e for e in logs if e["event"] == "libvirt.retrying"]
-    assert [e["attempt"] for e in retries] == [1, 2, 3]  # each retry logged
+    assert [e["attempt"] for e in retries] == [1, 2, 3]  # each retry logged, with its backoff:
+    sleeps = [e["sleep_s"] for e in retries]  # 0.05 * 2^n plus a jitter below 0.05
+    assert all(0.05 * 2**n <= s <= 0.05 * 2**n + 0.05 for n, s in enumerate(sleeps)), sleeps
 
 
 def test_permanent_errors_fail_at_once(tmp_path, monkeypatch):
@@ -167,8 +166,7 @@ def test_journal_outbox_keeps_order_and_unsent_events_through_prune(tmp_path):
     seqs = [j.enqueue("k", {"id": str(i)}) for i in range(5)]
     j.mark_sent(seqs[:2])
     assert [e.event["id"] for e in j.pending()] == ["2", "3", "4"]
-    time.sleep(0.01)
-    j.prune(0.001)  # everything is older than the retention now
+    j.prune(-60)  # a cutoff a minute ahead: every record is past the retention
     assert [e.event["id"] for e in j.pending()] == ["2", "3", "4"]  # unsent are never pruned
     j.close()
 
