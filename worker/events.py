@@ -1,4 +1,9 @@
-"""Events (host -> everyone): CloudEvents 1.0 structured JSON on the `<prefix>.events` exchange."""
+"""Events (host -> everyone): CloudEvents 1.0 structured JSON on the `<prefix>.events` exchange.
+
+Every event is built by `cloud_event` (or copied by `as_duplicate`), which bounds it
+(`worker.bounds`: each string and the whole event have a documented maximum size); `encode`
+checks the size again, for events built or changed by hand.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+
+from worker.bounds import EVENT_MAX, bound, encode_plain
 
 CONTENT_TYPE = "application/cloudevents+json"
 PHASES = ("before", "after", "fail")
@@ -30,7 +37,7 @@ def cloud_event(
     request_id: str | None,
     data: dict[str, Any],
 ) -> dict[str, Any]:
-    """A structured-mode CloudEvent. `type_words` is e.g. ("start_vm", "after")."""
+    """A structured-mode CloudEvent, bounded. `type_words` is e.g. ("start_vm", "after")."""
     ev: dict[str, Any] = {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),
@@ -44,7 +51,7 @@ def cloud_event(
         ev["subject"] = subject
     if request_id:
         ev["requestid"] = request_id
-    return ev
+    return bound(ev)
 
 
 def op_event(
@@ -81,11 +88,13 @@ def as_duplicate(event: dict[str, Any], *, redelivered: bool) -> dict[str, Any]:
     ev["data"]["duplicate"] = True
     ev["data"]["original_event_id"] = event["id"]
     ev["data"]["redelivered"] = redelivered
-    return ev
+    return bound(ev)
 
 
 def encode(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), default=str).encode()
+    """The event as published: compact JSON, at most EVENT_MAX bytes."""
+    body = encode_plain(event)
+    return body if len(body) <= EVENT_MAX else encode_plain(bound(event))
 
 
 def publish(producer: Any, exchange: Any, routing_key: str, event: dict[str, Any]) -> None:

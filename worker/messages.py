@@ -3,9 +3,11 @@ op declared with its handler (`handlers.operations`), or an OpError(validation) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
+from uuid import UUID
 
 from pydantic import ValidationError, create_model, field_validator
 
@@ -56,20 +58,25 @@ OP_MODELS: Mapping[str, type[OpMessage]] = _Models()
 
 
 def peek(body: bytes) -> dict[str, Any]:
-    """Best-effort op and vm uuid of a body that may be invalid, for the fail event."""
+    """What the fail event of a message that could not be parsed may say about it: only values
+    checked here, never one copied as it came (`op` if it names a known operation, `vm_uuid` if
+    it is a UUID, canonical); the VM's name is not read."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     if not isinstance(doc, dict):
         return {}
-    vm: dict[str, Any] = doc["vm"] if isinstance(doc.get("vm"), dict) else {}
+    seen: dict[str, Any] = {}
     op = doc.get("op")
-    return {
-        "op": op if isinstance(op, str) and op in OP_MODELS else None,
-        "vm_uuid": vm.get("uuid") if isinstance(vm.get("uuid"), str) else None,
-        "vm_name": vm.get("name") if isinstance(vm.get("name"), str) else None,
-    }
+    if isinstance(op, str) and op in OP_MODELS:
+        seen["op"] = op
+    vm = doc.get("vm")
+    raw = vm.get("uuid") if isinstance(vm, dict) else None
+    if isinstance(raw, str) and len(raw) <= 64:  # the longest spelling UUID() reads is 45
+        with contextlib.suppress(ValueError):
+            seen["vm_uuid"] = str(UUID(raw))
+    return seen
 
 
 def _describe(err: ValidationError) -> str:
