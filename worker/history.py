@@ -21,10 +21,14 @@ import click
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
+from worker.bounds import cell
 from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
 from worker.monitor import parse_time
 from worker.subscribe import vouched
 from worker.topology import Topology, stream
+
+LINE_MAX = 300  # characters of one detail line (an error, a line of stderr)
+STDERR_LINES = 20  # lines of stderr shown per event (--json has them all)
 
 
 @dataclass
@@ -221,51 +225,69 @@ def _event_entry(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_entry(entry: dict[str, Any]) -> list[str]:
-    """One timeline entry as text: a headline, then indented detail lines."""
-    when = entry["time"] or "-"
+    """One timeline entry as text: a headline, then indented detail lines; every value from a
+    message or an event cut to a bounded length (`cell`), at most STDERR_LINES stderr lines."""
+    when = cell(entry["time"] or "-", 32)
     if entry["kind"] == "message":
         when = when.replace(".000Z", "Z")  # whole seconds only: do not pretend otherwise
-    rid = (entry.get("request_id") or "-")[:8]
+    rid = cell(entry.get("request_id") or "-", 80)[:8]
     pad = " " * 46
     if entry["kind"] == "message":
-        line = f"{when:<24}  {rid:<8}  {'published':<10}  {entry['op'] or '(not an op)'}"
-        line += f" -> {entry['host']}"
+        line = f"{when:<24}  {rid:<8}  {'published':<10}  {cell(entry['op'] or '(not an op)', 40)}"
+        line += f" -> {cell(entry['host'], 40)}"
         if entry.get("vm"):
-            line += f", vm {entry['vm']}"
+            line += f", vm {cell(entry['vm'], 40)}"
         lines = [line]
         if entry.get("replay_of"):
-            lines.append(f"{pad}replay of {entry['replay_of']}")
+            lines.append(f"{pad}replay of {cell(entry['replay_of'])}")
         return lines
     ev = entry["event"]
     data = ev.get("data") or {}
-    what = entry["what"]
+    what = cell(entry["what"], 40)
     if what.startswith("state."):
-        line = f"{when:<24}  {'':<8}  {what:<10}  {data.get('reason')},"
-        line += f" domain {data.get('domain_state')}"
+        line = f"{when:<24}  {'':<8}  {what:<10}  {cell(data.get('reason'), 40)},"
+        line += f" domain {cell(data.get('domain_state'), 40)}"
         if data.get("during_request"):
-            line += f" (during request {data['during_request']})"
+            line += f" (during request {cell(data['during_request'])})"
         return [line]
-    phase = str(data.get("phase"))
+    phase = cell(data.get("phase"), 10)
     line = f"{when:<24}  {rid:<8}  {phase.upper() if phase == 'fail' else phase:<10}"
-    line += f"  {data.get('op')}"
+    line += f"  {cell(data.get('op'), 40)}"
     if phase in ("after", "fail"):
-        line += f": state {data.get('state')}, {float(data.get('duration_ms') or 0):.0f} ms,"
-        line += f" attempt {data.get('attempt')}"
+        line += f": state {cell(data.get('state'), 40)}, {_ms(data.get('duration_ms'))} ms,"
+        line += f" attempt {cell(data.get('attempt'), 10)}"
     flags = [f for f in ("duplicate", "recovered", "redelivered", "noop") if data.get(f)]
     if flags:
         line += "  [" + ", ".join(flags) + "]"
     lines = [line]
     if data.get("replay_of"):
-        lines.append(f"{pad}replay of {data['replay_of']}")
+        lines.append(f"{pad}replay of {cell(data['replay_of'])}")
     err = data.get("error")
-    if err:
-        lines.append(f"{pad}{err.get('source')}/{err.get('code')}: {err.get('message')}")
-        lines += [f"{pad}stderr {part}" for part in str(err.get("stderr") or "").splitlines()]
+    if isinstance(err, dict):
+        text = f"{err.get('source')}/{err.get('code')}: {err.get('message')}"
+        lines.append(f"{pad}{cell(text, LINE_MAX)}")
+        lines += [f"{pad}stderr {part}" for part in _lines(err.get("stderr"))]
     for h in data.get("hooks") or []:
-        if h.get("rc") not in (0, None) and not (err and err.get("stderr")):
+        if isinstance(h, dict) and h.get("rc") not in (0, None) and not (err and err.get("stderr")):
             tail = " | ".join(str(h.get("stderr_tail") or "").strip().splitlines())
-            lines.append(f"{pad}hook {h.get('point')}/{h.get('name')} rc={h.get('rc')}: {tail}")
+            head = f"hook {cell(h.get('point'), 40)}/{cell(h.get('name'), 40)} rc={h.get('rc')}"
+            lines.append(f"{pad}{head}: {cell(tail, LINE_MAX)}")
     return lines
+
+
+def _ms(value: Any) -> str:
+    try:
+        return f"{float(value or 0):.0f}"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _lines(text: Any) -> list[str]:
+    """Up to STDERR_LINES lines of `text`, each cut to LINE_MAX characters."""
+    rows = str(text or "").splitlines()
+    if len(rows) > STDERR_LINES:
+        rows = [*rows[: STDERR_LINES - 1], f"[{len(rows) - STDERR_LINES + 1} more lines]"]
+    return [cell(r, LINE_MAX) for r in rows]
 
 
 _COLOURS = {"before": "cyan", "after": "green", "FAIL": "red", "published": "blue"}

@@ -1,7 +1,8 @@
 """`vmworker monitor`: a live picture of hosts and VMs, built from events alone.
 
 `FleetView.apply(event)` folds one event into the picture (a pure class: no broker, no clock of
-its own); `render(view, now)` turns it into a rich renderable. The command replays the
+its own); `render(view, now)` turns it into a rich renderable, every cell cut to a bounded
+length. The command replays the
 `<prefix>.events.log` stream from its start, so the picture is complete, then follows a live
 queue on `<prefix>.events` (declared before the replay, so nothing falls in between; events seen
 twice are applied once).
@@ -23,9 +24,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from worker.bounds import cell, cut
 from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
 
 LATE_FACTOR = 2.5  # a host is late when its last heartbeat is older than this many intervals
+TEXT_CELL_MAX = 400  # characters of a stderr cell
+TEXT_CELL_LINES = 6  # lines of a stderr cell
 _STATE_OF_EVENT = {  # state event word -> domain state, when the event carries none
     "defined": "shutoff",
     "undefined": "undefined",
@@ -178,9 +182,13 @@ class FleetView:
             row.domains = len(domains)
             listed = set()
             for d in domains:
+                if not isinstance(d, dict):
+                    continue
                 vm = self._vm(d.get("uuid"), d.get("name"), host)
                 listed.add(vm.uuid)
                 vm.observe(d.get("state") or "unknown", at)
+            if "data.domains" in (data.get("cut") or []):
+                return  # the list was cut to fit the event: a VM not in it may still be there
             for vm in self.vms.values():  # known here, not listed any more: gone from this host
                 if vm.host == host and vm.uuid not in listed:
                     vm.observe("undefined", at)
@@ -289,6 +297,14 @@ def _error_text(error: dict[str, Any]) -> str:
     return f"{error.get('source', '?')}/{error.get('code', '?')}: {error.get('message', '')}"
 
 
+def text_cell(value: object, limit: int = TEXT_CELL_MAX, lines: int = TEXT_CELL_LINES) -> str:
+    """A multi-line cell (stderr): at most `lines` lines of at most `limit` characters in all."""
+    rows = str(value).splitlines()
+    if len(rows) > lines:
+        rows = [*rows[: lines - 1], f"[{len(rows) - lines + 1} more lines]"]
+    return cut("\n".join(cut(r, limit) for r in rows), limit)
+
+
 def _age(now: float, at: float | None) -> str:
     if at is None:
         return "-"
@@ -311,11 +327,14 @@ def render(
     now = time.time() if now is None else now
     late = view.late_hosts(now)
     head = Text(
-        f"{title}: {len(view.hosts)} host(s), {len(view.vms)} VM(s),"
-        f" {view.applied} event(s), at {datetime.fromtimestamp(now, UTC):%H:%M:%S} UTC"
+        cell(
+            f"{title}: {len(view.hosts)} host(s), {len(view.vms)} VM(s),"
+            f" {view.applied} event(s), at {datetime.fromtimestamp(now, UTC):%H:%M:%S} UTC",
+            200,
+        )
     )
     if late:
-        head.append(f"   LATE: {', '.join(sorted(late))}", style="bold red")
+        head.append(f"   LATE: {cell(', '.join(sorted(late)), 200)}", style="bold red")
 
     hosts = Table(title="Hosts", title_justify="left", expand=True)
     for col in (
@@ -329,7 +348,7 @@ def render(
         "outbox",
         "hooks",
     ):
-        hosts.add_column(col)
+        hosts.add_column(col, overflow="fold")
     for h in sorted(view.hosts.values(), key=lambda r: r.host):
         overdue = view.late(h, now)
         status = (
@@ -338,11 +357,11 @@ def render(
             else Text(h.status, style="green" if h.status == "online" else "dim")
         )
         hosts.add_row(
-            h.host,
+            cell(h.host, 40),
             status,
             _age(now, h.last_seen),
-            h.version or "-",
-            f"{h.libvirt or '-'} / {h.hypervisor or '-'}",
+            cell(h.version or "-", 40),
+            cell(f"{h.libvirt or '-'} / {h.hypervisor or '-'}", 60),
             _num(h.domains),
             _num(h.queue_depth),
             _num(h.outbox),
@@ -355,18 +374,18 @@ def render(
     rows = sorted(view.vms.values(), key=lambda v: (v.host or "", v.name or v.uuid))
     for vm in rows[:max_vms]:
         result = Text(
-            vm.result or "-",
+            cell(vm.result or "-", 20),
             style={"ok": "green", "failed": "bold red", "running": "cyan"}.get(vm.result or "", ""),
         )
         vms.add_row(
-            f"{vm.name or '-'} {vm.uuid[:8]}",
-            vm.host or "-",
+            f"{cell(vm.name or '-', 40)} {vm.uuid[:8]}",
+            cell(vm.host or "-", 40),
             Text(vm.state, style=_STATE_STYLE.get(vm.state, "")),
-            vm.last_change or "-",
-            vm.last_op or "-",
+            cell(vm.last_change or "-", 40),
+            cell(vm.last_op or "-", 30),
             result,
             _clock(max(vm.op_at, vm.changed_at)),
-            vm.error or "",
+            cell(vm.error or "", 160),
         )
     if len(rows) > max_vms:
         vms.caption = f"... and {len(rows) - max_vms} more"
@@ -379,12 +398,12 @@ def render(
         for f in reversed(view.failures):
             fails.add_row(
                 _clock(f.at),
-                f.host or "-",
-                f.vm_name or (f.vm or "-")[:8],
-                f.op or "-",
-                f.error,
-                f.hook or "-",
-                f.stderr or "",
+                cell(f.host or "-", 40),
+                cell(f.vm_name or (f.vm or "-")[:8], 40),
+                cell(f.op or "-", 30),
+                cell(f.error, 160),
+                cell(f.hook or "-", 40),
+                text_cell(f.stderr or ""),
             )
         parts.append(fails)
     return Panel(Group(*parts), border_style="blue")

@@ -36,6 +36,7 @@ import click
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.message import Message
 
+from worker.bounds import cell
 from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
 from worker.history import LogMessage, read_ops_log
 from worker.publish import NoWorkerQueue, require_host_queue
@@ -438,13 +439,15 @@ def _report(
     if not rows:
         click.echo("nothing matched")
         return
-    for r in rows:
-        ids = r["request_id"] if not r["as_new"] else f"{r['request_id']} as {r['new_request_id']}"
-        line = f"{verb} {r['op'] or '?'} vm={r['vm'] or '?'} {r['from_host']} -> {r['to_host']}"
-        line += f"  {ids}  [{r['source']}]"
+    for r in rows:  # each value from a message cut to a bounded length
+        ids = cell(r["request_id"])
+        if r["as_new"]:
+            ids += f" as {cell(r['new_request_id'])}"
+        line = f"{verb} {cell(r['op'] or '?', 40)} vm={cell(r['vm'] or '?', 40)}"
+        line += f" {cell(r['from_host'], 40)} -> {cell(r['to_host'], 40)}  {ids}  [{r['source']}]"
         if r.get("dead_reason"):
-            line += f"  dead: {r['dead_reason']}"
+            line += f"  dead: {cell(r['dead_reason'], 300)}"
         if "outcome" in r:
-            line += f"\n    {r['outcome']}"
+            line += f"\n    {cell(r['outcome'], 300)}"
         click.echo(line)
     click.echo(f"{len(rows)} message(s) {verb}")

@@ -1,13 +1,17 @@
 """Every event and every string in it is bounded (docs/protocol.md, Limits); a rejected message's
-event carries only what was checked."""
+event carries only what was checked; the CLI views cut what they show."""
 
 from __future__ import annotations
 
 import json
 
+from rich.console import Console
+
 from worker import events
 from worker.bounds import EVENT_MAX, FIELD_MAX, TEXT_MAX, cut
+from worker.history import format_entry
 from worker.messages import peek
+from worker.monitor import FleetView, render
 
 VM = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 
@@ -70,7 +74,7 @@ def test_hook_output_is_cut_first_keeping_its_end_and_the_whole_event_fits():
     assert hooks[0]["stdout_tail"] == "o" * 20_000  # the caller's objects are not changed
 
 
-def test_a_heartbeat_with_too_many_domains_keeps_the_first_and_says_so():
+def test_a_heartbeat_with_too_many_domains_is_cut_and_the_monitor_forgets_none():
     doms = [
         {"uuid": f"00000000-0000-0000-0000-{i:012d}", "name": f"vm-{i}", "state": "running"}
         for i in range(3000)
@@ -81,6 +85,13 @@ def test_a_heartbeat_with_too_many_domains_keeps_the_first_and_says_so():
     )  # fmt: skip
     assert len(events.encode(ev)) <= EVENT_MAX
     assert 0 < len(ev["data"]["domains"]) < 3000 and "data.domains" in ev["data"]["cut"]
+    view = FleetView()
+    view.apply(events.cloud_event(
+        "h1", ("host", "heartbeat"), subject=None, request_id=None,
+        data={"host": "h1", "interval_s": 30.0, "domains": doms[-5:]},
+    ))  # fmt: skip
+    view.apply(ev)
+    assert {view.vms[d["uuid"]].state for d in doms[-5:]} == {"running"}  # not `undefined`
 
 
 def test_duplicates_and_events_made_by_hand_are_bounded_by_the_encoder():
@@ -98,3 +109,16 @@ def test_cut_marks_what_it_cut_and_keeps_short_text():
     assert cut("a" * 300, 100) == "a" * 83 + "…[cut: 300 chars]"
     assert cut("a" * 299 + "Z", 100, tail=True).endswith("Z")
     assert len(cut("a" * 300, 8)) == 8
+
+
+def test_the_monitor_and_history_cut_long_cells():
+    huge = "w" * 500_000
+    view = FleetView()
+    ev = _fail(vm_name=huge, error={"code": "c", "message": huge, "source": "s", "stderr": huge})
+    ev["data"]["vm"]["name"] = huge  # as an event published before events were bounded
+    view.apply(ev)
+    console = Console(record=True, width=120)
+    console.print(render(view, 0.0))
+    assert len(console.export_text().splitlines()) < 80
+    entry = {"kind": "event", "time": "t", "what": "start_vm.fail", "request_id": huge, "event": ev}
+    assert sum(len(line) for line in format_entry(entry)) < 2000
