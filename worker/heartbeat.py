@@ -50,18 +50,20 @@ class QueueDepth:
         self.queue = queue
         self._conn: Connection | None = None
 
-    def __call__(self) -> int | None:
+    def __call__(self, queue: str | None = None) -> int | None:
+        """Messages ready in `queue` (default: the one given at construction), None if unknown."""
+        name = queue or self.queue
         for attempt in (1, 2):  # a kept connection may have been closed by the broker meanwhile
             try:
                 if self._conn is None:
                     self._conn = self.connect()
                     self._conn.ensure_connection(max_retries=1)
                 with self._conn.channel() as ch:
-                    return int(ch.queue_declare(self.queue, passive=True).message_count)
+                    return int(ch.queue_declare(name, passive=True).message_count)
             except Exception as exc:  # broker away or queue missing: unknown, not fatal
                 self.close()
                 if attempt == 2:
-                    log.debug("heartbeat.queue_depth_unknown", queue=self.queue, error=str(exc))
+                    log.debug("heartbeat.queue_depth_unknown", queue=name, error=str(exc))
         return None
 
     def close(self) -> None:

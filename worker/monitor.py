@@ -1,18 +1,20 @@
 """`vmworker monitor`: a live picture of hosts and VMs, built from events alone.
 
 `FleetView.apply(event)` folds one event into the picture (a pure class: no broker, no clock of
-its own); `render(view, now)` turns it into a rich renderable, every cell cut to a bounded
-length. The command replays the
-`<prefix>.events.log` stream from its start, so the picture is complete, then follows a live
-queue on `<prefix>.events` (declared before the replay, so nothing falls in between; events seen
-twice are applied once).
+its own: questions about time take `now`); `render(view, now)` turns it into a rich renderable,
+every cell cut to a bounded length. The command replays the `<prefix>.events.log` stream from its
+start, so the picture is complete, then follows a live queue on `<prefix>.events` (declared
+before the replay, so nothing falls in between; events seen twice are applied once). The queue
+depth of a host that is down is read from the broker, not from its last heartbeat.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,8 @@ from worker.bounds import cell, cut
 from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
 
 LATE_FACTOR = 2.5  # a host is late when its last heartbeat is older than this many intervals
+DOWN_MISSED = 3  # a host is down once this many heartbeats in a row did not come
+DOWN_FACTOR = DOWN_MISSED + 0.5  # ... each given half an interval of slack, as LATE_FACTOR is
 TEXT_CELL_MAX = 400  # characters of a stderr cell
 TEXT_CELL_LINES = 6  # lines of a stderr cell
 _STATE_OF_EVENT = {  # state event word -> domain state, when the event carries none
@@ -275,15 +279,39 @@ class FleetView:
         return vm
 
     # -- questions a renderer asks ------------------------------------------------------------
-    def late(self, host: HostRow, now: float) -> float | None:
-        """Seconds overdue if an online host's heartbeat is late, else None."""
+    def silent_for(self, host: HostRow, now: float) -> float | None:
+        """Seconds since an online host's last heartbeat if it is late or down, else None."""
         if host.status != "online" or host.last_seen is None or not host.interval:
             return None
         age = now - host.last_seen
         return age if age > LATE_FACTOR * host.interval else None
 
+    def late(self, host: HostRow, now: float) -> float | None:
+        """Seconds since the last heartbeat if the host is late (but not yet down), else None."""
+        age = self.silent_for(host, now)
+        return None if age is None or self.down(host, now) else age
+
+    def down(self, host: HostRow, now: float) -> bool:
+        """True once an online host has missed DOWN_MISSED heartbeats (it died, said nothing)."""
+        age = self.silent_for(host, now)
+        return age is not None and age > DOWN_FACTOR * (host.interval or 0.0)
+
+    def status(self, host: HostRow, now: float) -> str:
+        """online | late | down | offline | unknown."""
+        if self.down(host, now):
+            return "down"
+        return "late" if self.late(host, now) is not None else host.status
+
     def late_hosts(self, now: float) -> list[str]:
         return [h.host for h in self.hosts.values() if self.late(h, now) is not None]
+
+    def down_hosts(self, now: float) -> list[str]:
+        return [h.host for h in self.hosts.values() if self.down(h, now)]
+
+    def vm_state(self, vm: VmRow, now: float) -> str:
+        """The VM's state as last told, or `unknown` when its host is down: nobody knows."""
+        host = self.hosts.get(vm.host or "")
+        return "unknown" if host is not None and self.down(host, now) else vm.state
 
 
 def _host_of(ev: dict[str, Any]) -> str | None:
@@ -321,11 +349,17 @@ def _clock(at: float) -> str:
 
 
 def render(
-    view: FleetView, now: float | None = None, *, title: str = "vmworker fleet", max_vms: int = 200
+    view: FleetView,
+    now: float | None = None,
+    *,
+    title: str = "vmworker fleet",
+    max_vms: int = 200,
+    depths: Mapping[str, int | None] | None = None,
 ) -> RenderableType:
-    """The picture as a rich renderable: hosts, VMs, recent failures."""
+    """The picture as a rich renderable: hosts, VMs, recent failures. `depths`: the queue depth
+    of each down host as the broker tells it (a down host's last heartbeat is stale)."""
     now = time.time() if now is None else now
-    late = view.late_hosts(now)
+    late, down = view.late_hosts(now), view.down_hosts(now)
     head = Text(
         cell(
             f"{title}: {len(view.hosts)} host(s), {len(view.vms)} VM(s),"
@@ -333,6 +367,8 @@ def render(
             200,
         )
     )
+    if down:
+        head.append(f"   DOWN: {cell(', '.join(sorted(down)), 200)}", style="bold red")
     if late:
         head.append(f"   LATE: {cell(', '.join(sorted(late)), 200)}", style="bold red")
 
@@ -350,12 +386,16 @@ def render(
     ):
         hosts.add_column(col, overflow="fold")
     for h in sorted(view.hosts.values(), key=lambda r: r.host):
-        overdue = view.late(h, now)
-        status = (
-            Text(f"LATE ({overdue:.0f}s)", style="bold red")
-            if overdue is not None
-            else Text(h.status, style="green" if h.status == "online" else "dim")
-        )
+        state = view.status(h, now)
+        queue = _num(h.queue_depth)
+        if state == "down":
+            status = Text(f"DOWN ({view.silent_for(h, now) or 0:.0f}s)", style="bold red")
+            depth = (depths or {}).get(h.host)
+            queue = "?" if depth is None else str(depth)  # its heartbeat's depth is stale
+        elif state == "late":
+            status = Text(f"LATE ({view.late(h, now) or 0:.0f}s)", style="bold red")
+        else:
+            status = Text(h.status, style="green" if h.status == "online" else "dim")
         hosts.add_row(
             cell(h.host, 40),
             status,
@@ -363,7 +403,7 @@ def render(
             cell(h.version or "-", 40),
             cell(f"{h.libvirt or '-'} / {h.hypervisor or '-'}", 60),
             _num(h.domains),
-            _num(h.queue_depth),
+            queue,
             _num(h.outbox),
             _num(h.hooks),
         )
@@ -377,10 +417,11 @@ def render(
             cell(vm.result or "-", 20),
             style={"ok": "green", "failed": "bold red", "running": "cyan"}.get(vm.result or "", ""),
         )
+        state = view.vm_state(vm, now)
         vms.add_row(
             f"{cell(vm.name or '-', 40)} {vm.uuid[:8]}",
             cell(vm.host or "-", 40),
-            Text(vm.state, style=_STATE_STYLE.get(vm.state, "")),
+            Text(state, style=_STATE_STYLE.get(state, "")),
             cell(vm.last_change or "-", 40),
             cell(vm.last_op or "-", 30),
             result,
@@ -411,6 +452,31 @@ def render(
 
 def _num(n: int | None) -> str:
     return "-" if n is None else str(n)
+
+
+class BrokerDepths:
+    """The depth of down hosts' queues (`<prefix>.ops.<host>`), each read with a passive declare
+    (public kombu API; needs no permission) on a connection of its own, at most every `every`
+    seconds per host: redraws run in another thread than the one reading events."""
+
+    def __init__(self, connect: Callable[[], Any], prefix: str, *, every: float = 5.0) -> None:
+        from worker.heartbeat import QueueDepth
+
+        self.prefix = prefix
+        self.every = every
+        self._read = QueueDepth(connect, "")
+        self._known: dict[str, tuple[float, int | None]] = {}
+
+    def __call__(self, hosts: list[str]) -> dict[str, int | None]:
+        now = time.monotonic()
+        for host in hosts:
+            at, _ = self._known.get(host, (float("-inf"), None))
+            if now - at >= self.every:
+                self._known[host] = (now, self._read(f"{self.prefix}.ops.{host}"))
+        return {h: self._known[h][1] for h in hosts}
+
+    def close(self) -> None:
+        self._read.close()
 
 
 def load_fleet(
@@ -449,7 +515,8 @@ def monitor(
     width: int | None,
 ) -> None:
     """A live view of hosts and VMs, from events only: each VM's state, its last operation and
-    result, failures with the failing hook's stderr, hosts whose heartbeat is late."""
+    result, failures with the failing hook's stderr, hosts whose heartbeat is late or that are
+    down (their VMs then `unknown`, their queue depth read from the broker)."""
     from rich.live import Live
 
     from worker.subscribe import live_queue, read_events
@@ -458,7 +525,8 @@ def monitor(
     s = settings_or_exit(config, broker=broker, prefix=prefix)
     topo = Topology.from_settings(s)
     console = Console(width=width) if width else Console()
-    with connect_or_exit(s) as conn:
+    depths = BrokerDepths(lambda: connect_or_exit(s), s.prefix, every=max(refresh, 2.0))
+    with connect_or_exit(s) as conn, contextlib.closing(depths):
         if s.declare_shared:
             topo.declare_shared(conn)
         live_q = None
@@ -467,14 +535,20 @@ def monitor(
             live_q.declare()
         with console.status("replaying the events log..."):
             view = load_fleet(conn, topo, idle=idle)
+        title = f"vmworker fleet ({s.prefix})"
         if once:
-            console.print(render(view, title=f"vmworker fleet ({s.prefix})"))
+            now = time.time()
+            console.print(render(view, now, title=title, depths=depths(view.down_hosts(now))))
             return
         lock = threading.Lock()
 
         def picture() -> RenderableType:
+            now = time.time()
             with lock:
-                return render(view, title=f"vmworker fleet ({s.prefix})")
+                down = view.down_hosts(now)
+            known = depths(down)  # outside the lock: the broker may be slow to answer
+            with lock:
+                return render(view, now, title=title, depths=known)
 
         try:
             with Live(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import libvirt
+import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from tests.support import BROKER, broker_conn, small_vm, wait_for
+from tests.support import BROKER, ProcessWorker, broker_conn, small_vm, wait_for, wait_until
 from worker.cli import main
 from worker.monitor import load_fleet, render
 
@@ -84,3 +88,48 @@ def test_monitor_shows_states_last_operations_and_the_failing_hooks_stderr(
     )
     assert res.exit_code == 0, res.output
     assert STDERR in res.output and good["name"] in res.output and "offline" in res.output
+
+
+def _monitor_once(env) -> str:  # type: ignore[no-untyped-def]
+    """`vmworker monitor --once`, as an operator runs it."""
+    res = subprocess.run(
+        [sys.executable, "-m", "worker", "monitor", "--once", "--broker", BROKER,
+         "--prefix", env.prefix, "--idle", "0.3", "--width", "250"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+@pytest.mark.timeout(150)
+def test_a_host_killed_without_a_goodbye_becomes_down_its_vms_unknown_its_queue_from_the_broker(
+    env, tap, tmp_path
+):
+    w = ProcessWorker(env, tmp_path / "worker.log", heartbeat_interval=0.5).start()
+    try:
+        beat = tap.wait(
+            lambda: [e for e in tap.events if e["type"] == "vmworker.host.heartbeat"], 30
+        )[0]
+        [vm] = [d for d in beat["data"]["domains"] if d["state"] == "running"]  # the test driver's
+    finally:
+        w.kill9()
+    for _ in range(3):  # nobody takes them now
+        env.publish("start_vm", {"uuid": vm["uuid"]})
+
+    def host_line(screen: str) -> str | None:
+        lines = [line for line in screen.splitlines() if env.host in line and "DOWN (" in line]
+        return lines[0] if lines else None
+
+    screens: list[str] = []
+
+    def down_with_the_brokers_depth() -> str | None:
+        screens.append(_monitor_once(env))
+        line = host_line(screens[-1])
+        return screens[-1] if line and "3" in [c.strip() for c in line.split("│")] else None
+
+    # down after 3 missed beats (2 s); the broker's depth once the queue settled
+    screen = wait_until(down_with_the_brokers_depth, 60, interval=0.2)
+    assert screen, screens[-1]
+    [vm_line] = [line for line in screen.splitlines() if vm["uuid"][:8] in line]
+    assert "unknown" in vm_line and "running" not in vm_line, vm_line
+    assert f"DOWN: {env.host}" in screen

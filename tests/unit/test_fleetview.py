@@ -142,9 +142,9 @@ def test_a_heartbeat_lists_domains_and_a_vm_missing_from_it_is_gone():
     assert view.vms[VM].state == "undefined"
 
 
-def _screen(view: FleetView, now: float) -> str:
+def _screen(view: FleetView, now: float, **kw) -> str:
     console = Console(record=True, width=200)
-    console.print(render(view, now))
+    console.print(render(view, now, **kw))
     return console.export_text()
 
 
@@ -156,3 +156,34 @@ def test_a_heartbeat_that_confirms_a_state_does_not_move_when_it_changed():
     assert (vm.state, vm.changed_at, vm.state_at) == ("running", 50.0, 60.0)
     view.apply(_state("paused", "ioerror", "paused", 55.0))  # older than what we know
     assert vm.state == "running" and vm.last_change == "started (booted)"
+
+
+def test_a_host_that_missed_three_heartbeats_is_down_and_its_vms_unknown():
+    view = FleetView()
+    running = [{"uuid": VM, "name": "web-1", "state": "running"}]
+    view.apply(_beat("h1", 1000.0, domains=running, interval=10.0))
+    host, vm = view.hosts["h1"], view.vms[VM]
+    assert view.status(host, 1026.0) == "late" and view.vm_state(vm, 1026.0) == "running"
+    assert view.late_hosts(1034.0) == ["h1"] and view.down_hosts(1034.0) == []
+    assert view.status(host, 1036.0) == "down"  # 3 beats (and half an interval) missed
+    assert view.down_hosts(1036.0) == ["h1"] and view.late_hosts(1036.0) == []
+    assert view.vm_state(vm, 1036.0) == "unknown"
+    text = _screen(view, 1036.0, depths={"h1": 3})
+    [host_line] = [line for line in text.splitlines() if "DOWN" in line and "1.2.3" in line]
+    assert " 3 " in host_line  # the broker's depth, not the heartbeat's 0
+    [vm_line] = [line for line in text.splitlines() if "web-1" in line]
+    assert "unknown" in vm_line and "running" not in vm_line
+    assert "?" in _screen(view, 1036.0).split("1.2.3")[1].splitlines()[0]  # depth not read
+    view.apply(_beat("h1", 1040.0, domains=running, interval=10.0))  # it came back
+    assert view.status(host, 1041.0) == "online" and view.vm_state(vm, 1041.0) == "running"
+
+
+def test_a_host_that_said_goodbye_is_offline_not_down():
+    view = FleetView()
+    view.apply(_beat("h1", 1000.0, domains=[{"uuid": VM, "name": "web-1", "state": "running"}]))
+    offline = events.cloud_event(
+        "h1", ("host", "offline"), subject=None, request_id=None, data={"host": "h1"}
+    )
+    view.apply(_at(offline, 1001.0))
+    assert view.status(view.hosts["h1"], 5000.0) == "offline"
+    assert view.vm_state(view.vms[VM], 5000.0) == "running"
