@@ -5,7 +5,7 @@ its own: questions about time take `now`); `render(view, now)` turns it into a r
 every cell cut to a bounded length. The command replays the `<prefix>.events.log` stream from its
 start, so the picture is complete, then follows a live queue on `<prefix>.events` (declared
 before the replay, so nothing falls in between; events seen twice are applied once). The queue
-depth of a host that is down is read from the broker, not from its last heartbeat.
+depth of a host that is down or offline is read from the broker, not from its last heartbeat.
 """
 
 from __future__ import annotations
@@ -308,6 +308,11 @@ class FleetView:
     def down_hosts(self, now: float) -> list[str]:
         return [h.host for h in self.hosts.values() if self.down(h, now)]
 
+    def stale_depth_hosts(self, now: float) -> list[str]:
+        """Hosts whose last heartbeat's queue depth is stale: down or offline (their queue
+        fills while nobody consumes it); a monitor asks the broker instead."""
+        return [h.host for h in self.hosts.values() if self.status(h, now) in ("down", "offline")]
+
     def vm_state(self, vm: VmRow, now: float) -> str:
         """The VM's state as last told, or `unknown` when its host is down: nobody knows."""
         host = self.hosts.get(vm.host or "")
@@ -357,7 +362,7 @@ def render(
     depths: Mapping[str, int | None] | None = None,
 ) -> RenderableType:
     """The picture as a rich renderable: hosts, VMs, recent failures. `depths`: the queue depth
-    of each down host as the broker tells it (a down host's last heartbeat is stale)."""
+    of each down or offline host as the broker tells it (`stale_depth_hosts`)."""
     now = time.time() if now is None else now
     late, down = view.late_hosts(now), view.down_hosts(now)
     head = Text(
@@ -388,10 +393,11 @@ def render(
     for h in sorted(view.hosts.values(), key=lambda r: r.host):
         state = view.status(h, now)
         queue = _num(h.queue_depth)
+        if state in ("down", "offline"):  # its heartbeat's depth is stale: the broker's
+            depth = (depths or {}).get(h.host)
+            queue = "?" if depth is None else str(depth)
         if state == "down":
             status = Text(f"DOWN ({view.silent_for(h, now) or 0:.0f}s)", style="bold red")
-            depth = (depths or {}).get(h.host)
-            queue = "?" if depth is None else str(depth)  # its heartbeat's depth is stale
         elif state == "late":
             status = Text(f"LATE ({view.late(h, now) or 0:.0f}s)", style="bold red")
         else:
@@ -455,7 +461,7 @@ def _num(n: int | None) -> str:
 
 
 class BrokerDepths:
-    """The depth of down hosts' queues (`<prefix>.ops.<host>`), each read with a passive declare
+    """The depth of hosts' queues (`<prefix>.ops.<host>`), each read with a passive declare
     (public kombu API; needs no permission) on a connection of its own, at most every `every`
     seconds per host: redraws run in another thread than the one reading events."""
 
@@ -516,7 +522,7 @@ def monitor(
 ) -> None:
     """A live view of hosts and VMs, from events only: each VM's state, its last operation and
     result, failures with the failing hook's stderr, hosts whose heartbeat is late or that are
-    down (their VMs then `unknown`, their queue depth read from the broker)."""
+    down (their VMs then `unknown`); the queue depth of a down or offline host is the broker's."""
     from rich.live import Live
 
     from worker.subscribe import live_queue, read_events
@@ -538,15 +544,16 @@ def monitor(
         title = f"vmworker fleet ({s.prefix})"
         if once:
             now = time.time()
-            console.print(render(view, now, title=title, depths=depths(view.down_hosts(now))))
+            known = depths(view.stale_depth_hosts(now))
+            console.print(render(view, now, title=title, depths=known))
             return
         lock = threading.Lock()
 
         def picture() -> RenderableType:
             now = time.time()
             with lock:
-                down = view.down_hosts(now)
-            known = depths(down)  # outside the lock: the broker may be slow to answer
+                stale = view.stale_depth_hosts(now)
+            known = depths(stale)  # outside the lock: the broker may be slow to answer
             with lock:
                 return render(view, now, title=title, depths=known)
 

@@ -187,3 +187,8 @@ def test_a_host_that_said_goodbye_is_offline_not_down():
     view.apply(_at(offline, 1001.0))
     assert view.status(view.hosts["h1"], 5000.0) == "offline"
     assert view.vm_state(view.vms[VM], 5000.0) == "running"
+    assert view.stale_depth_hosts(5000.0) == ["h1"]  # nobody consumes its queue
+    [host_line] = [
+        ln for ln in _screen(view, 5000.0, depths={"h1": 7}).splitlines() if "1.2.3" in ln
+    ]
+    assert "offline" in host_line and " 7 " in host_line
