@@ -61,8 +61,9 @@ def connect(
     connect_timeout: float = 5.0,
 ) -> Connection:
     """A (lazy) kombu Connection to the broker URLs of `settings`, failing over round-robin,
-    with publisher confirms. `heartbeat` is 0 for short-lived tools; a long-lived process that
-    calls `heartbeat_check()` passes `settings.amqp_heartbeat`."""
+    with publisher confirms (each publish waits for its own; the worker's link passes
+    `confirm_publish: False` and awaits them by batch). `heartbeat` is 0 for short-lived tools;
+    a long-lived process that calls `heartbeat_check()` passes `settings.amqp_heartbeat`."""
     tls = uses_tls(settings)
     kwargs: dict[str, Any] = {}
     if tls:
