@@ -2,9 +2,9 @@
 
 A worker runs in this process (test:///default, empty hook directories, journal on); N
 operations are sent one at a time, as the latency benchmark does, and the worker's stages are
-timed on the way by wrapping its methods (`Service._receive`, `Journal.start`, `Runner.run`,
-`Journal.finish`, ...). Prints the mean time of each stage for the median operations and for the
-slowest 10% and 3%.
+timed on the way by wrapping its parts' methods (`Admission.admit`, `Executor.__call__`,
+`Journal.start`, `Runner.run`, `Journal.finish`, `Scheduler.collect`). Prints the mean time of
+each stage for the median operations and for the slowest 10% and 3%.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from typing import Any
 import structlog
 
 from bench.common import BROKER, EventTap, OpPublisher, hooks_root, start_body, topology, unique
+from worker.admission import Admission
 from worker.config import Settings
+from worker.execute import Executor
 from worker.journal import Journal
 from worker.runner import Runner
+from worker.scheduler import Scheduler
 from worker.service import Service
 
 STAGES = (
@@ -65,19 +68,20 @@ class Stamps:
 
 def measure(n: int) -> list[dict[str, float]]:
     stamps = Stamps()
-    stamps.wrap(Service, "_receive", "recv", lambda m: m.properties.get("message_id"))
-    stamps.wrap(Service, "_execute", "exec", lambda job: job.request_id)
+    stamps.wrap(Admission, "admit", "recv", lambda m, *a: m.properties.get("message_id"))
+    stamps.wrap(Executor, "__call__", "exec", lambda job: job.request_id)
     stamps.wrap(Journal, "start", "jstart", lambda rid, *a, **k: rid)
     stamps.wrap(Journal, "finish", "jfin", lambda rid, *a, **k: rid)
     stamps.wrap(Runner, "run", "run", lambda op, request_id, **k: request_id)
-    collect = Service._collect_done
+    collect = Scheduler.collect
 
-    def collect_done(svc: Service) -> None:
-        for job, _, _ in list(svc._done.queue):
+    def collected(sched: Scheduler[Any]) -> list[tuple[Any, Any]]:
+        done = collect(sched)
+        for job, _ in done:
             stamps.mark(job.request_id, "collect")
-        collect(svc)
+        return done
 
-    Service._collect_done = collect_done  # type: ignore[method-assign,assignment]
+    Scheduler.collect = collected  # type: ignore[method-assign,assignment]
     rows: list[dict[str, float]] = []
     prefix, host = unique("brk"), unique("h")
     with tempfile.TemporaryDirectory() as tmp, topology(prefix, host) as topo:
@@ -102,6 +106,8 @@ def measure(n: int) -> list[dict[str, float]]:
                 t1 = time.monotonic()
                 seen = tap.wait_terminal(rid)
                 x = stamps.at.pop(rid)
+                # a flush between the `finished` record and the collect sends the event first
+                x.setdefault("collect", seen.at)
                 if i < 10:
                     continue  # warm-up
                 rows.append(

@@ -3,15 +3,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import ssl
-import types
-from collections.abc import Iterator
-from errno import EAGAIN, EINTR
 from typing import Any
 
-from amqp.transport import SSLTransport, TCPTransport
 from kombu import Connection
 
 from worker.config import Settings
@@ -67,8 +61,9 @@ def connect(
     connect_timeout: float = 5.0,
 ) -> Connection:
     """A (lazy) kombu Connection to the broker URLs of `settings`, failing over round-robin,
-    with publisher confirms. `heartbeat` is 0 for short-lived tools; a long-lived process that
-    calls `heartbeat_check()` passes `settings.amqp_heartbeat`."""
+    with publisher confirms (each publish waits for its own; the worker's link passes
+    `confirm_publish: False` and awaits them by batch). `heartbeat` is 0 for short-lived tools;
+    a long-lived process that calls `heartbeat_check()` passes `settings.amqp_heartbeat`."""
     tls = uses_tls(settings)
     kwargs: dict[str, Any] = {}
     if tls:
@@ -92,93 +87,3 @@ def broker_user(settings: Settings) -> str | None:
         return None
     conn = Connection(settings.broker_urls[0])
     return str(conn.userid) if conn.userid else None
-
-
-# -- reading frames in fewer system calls ---------------------------------------------------
-READ_AHEAD = 16384
-_FRAME_OVERHEAD = 8  # type (1) + channel (2) + size (4) ... + frame-end (1)
-
-
-def _read_ahead(
-    self: Any, n: int, initial: bool = False, _errnos: tuple[int, ...] = (EAGAIN, EINTR)
-) -> bytes:
-    """py-amqp's `TCPTransport._read`, except that it asks the socket for whatever is there (up
-    to READ_AHEAD bytes) instead of exactly the bytes of the frame part it needs: a delivery is
-    three frames read in three parts each, so one `recv` instead of about nine. What is read
-    beyond `n` waits in the transport's `_read_buffer`, where py-amqp keeps partial reads."""
-    recv = self._quick_recv
-    rbuf = self._read_buffer
-    try:
-        while len(rbuf) < n:
-            try:
-                s = recv(max(n - len(rbuf), READ_AHEAD))
-            except OSError as exc:
-                if exc.errno in _errnos:
-                    if initial and self.raise_on_initial_eintr:
-                        raise TimeoutError() from None
-                    continue
-                raise
-            if not s:
-                raise OSError("Server unexpectedly closed connection")
-            rbuf += s
-    except BaseException:
-        self._read_buffer = rbuf
-        raise
-    result, self._read_buffer = rbuf[:n], rbuf[n:]
-    return bytes(result)
-
-
-def read_ahead(conn: Connection) -> None:
-    """Make a connected plain-TCP kombu connection read frames with `_read_ahead` (TLS transports
-    and kombu's in-memory transport are left as they are)."""
-    transport = getattr(getattr(conn, "connection", None), "transport", None)
-    if isinstance(transport, TCPTransport) and not isinstance(transport, SSLTransport):
-        transport._read = types.MethodType(_read_ahead, transport)
-
-
-def frame_buffered(conn: Connection) -> bool:
-    """True when a whole frame has already been read from the socket and waits in py-amqp's
-    buffer: it is handled without asking the socket (which may have nothing more to say)."""
-    transport = getattr(getattr(conn, "connection", None), "transport", None)
-    buf = getattr(transport, "_read_buffer", b"")
-    if len(buf) < 7:
-        return False
-    size = int.from_bytes(buf[3:7], "big")
-    return len(buf) >= size + _FRAME_OVERHEAD
-
-
-def receive_available(conn: Connection) -> int:
-    """Append to py-amqp's buffer whatever the socket holds right now, never waiting (the
-    caller knows it is readable); returns the bytes read. No timeout is set or restored on the
-    socket for it: each such change is a system call. Plain TCP only."""
-    transport = conn.connection.transport
-    try:
-        data = transport.sock.recv(READ_AHEAD, socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return 0
-    if not data:
-        transport.connected = False
-        raise ConnectionError("Server unexpectedly closed connection")
-    transport._read_buffer += data
-    return len(data)
-
-
-@contextlib.contextmanager
-def corked(conn: Connection) -> Iterator[None]:
-    """Frames written inside the block leave in one `sendall` at its end instead of one each
-    (a system call, and on a busy worker a wait for the GIL, per frame). Nothing inside may wait
-    for an answer to what it wrote. Plain TCP only; elsewhere frames go out as written."""
-    transport = getattr(getattr(conn, "connection", None), "transport", None)
-    if not isinstance(transport, TCPTransport) or isinstance(transport, SSLTransport):
-        yield
-        return
-    parts: list[bytes] = []
-    write = transport._write
-    # py-amqp hands over views of a buffer it reuses for the next frame: copied, each
-    transport._write = lambda data: parts.append(bytes(data))
-    try:
-        yield
-    finally:
-        transport._write = write
-        if parts:
-            transport.write(b"".join(parts))  # py-amqp's error handling, as for any write

@@ -239,7 +239,7 @@ class Journal:
 
     def mark_final_delivery(self, request_id: str) -> None:
         """This delivery is the broker's last one: if the worker dies running it, the broker
-        dead-letters the message and it never comes back (Service._reconcile_journal). On
+        dead-letters the message and it never comes back (Admission.reconcile). On
         disk with the `start` that follows (it matters only for a request that started)."""
         with self._tx(wait=False) as db:
             db.execute(

@@ -21,16 +21,12 @@ from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt, is_connection_error
 from handlers.message import OpMessage
 from handlers.operations import OPERATIONS
+from worker.admission import _deadline, _delivery_count
 from worker.config import Settings
 from worker.hooks import HookEngine
 from worker.journal import FINISHED, STARTED, Journal
+from worker.link import _consumer_timeout_ms, _has_consumer_timeout
 from worker.runner import Runner
-from worker.service import (
-    _consumer_timeout_ms,
-    _deadline,
-    _delivery_count,
-    _has_consumer_timeout,
-)
 
 
 def lv_error(code: int, domain: int, message: str = "boom") -> libvirt.libvirtError:
