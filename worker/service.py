@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import re
 import signal
 import threading
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from kombu.message import Message
 from handlers.connection import LibvirtConnection
 from worker import logs
 from worker.admission import Admission
+from worker.brokererrors import redact
 from worker.config import Settings
 from worker.domevents import DomainEvents, Ownership
 from worker.execute import Executor
@@ -124,7 +124,7 @@ class Service:
         log.info(
             "worker.starting",
             host=self.host,
-            broker=_redact(s.broker_urls),
+            broker=[redact(u) for u in s.broker_urls],
             libvirt=s.libvirt_uri,
             hooks=str(s.hooks_root),
         )
@@ -260,7 +260,3 @@ class Service:
                 )
         except Exception:
             log.exception("hook.chain_crashed", point=point)
-
-
-def _redact(urls: list[str]) -> list[str]:
-    return [re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", u) for u in urls]

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from click.testing import CliRunner
 
 from worker.hooks.cli import REPO_HOOKDIRS, default_hooks_root, hooks
 
 DOMXML = "<domain>\n  <name>web-1</name>\n  <uuid>u-1</uuid>\n</domain>\n"
-
-
-@pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
-    """The hooks group configures structlog when nobody has: undo it for the next test."""
-    yield
-    structlog.reset_defaults()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "hooks"
-    r.mkdir()
-    r.chmod(0o755)
-    return r
 
 
 def script(root: Path, point: str, name: str, body: str, mode: int = 0o755) -> Path:

@@ -110,14 +110,6 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return install
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "hooks"
-    r.mkdir()
-    r.chmod(0o755)
-    return r
-
-
 def script(root: Path, point: str, name: str, body: str) -> None:
     d = root / point
     d.mkdir(exist_ok=True)

@@ -43,14 +43,6 @@ def warm_runner() -> Iterator[ForkServerRunner]:
     runner.close()
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "hooks"
-    r.mkdir()
-    r.chmod(0o755)
-    return r
-
-
 @pytest.fixture(params=["exec", "prewarm"])
 def engine(request: pytest.FixtureRequest, root: Path, warm_runner: ForkServerRunner) -> HookEngine:
     runner = warm_runner if request.param == "prewarm" else None

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from click.testing import CliRunner
 
 from worker.config import Settings
@@ -25,21 +24,6 @@ DOMXML = "<domain><name>web-1</name><uuid>u-1</uuid><devices/></domain>\n"
 PYTHON3 = Path(sys.executable).with_name("python3")
 # what only a script run in the pre-warmed server sees: `hooking` already imported
 WARM = "import sys; print('warm' if 'hooking' in sys.modules else 'cold')\n"
-
-
-@pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
-    """The hooks group configures structlog when nobody has: undo it for the next test."""
-    yield
-    structlog.reset_defaults()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "hooks"
-    r.mkdir()
-    r.chmod(0o755)
-    return r
 
 
 def script(root: Path, point: str, name: str, text: str, mode: int = 0o755) -> Path:

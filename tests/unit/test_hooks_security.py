@@ -12,14 +12,6 @@ from worker.hooks import CustomPropertyError, HookEngine, validate_custom
 DOMXML = "<domain><name>web-1</name><uuid>u-1</uuid></domain>"
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "hooks"
-    r.mkdir()
-    r.chmod(0o755)
-    return r
-
-
 def hook(root: Path, point: str, name: str, body: str, mode: int = 0o755) -> Path:
     d = root / point
     d.mkdir(exist_ok=True)
