@@ -27,7 +27,8 @@ from typing import Any
 import structlog
 
 from bench import broker_ceiling, celery_baseline, hooks, qemu, scale, vmworker_ops
-from bench.common import REPO, exit_on_sigterm, loadavg, now_iso, say, summary
+from bench.common import REPO, exit_on_sigterm, now_iso, say, summary
+from bench.meter import loadavg
 
 DEFAULT_OUT = REPO / "bench" / "results"
 DOC = REPO / "docs" / "performance.md"

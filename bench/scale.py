@@ -19,16 +19,15 @@ from bench.common import (
     EventTap,
     OpPublisher,
     check_ok,
-    children_rss_kib,
     hooks_root,
     rate,
-    rss_kib,
     say,
     start_body,
     topology,
     unique,
     write_hook,
 )
+from bench.meter import children_rss_kib, rss_kib
 from bench.vmworker_ops import start_worker
 from worker.config import Settings
 

@@ -25,7 +25,6 @@ from bench.common import (
     percentile,
     prefill,
     rate,
-    rss_kib,
     say,
     start_body,
     topology,
@@ -33,6 +32,7 @@ from bench.common import (
     vm_spec,
     worker_process,
 )
+from bench.meter import rss_kib
 from worker.topology import Topology
 
 
