@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from threading import Lock, local
-from typing import Any, Literal
+from threading import Lock
+from typing import Any
 
 import structlog
 from lxml import etree
@@ -34,8 +32,10 @@ from worker.hooks.inproc import (
     InprocHook,
     discover_inproc,
 )
+from worker.hooks.payload import Payload, judge, restore, serialize
 from worker.hooks.points import POINTS, HookPoint, get_point
 from worker.hooks.prewarm import ForkServerRunner
+from worker.hooks.results import ChainResult, Kind, ScriptResult
 from worker.hooks.runner import Completed, ProcessRunner, Runner
 from worker.hooks.scripts import Script, check_root, discover
 from worker.logs import tail as log_tail
@@ -46,93 +46,6 @@ CONTEXT_ENV_KEYS = ("op", "request_id", "correlation_id", "host", "attempt")
 
 log = structlog.get_logger(__name__)
 
-Kind = Literal["script", "inproc"]
-
-
-@dataclass(frozen=True)
-class ScriptResult:
-    """The outcome of one step of a chain (a script or an in-process hook)."""
-
-    name: str
-    rc: int
-    duration_ms: int
-    sha256: str | None
-    changed_xml: bool = False
-    stdout_tail: str = ""
-    stderr_tail: str = ""
-    refused: str | None = None
-    timed_out: bool = False
-    discarded: str | None = None
-    kind: Kind = "script"
-
-    @property
-    def failed(self) -> bool:
-        return self.rc != 0
-
-    @property
-    def changed(self) -> bool:
-        return self.changed_xml
-
-    @property
-    def unexpected_rc(self) -> bool:
-        """rc outside VDSM's 0/1/2 (a signal gives a negative rc)."""
-        return self.rc > 2 or self.rc < 0
-
-    def to_event(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "rc": self.rc,
-            "unexpected_rc": self.unexpected_rc,
-            "duration_ms": self.duration_ms,
-            "sha256": self.sha256,
-            "changed_xml": self.changed_xml,
-            "stderr_tail": self.stderr_tail,
-            "stdout_tail": self.stdout_tail,
-            "refused": self.refused,
-            "timed_out": self.timed_out,
-            "discarded": self.discarded,
-        }
-
-
-@dataclass
-class ChainResult:
-    """A whole chain: the final payload and every step's outcome, in run order."""
-
-    point: str
-    payload: str
-    scripts: list[ScriptResult] = field(default_factory=list)
-    stopped: bool = False
-    input_payload: str = field(default="", repr=False)
-
-    @property
-    def failed(self) -> bool:
-        """True when any step failed (rc != 0), refused and timed-out steps included."""
-        return any(s.rc != 0 for s in self.scripts)
-
-    @property
-    def changed(self) -> bool:
-        return self.payload != self.input_payload
-
-    @property
-    def first_failure(self) -> ScriptResult | None:
-        return next((s for s in self.scripts if s.rc != 0), None)
-
-    @property
-    def failures(self) -> list[ScriptResult]:
-        return [s for s in self.scripts if s.rc != 0]
-
-    def failure_stderr(self) -> str:
-        """Every failing step's stderr tail, each labelled with its name and rc."""
-        parts = []
-        for s in self.failures:
-            what = "refused" if s.refused else "timed out" if s.timed_out else f"rc={s.rc}"
-            parts.append(f"[{s.name}: {what}] {s.stderr_tail.strip() or '(no stderr)'}")
-        return "\n".join(parts)
-
-    def to_event(self) -> list[dict[str, Any]]:
-        return [s.to_event() for s in self.scripts]
-
 
 @dataclass(frozen=True)
 class _Step:
@@ -142,117 +55,6 @@ class _Step:
     refused: str | None
     script: Script | None = None
     hook: InprocHook | None = None
-
-
-_parsers = local()
-
-
-def _xml_parser() -> etree.XMLParser:
-    """This thread's parser (an lxml parser may not be shared between threads)."""
-    try:
-        parser: etree.XMLParser = _parsers.xml
-    except AttributeError:
-        # no entity expansion, no network: a hook's output is not trusted to be benign
-        parser = _parsers.xml = etree.XMLParser(
-            resolve_entities=False, no_network=True, huge_tree=False
-        )
-    return parser
-
-
-def _parse(point: HookPoint, data: bytes) -> Any:
-    """The payload parsed (lxml tree or JSON value); raises ValueError if it does not parse."""
-    if point.is_xml:
-        try:
-            return etree.ElementTree(etree.fromstring(data, _xml_parser()))
-        except etree.XMLSyntaxError as exc:
-            raise ValueError(f"invalid XML: {exc}") from None
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"invalid JSON: {exc}") from None
-
-
-_UNPARSED: Any = object()
-
-
-class _Payload:
-    """The last good payload of a chain: its bytes, and (parsed once, on demand) what they
-    parse to. The parsed form is the engine's own, never handed to a hook: each hook gets a
-    fresh one, a copy of it where a copy is the same as parsing the bytes again."""
-
-    __slots__ = ("_canon", "_copyable", "_parsed", "data")
-
-    def __init__(self, data: bytes, parsed: Any = _UNPARSED) -> None:
-        self.data = data
-        self._parsed = parsed  # _UNPARSED, None (does not parse), or the tree / JSON value
-        self._canon: Any = _UNPARSED
-        self._copyable: bool | None = None
-
-    def parsed(self, hp: HookPoint) -> Any:
-        if self._parsed is _UNPARSED:
-            try:
-                self._parsed = _parse(hp, self.data)
-            except ValueError:
-                self._parsed = None
-        return self._parsed
-
-    def canonical(self, hp: HookPoint) -> Any:
-        """A form in which two payloads compare equal iff they mean the same (None:
-        unparseable)."""
-        if self._canon is _UNPARSED:
-            parsed = self.parsed(hp)
-            if parsed is not None and hp.is_xml:
-                parsed = etree.tostring(parsed.getroot(), method="c14n")
-            self._canon = parsed
-        return self._canon
-
-    def for_hook(self, hp: HookPoint) -> Any:
-        """What an in-process hook gets: the payload parsed afresh (None when it is empty or
-        does not parse)."""
-        if not self.data.strip():
-            return None
-        if not hp.is_xml:
-            try:
-                return _parse(hp, self.data)
-            except ValueError:
-                return None
-        tree = self.parsed(hp)
-        if tree is None:
-            return None
-        if self._copyable is None:
-            # lxml copies the root with the document's settings (version, encoding,
-            # standalone) but not always what lies around it (a DTD; comments or processing
-            # instructions after the root come out reversed): copy only a lone root
-            root = tree.getroot()
-            self._copyable = (
-                root.getprevious() is None
-                and root.getnext() is None
-                and tree.docinfo.internalDTD is None
-                and not tree.docinfo.doctype
-            )
-        if self._copyable:
-            return etree.ElementTree(copy.copy(tree.getroot()))
-        return _parse(hp, self.data)
-
-    def text(self, hp: HookPoint) -> str:
-        """As `_final_text(hp, self.data)`."""
-        tree = self.parsed(hp) if hp.is_xml else None
-        if tree is None:
-            return _final_text(hp, self.data)
-        return etree.tostring(tree, encoding="unicode")
-
-
-def _serialize(point: HookPoint, value: Any) -> bytes:
-    if point.is_xml:
-        return etree.tostring(value, encoding="UTF-8")
-    return json.dumps(value).encode("utf-8")
-
-
-def _final_text(point: HookPoint, data: bytes) -> str:
-    if point.is_xml:
-        # lxml text without the XML declaration, so that etree.fromstring(str) accepts it
-        return etree.tostring(_parse(point, data), encoding="unicode")
-    return data.decode("utf-8")
 
 
 def _clean(value: str) -> str:
@@ -408,7 +210,7 @@ class HookEngine:
         ctx = HookContext(
             point=point, vm_id=vm_id, custom=custom, error=error, context=context, log=clog
         )
-        good = _Payload(original)
+        good = Payload(original)
         # the payload file and the scripts' environment: made for the first script that runs
         path: str | None = None
         in_file = b""  # what the payload file holds
@@ -425,7 +227,7 @@ class HookEngine:
                             hp, path, vm_id=vm_id, custom=custom, error=error, context=context
                         )
                     elif in_file != good.data:
-                        _restore(path, good.data)
+                        restore(path, good.data)
                     res, good = self._run_script(hp, step, path, env, good)
                     in_file = good.data  # _run_script leaves the last good payload in the file
                     self._log(clog, res)
@@ -468,30 +270,9 @@ class HookEngine:
             raise
         return path
 
-    @staticmethod
-    def _judge(
-        hp: HookPoint, good: _Payload, new: bytes, rc: int, timed_out: bool = False
-    ) -> tuple[_Payload, bool, str | None]:
-        """(payload to go on with, changed, why the edit was discarded); what is parsed of an
-        accepted edit is kept with it for the next step."""
-        if new == good.data:
-            return good, False, None
-        if timed_out:
-            return good, False, "timed out"
-        if rc != 0:
-            return good, False, f"exited {rc}"
-        try:
-            parsed = _parse(hp, new)
-        except ValueError as exc:
-            return good, False, str(exc)
-        kept = _Payload(new, parsed)
-        if kept.canonical(hp) == good.canonical(hp):
-            return good, False, None  # rewritten but means the same: keep the old text
-        return kept, True, None
-
     def _run_script(
-        self, hp: HookPoint, step: _Step, path: str, env: Mapping[str, str], good: _Payload
-    ) -> tuple[ScriptResult, _Payload]:
+        self, hp: HookPoint, step: _Step, path: str, env: Mapping[str, str], good: Payload
+    ) -> tuple[ScriptResult, Payload]:
         assert step.script is not None
         argv: Sequence[str] = [str(step.script.path)]
         done: Completed = self.runner.run(
@@ -505,11 +286,11 @@ class HookEngine:
             removed = True
         else:
             removed = False
-        kept, changed, discarded = self._judge(hp, good, new, done.rc, done.timed_out)
+        kept, changed, discarded = judge(hp, good, new, done.rc, done.timed_out)
         if removed and kept is good:
             discarded = discarded or "payload file removed"
         if removed or new != kept.data:
-            _restore(path, kept.data)
+            restore(path, kept.data)
         return (
             ScriptResult(
                 name=step.name,
@@ -526,8 +307,8 @@ class HookEngine:
         )
 
     def _run_inprocs(
-        self, hp: HookPoint, steps: Sequence[_Step], ctx: HookContext, good: _Payload
-    ) -> tuple[list[ScriptResult], _Payload]:
+        self, hp: HookPoint, steps: Sequence[_Step], ctx: HookContext, good: Payload
+    ) -> tuple[list[ScriptResult], Payload]:
         """Run consecutive in-process hooks: all in one hook thread while none overruns the
         timeout; after one that does, the rest in another thread."""
         results: list[ScriptResult] = []
@@ -563,7 +344,7 @@ class HookEngine:
         hp: HookPoint,
         steps: Sequence[_Step],
         ctx: HookContext,
-        good: _Payload,
+        good: Payload,
         logs: contextvars.Context,
         run: HookRun,
     ) -> None:
@@ -577,8 +358,8 @@ class HookEngine:
                 return
 
     def _run_inproc(
-        self, hp: HookPoint, step: _Step, ctx: HookContext, good: _Payload, run: HookRun
-    ) -> tuple[ScriptResult, _Payload]:
+        self, hp: HookPoint, step: _Step, ctx: HookContext, good: Payload, run: HookRun
+    ) -> tuple[ScriptResult, Payload]:
         """In a hook thread: one in-process hook."""
         hook = step.hook
         assert hook is not None
@@ -594,11 +375,11 @@ class HookEngine:
             if hp.is_xml and isinstance(candidate, etree._Element):
                 candidate = etree.ElementTree(candidate)
             try:
-                new = _serialize(hp, candidate)
+                new = serialize(hp, candidate)
             except (TypeError, ValueError) as exc:
                 discarded = f"cannot serialize the result: {exc}"
             else:
-                kept, changed, discarded = self._judge(hp, good, new, out.rc)
+                kept, changed, discarded = judge(hp, good, new, out.rc)
         return (
             ScriptResult(
                 name=step.name,
@@ -652,17 +433,3 @@ class HookEngine:
             )
         else:
             clog.info("hook.ran", **fields)
-
-
-def _restore(path: str, data: bytes) -> None:
-    """Put the last good payload back for the next step, as a new regular file.
-
-    Never through whatever a script left at the path (a symlink, say).
-    """
-    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-        os.unlink(path)
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
