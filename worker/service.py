@@ -70,6 +70,7 @@ class Service:
             output_limit=settings.hook_output_limit,
             inproc=settings.inproc_hooks,
             prewarm=settings.hook_prewarm,
+            state_dir=settings.state_dir / "hooks",
         )
         self.runner = Runner(settings, self.lv, self.hooks)
         self.journal = Journal(settings.state_dir / "journal.sqlite")

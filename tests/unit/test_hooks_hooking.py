@@ -173,14 +173,16 @@ def test_hooking_tobool_matches_vdsm(value: object, expected: bool) -> None:
         sys.path.remove(str(HOOKLIB))
 
 
-def test_hooking_execcmd() -> None:
+def test_hooking_execcmd_returns_bytes_as_vdsm() -> None:
     sys.path.insert(0, str(HOOKLIB))
     try:
         import hooking
 
         rc, out, err = hooking.execCmd(["sh", "-c", "echo a; echo b; echo e >&2; exit 3"])
-        assert (rc, out, err) == (3, ["a", "b"], ["e"])
+        assert (rc, out, err) == (3, [b"a", b"b"], [b"e"])
         rc, out, err = hooking.execCmd(["echo", "x"], raw=True)
-        assert (rc, out) == (0, b"x\n")
+        assert (rc, out, err) == (0, b"x\n", b"")
+        rc, out, _ = hooking.execCmd(["cat"], data=b"in", raw=True)
+        assert (rc, out) == (0, b"in")
     finally:
         sys.path.remove(str(HOOKLIB))

@@ -23,8 +23,10 @@ import sys
 from xml.dom import minidom
 
 __all__ = [
+    "dump_vm_launch_flags_to_file",
     "execCmd",
     "exit_hook",
+    "load_vm_launch_flags_from_file",
     "log",
     "read_domxml",
     "read_json",
@@ -32,6 +34,10 @@ __all__ = [
     "write_domxml",
     "write_json",
 ]
+
+# where the engine keeps per-VM files for hooks (the worker's state directory)
+_STATE_DIR_VAR = "_hook_state_dir"
+_LAUNCH_FLAGS_FILE = "launchflags"
 
 
 def read_domxml():
@@ -81,21 +87,84 @@ def tobool(s):
         return False
 
 
-def execCmd(command, sudo=False, cwd=None, data=None, raw=False, env=None, **_ignored):
-    """VDSM's execCmd, enough for hooks: (rc, out, err), lists of lines unless raw."""
+def execCmd(
+    command,
+    sudo=False,
+    cwd=None,
+    data=None,
+    raw=False,
+    printable=None,
+    env=None,
+    nice=None,
+    ioclass=None,
+    ioclassdata=None,
+    setsid=False,
+    execCmdLogger=None,
+    resetCpuAffinity=True,
+):
+    """VDSM's execCmd: (rc, out, err) as bytes, or lists of bytes lines unless raw.
+
+    The command is wrapped as VDSM wraps it: `ionice`, `nice`, `setsid`, then `sudo -n` (only
+    when not root). `printable`, `execCmdLogger` and `resetCpuAffinity` are accepted and
+    unused (VDSM logs the command; only VDSM itself is pinned to CPUs)."""
+    command = list(command)
+    if ioclass is not None:
+        extra = ["-n", str(ioclassdata)] if ioclassdata is not None else []
+        command = ["ionice", "-c", str(ioclass), *extra, *command]
+    if nice is not None:
+        command = ["nice", "-n", str(nice), *command]
+    if setsid:
+        command = ["setsid", *command]
     if sudo and os.geteuid() != 0:
         command = ["sudo", "-n", *command]
-    proc = subprocess.run(
-        list(command),
+    proc = subprocess.Popen(
+        command,
+        close_fds=True,
         cwd=cwd,
-        input=data.encode("utf-8") if isinstance(data, str) else data,
-        capture_output=True,
         env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    if raw:
-        return proc.returncode, proc.stdout, proc.stderr
-    return (
-        proc.returncode,
-        proc.stdout.decode("utf-8", "replace").splitlines(),
-        proc.stderr.decode("utf-8", "replace").splitlines(),
-    )
+    try:
+        out, err = proc.communicate(data)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if out is None:
+        out = b""
+    if not raw:
+        return proc.returncode, out.splitlines(False), err.splitlines(False)
+    return proc.returncode, out, err
+
+
+def _launch_flags_path(vm_id):
+    state = os.environ.get(_STATE_DIR_VAR)
+    if not state:
+        raise RuntimeError(
+            f"{_STATE_DIR_VAR} is not set: launch flags are kept by the worker that runs the hook"
+        )
+    if not vm_id or "/" in vm_id or vm_id in (".", ".."):
+        raise ValueError(f"invalid VM id {vm_id!r}")
+    return os.path.join(state, vm_id, _LAUNCH_FLAGS_FILE)
+
+
+def load_vm_launch_flags_from_file(vm_id):
+    """The libvirt launch flags a hook saved for this VM, 0 (VIR_DOMAIN_NONE) if none."""
+    try:
+        path = _launch_flags_path(vm_id)
+    except RuntimeError:
+        return 0
+    if os.path.isfile(path):
+        with open(path) as f:
+            return int(f.readline())
+    return 0
+
+
+def dump_vm_launch_flags_to_file(vm_id, flags):
+    """Save libvirt launch flags for this VM (a file per VM under the worker's state dir)."""
+    path = _launch_flags_path(vm_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(str(flags))

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import IO
 
@@ -194,7 +195,11 @@ def run_hooks(
     payload = source.read()
     custom = _parse_custom(custom_pairs)
     root = hooks_root_or_exit(hooks_root or default_hooks_root())
-    engine = HookEngine(root, timeout=timeout, inproc=not no_inproc, prewarm=prewarm)
+    # what the scripts keep per VM (launch flags) goes to a scratch directory, like the payload
+    state = tempfile.TemporaryDirectory(prefix="vmworker-hooks-run-")
+    engine = HookEngine(
+        root, timeout=timeout, inproc=not no_inproc, prewarm=prewarm, state_dir=Path(state.name)
+    )
     try:
         res = engine.run_chain(
             point,
@@ -208,6 +213,7 @@ def run_hooks(
         raise click.BadParameter(str(exc), param_hint="--custom") from None
     finally:
         engine.close()
+        state.cleanup()
 
     click.secho(f"{point} ({hp.payload}) in {root}", bold=True)
     if not res.scripts:

@@ -78,8 +78,11 @@ class HookEngine:
         prewarm: bool = False,
         runner: Runner | None = None,
         entry_point_group: str = GROUP,
+        state_dir: Path | None = None,
     ) -> None:
         self.root = check_root(Path(root))
+        # per-VM files scripts keep between chains (VDSM's launch flags): `_hook_state_dir`
+        self.state_dir = Path(os.path.abspath(state_dir)) if state_dir is not None else None
         self.timeout = timeout
         self.output_limit = output_limit
         self.inproc = inproc
@@ -169,6 +172,8 @@ class HookEngine:
         env["PYTHONPATH"] = os.pathsep.join([*paths, str(HOOKLIB)])
         env[point.env_var] = payload_path
         env["_hook_point"] = point.name
+        if self.state_dir is not None:
+            env["_hook_state_dir"] = str(self.state_dir)
         if error is not None:
             env["_hook_error"] = _clean(error)
         for key in CONTEXT_ENV_KEYS:

@@ -1,0 +1,1 @@
+"""vdsm.common: the small pure helpers of VDSM that hooks import."""

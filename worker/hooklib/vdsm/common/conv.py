@@ -1,0 +1,5 @@
+"""vdsm.common.conv: `tobool`, the same function as hooking's."""
+
+from hooking import tobool
+
+__all__ = ["tobool"]

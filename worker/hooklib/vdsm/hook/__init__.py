@@ -1,0 +1,1 @@
+"""vdsm.hook: where VDSM keeps `hooking`."""

@@ -1,0 +1,7 @@
+"""vdsm.hook.hooking is vmworker's `hooking` module itself (one module, one set of helpers)."""
+
+import sys
+
+import hooking
+
+sys.modules[__name__] = hooking

@@ -1,0 +1,1 @@
+"""vdsm.network: only `ipwrapper.Link`'s device-type detection is provided."""
