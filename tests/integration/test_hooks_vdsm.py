@@ -1,0 +1,411 @@
+"""VDSM's own hook scripts, installed where their Makefile.am puts them, run unmodified.
+
+Each of the 16 VM- and device-level hooks of VDSM's vdsm_hooks/ that work under VDSM's own
+library on a host like this one runs here through the operation that runs its chain (or, for
+points no operation runs yet, through the dry run, which runs the real chain), and does its
+job. The other 11 are in docs/hooks.md with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+from click.testing import CliRunner
+from lxml import etree
+
+from tests.support import QEMU_URI, small_vm, unique
+from tests.vdsmhooks import all_hooks, install
+from worker.cli import main
+
+# need a facility this host does not have, so a site without it does not install them:
+# libguestfs (fileinject), vhostmd (vhostmd), nmstate and VDSM's daemon (openstacknet)
+NEEDS_FACILITY = {"fileinject", "vhostmd", "openstacknet"}
+
+
+def spec(**kw: Any) -> dict[str, Any]:
+    return {
+        "uuid": str(uuid.uuid4()),
+        "name": unique("vmw-vdsm-"),
+        "vcpus": 1,
+        "memory_mib": 64,
+        **kw,
+    }
+
+
+def run_op(env, tap, op, vm, custom=None, timeout=60.0):  # type: ignore[no-untyped-def]
+    rid = env.publish(op, vm, custom=custom)
+    return tap.wait_terminal(rid, timeout)["data"]
+
+
+def hook_result(d: dict[str, Any], point: str, name: str) -> dict[str, Any]:
+    (h,) = [h for h in d["hooks"] if h["point"] == point and h["name"] == name]
+    return h
+
+
+def live(uri: str, vm_uuid: str) -> etree._Element:
+    conn = libvirt.open(uri)
+    try:
+        return etree.fromstring(conn.lookupByUUIDString(vm_uuid).XMLDesc(0))
+    finally:
+        conn.close()
+
+
+def started(env, tap, start_worker, domains, hooks_root, hook, vm, custom, uri="test:///default"):  # type: ignore[no-untyped-def]
+    """Install `hook` as VDSM does, start `vm` with `custom`: (the after event's data, the
+    running domain's XML)."""
+    install(hooks_root, hook)
+    env.libvirt_uri = uri
+    start_worker()
+    domains.append(vm["uuid"])
+    d = run_op(env, tap, "start_vm", vm, custom)
+    assert d["phase"] == "after", d.get("error")
+    return d, live(uri, vm["uuid"])
+
+
+def test_a_whole_vdsm_hook_tree_lets_every_start_vm_run(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    hooks = [h for h in all_hooks() if h not in NEEDS_FACILITY]
+    install(hooks_root, *hooks)
+    start_worker()
+    vm = spec(cpu={"mode": "custom", "model": "qemu64"})
+    test_domains.append(vm["uuid"])
+    d = run_op(env, tap, "start_vm", vm)
+    assert d["phase"] == "after", d.get("error")
+    before = [h for h in d["hooks"] if h["point"] == "before_vm_start"]
+    assert [h["name"] for h in before] == [
+        "10_faqemu",
+        "50_boot_hostdev",
+        "50_cpuflags",
+        "50_diskunmap",
+        "50_httpsisoboot",
+        "50_log_console",
+        "50_log_firmware",
+        "50_macbind",
+        "50_nestedvt",
+        "50_qemucmdline",
+        "50_scratchpad",
+        "50_smbios",
+        "50_spiceoptions",
+        "60_checkimages",
+    ]
+    assert all(h["rc"] == 0 for h in before), [(h["name"], h["stderr_tail"]) for h in before]
+
+
+def test_boot_hostdev_boots_from_the_named_host_device(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    vm = spec(pci_devices=[{"address": "0000:0b:00.0"}])
+    d, xml = started(
+        env,
+        tap,
+        start_worker,
+        test_domains,
+        hooks_root,
+        "boot_hostdev",
+        vm,
+        {"boot_hostdev": "pci_0000_0b_00_0"},
+    )
+    assert hook_result(d, "before_vm_start", "50_boot_hostdev")["changed_xml"] is True
+    assert xml.xpath("devices/hostdev/boot/@order") == ["1"]
+
+
+def test_checkimages_checks_qcow2_disks_and_refuses_a_corrupt_one(
+    env, tap, start_worker, test_domains, hooks_root, tmp_path
+):
+    good, bad = tmp_path / "good.qcow2", tmp_path / "bad.qcow2"
+    for image in (good, bad):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    with open(bad, "r+b") as f:  # a refcount table pointing past the end of the file
+        f.seek(48)
+        f.write((1 << 40).to_bytes(8, "big"))
+    custom = {"checkimages": "true"}
+    vm = spec(disks=[{"path": str(good), "format": "qcow2"}])
+    d, _ = started(env, tap, start_worker, test_domains, hooks_root, "checkimages", vm, custom)
+    h = hook_result(d, "before_vm_start", "60_checkimages")
+    assert h["rc"] == 0 and f"{good} image check returned" in h["stderr_tail"]
+    vm = spec(disks=[{"path": str(bad), "format": "qcow2"}])
+    test_domains.append(vm["uuid"])
+    d = run_op(env, tap, "start_vm", vm, custom)
+    assert d["phase"] == "fail" and d["error"]["hook"] == "60_checkimages"
+    assert "Error running /usr/bin/qemu-img check" in d["error"]["stderr"]
+
+
+def test_cpuflags_requires_and_disables_cpu_features(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    vm = spec(cpu={"mode": "custom", "model": "qemu64"})
+    _, xml = started(
+        env,
+        tap,
+        start_worker,
+        test_domains,
+        hooks_root,
+        "cpuflags",
+        vm,
+        {"cpuflags": "+mmx,-syscall"},
+    )
+    features = {f.get("name"): f.get("policy") for f in xml.iterfind("cpu/feature")}
+    assert features == {"mmx": "require", "syscall": "disable"}
+
+
+def test_diskunmap_passes_discard_to_scsi_disks(
+    env, tap, start_worker, test_domains, hooks_root, tmp_path
+):
+    image = tmp_path / "d.raw"
+    image.write_bytes(b"\0" * 4096)
+    vm = spec(disks=[{"path": str(image), "format": "raw", "bus": "virtio-scsi"}])
+    _, xml = started(
+        env, tap, start_worker, test_domains, hooks_root, "diskunmap", vm, {"diskunmap": "on"}
+    )
+    assert xml.xpath("devices/disk/driver/@discard") == ["unmap"]
+
+
+@pytest.fixture
+def vdsm_conf_dropin() -> Iterator[Path]:
+    """A drop-in of VDSM's admin temporary configuration (/run/vdsm/vdsm.conf.d), removed after."""
+    made = [p for p in (Path("/run/vdsm"), Path("/run/vdsm/vdsm.conf.d")) if not p.exists()]
+    for p in made:
+        p.mkdir(mode=0o755)
+    path = Path("/run/vdsm/vdsm.conf.d") / f"99-{unique('vmworker-test')}.conf"
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        for p in reversed(made):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def test_faqemu_turns_a_kvm_domain_into_qemu_when_vdsm_conf_says_fake_kvm(
+    env, tap, start_worker, test_domains, hooks_root, vdsm_conf_dropin
+):
+    vdsm_conf_dropin.write_text("[vars]\nfake_kvm_support = true\n")
+    vm = spec(domain_type="kvm", cpu={"mode": "custom", "model": "qemu64"})
+    d, xml = started(env, tap, start_worker, test_domains, hooks_root, "faqemu", vm, None)
+    assert hook_result(d, "before_vm_start", "10_faqemu")["changed_xml"] is True
+    assert xml.get("type") == "qemu"
+    assert xml.find("cpu/model") is None
+
+
+def test_log_console_logs_the_serial_console_to_a_file(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    vm = spec()
+    _, xml = started(
+        env, tap, start_worker, test_domains, hooks_root, "log_console", vm, {"log_console": "on"}
+    )
+    (log,) = xml.iterfind("devices/serial/log")
+    assert log.get("file") == f"/var/log/libvirt/qemu/{vm['name']}-console.log"
+
+
+def test_log_firmware_writes_the_firmware_log_of_a_real_qemu(
+    env, tap, start_worker, qemu_domains, hooks_root, tmp_path
+):
+    vm = small_vm("fw")
+    custom = {"log_firmware": "on", "log_firmware_dir": str(tmp_path)}
+    _, xml = started(
+        env, tap, start_worker, qemu_domains, hooks_root, "log_firmware", vm, custom, QEMU_URI
+    )
+    q = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+    args = [a.get("value") for a in xml.iter(f"{q}arg")]
+    assert "isa-debugcon,iobase=0x402,chardev=firmware" in args
+    assert (tmp_path / f"{vm['name']}-firmware.log").exists()  # QEMU opened it
+
+
+def test_nestedvt_requires_the_hosts_nested_feature_when_the_host_has_it(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    vm = spec(cpu={"mode": "custom", "model": "qemu64"})
+    d, xml = started(env, tap, start_worker, test_domains, hooks_root, "nestedvt", vm, None)
+    nested = {
+        m: f
+        for m, f in (("kvm_intel", "vmx"), ("kvm_amd", "svm"))
+        if Path(f"/sys/module/{m}/parameters/nested").is_file()
+        and Path(f"/sys/module/{m}/parameters/nested").read_text().strip() in ("Y", "1")
+    }
+    h = hook_result(d, "before_vm_start", "50_nestedvt")
+    assert h["rc"] == 0
+    required = [f.get("name") for f in xml.iterfind("cpu/feature[@policy='require']")]
+    assert required == list(nested.values())[:1]
+    assert h["changed_xml"] is bool(nested)
+
+
+def test_qemucmdline_passes_arguments_to_a_real_qemu(
+    env, tap, start_worker, qemu_domains, hooks_root
+):
+    vm = small_vm("cmdline")
+    custom = {"qemu_cmdline": '["-msg", "timestamp=on"]'}
+    _, xml = started(
+        env, tap, start_worker, qemu_domains, hooks_root, "qemucmdline", vm, custom, QEMU_URI
+    )
+    q = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+    assert [a.get("value") for a in xml.iter(f"{q}arg")] == ["-msg", "timestamp=on"]
+    pid = Path(f"/run/libvirt/qemu/{vm['name']}.pid").read_text().strip()
+    assert "timestamp=on" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def test_scratchpad_adds_a_scratch_disk_and_removes_it_after_destroy(
+    env, tap, start_worker, test_domains, hooks_root, tmp_path
+):
+    image = tmp_path / "scratch.img"
+    custom = {"scratchpad": f"1M,{image}"}
+    vm = spec()
+    _, xml = started(env, tap, start_worker, test_domains, hooks_root, "scratchpad", vm, custom)
+    assert xml.xpath("devices/disk/source/@file") == [str(image)]
+    assert image.stat().st_size == 1024 * 1024  # made by qemu-img through hooking.execCmd
+    d = run_op(env, tap, "destroy_vm", {"uuid": vm["uuid"]}, custom)
+    assert d["phase"] == "after", d.get("error")
+    assert hook_result(d, "after_vm_destroy", "50_scratchpad")["rc"] == 0
+    assert not image.exists()
+
+
+def test_smbios_sets_system_and_bios_entries(env, tap, start_worker, test_domains, hooks_root):
+    vm = spec()
+    custom = {"smbios": "{'serial': '1234'}^{'vendor': 'oVirt'}"}
+    _, xml = started(env, tap, start_worker, test_domains, hooks_root, "smbios", vm, custom)
+    assert xml.xpath("sysinfo[@type='smbios']/system/entry[@name='serial']/text()") == ["1234"]
+    assert xml.xpath("sysinfo[@type='smbios']/bios/entry[@name='vendor']/text()") == ["oVirt"]
+
+
+@pytest.fixture
+def libvirt_network() -> Iterator[tuple[str, str]]:
+    """A running libvirt network on qemu:///system over a fresh Linux bridge: (network, bridge)."""
+    tag = uuid.uuid4().hex[:8]
+    net, bridge = f"vmwn{tag}", f"vmwb{tag}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    conn = libvirt.open(QEMU_URI)
+    try:
+        conn.networkCreateXML(
+            f"<network><name>{net}</name><forward mode='bridge'/><bridge name='{bridge}'/>"
+            "</network>"
+        )
+        yield net, bridge
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.networkLookupByName(net).destroy()
+        conn.close()
+        subprocess.run(["ip", "link", "del", bridge], check=False)
+
+
+def test_extnet_moves_a_hotplugged_nic_to_a_libvirt_network(
+    env, tap, start_worker, qemu_domains, hooks_root, libvirt_network
+):
+    net, bridge = libvirt_network
+    vm = small_vm("extnet")
+    started(env, tap, start_worker, qemu_domains, hooks_root, "extnet", vm, None, QEMU_URI)
+    rid = env.publish(
+        "attach_nic",
+        {"uuid": vm["uuid"]},
+        params={"nic": {"source": "no-such-bridge", "mac": "52:54:00:12:34:56"}},
+        custom={"extnet": net},
+    )
+    d = tap.wait_terminal(rid, 60)["data"]
+    assert d["phase"] == "after", d.get("error")
+    assert hook_result(d, "before_nic_hotplug", "50_extnet")["changed_xml"] is True
+    (nic,) = live(QEMU_URI, vm["uuid"]).iterfind("devices/interface")
+    # live, libvirt shows the network's actual connection (a bridge) with the network named
+    assert nic.find("source").get("network") == net
+    tap_dev = nic.find("target").get("dev")
+    assert Path(f"/sys/class/net/{tap_dev}/master").resolve().name == bridge
+
+
+def dry_run(hooks_root: Path, tmp_path: Path, point: str, xml: str, *custom: str) -> Any:
+    """`vmworker hooks run` (the real chain, on a copy): (its result, the final payload)."""
+    src, out = tmp_path / "in.xml", tmp_path / "out.xml"
+    src.write_text(xml)
+    argv = ["hooks", "run", point, "--xml", str(src), "--hooks", str(hooks_root), "-o", str(out)]
+    for pair in custom:
+        argv += ["--custom", pair]
+    res = CliRunner().invoke(main, argv)
+    return res, etree.fromstring(out.read_text()) if out.exists() else None
+
+
+NIC = (
+    '<interface type="bridge"><mac address="00:1a:4a:16:01:b0"/><model type="virtio"/>'
+    '<source bridge="ovirtmgmt"/><link state="up"/></interface>'
+)
+
+
+# before_device_create runs per device when a VM starts or is defined once the device chains
+# land; until then the dry run runs the same chain
+def test_allocate_net_picks_one_of_the_equivalent_networks(hooks_root, tmp_path):
+    install(hooks_root, "allocate_net")
+    res, nic = dry_run(hooks_root, tmp_path, "before_device_create", NIC, "equivnets=red blue")
+    assert res.exit_code == 0, res.output
+    assert nic.find("source").get("bridge") in ("red", "blue")
+    assert "allocating random network" in res.output
+
+
+def test_extnet_moves_a_created_nic_to_a_libvirt_network(hooks_root, tmp_path):
+    install(hooks_root, "extnet")
+    res, nic = dry_run(hooks_root, tmp_path, "before_device_create", NIC, "extnet=default")
+    assert res.exit_code == 0, res.output
+    assert nic.get("type") == "network" and nic.find("source").attrib == {"network": "default"}
+
+
+# migrate_vm is not an operation yet: the dry run runs the source host's chain
+@pytest.mark.parametrize(
+    ("hook", "name", "custom", "says"),
+    [
+        ("scratchpad", "50_scratchpad", "scratchpad=1M,/x", "cannot migrate VM with scratchpad"),
+        ("localdisk", "localdisk", "localdisk=lvm", "Cannot migrate VM with local disk"),
+    ],
+)
+def test_hooks_refuse_to_migrate_a_vm_with_local_storage(
+    hooks_root, tmp_path, hook, name, custom, says
+):
+    install(hooks_root, hook)
+    xml = f"<domain type='kvm'><name>v</name><uuid>{uuid.uuid4()}</uuid><devices/></domain>"
+    res, _ = dry_run(hooks_root, tmp_path, "before_vm_migrate_source", xml, custom)
+    assert res.exit_code == 1 and f"{name}: rc=2" in res.output and says in res.output
+    res, _ = dry_run(hooks_root, tmp_path, "before_vm_migrate_source", xml)
+    assert res.exit_code == 0, res.output
+
+
+def test_a_hook_needing_vdsms_daemon_fails_naming_vdsm_client_in_the_event(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    install(hooks_root, "vhostmd")
+    for link in hooks_root.glob("before_*/50_vhostmd"):
+        link.unlink()  # this host has no vhostmd.conf; the after_vm_destroy part is the point
+    start_worker()
+    vm = spec()
+    test_domains.append(vm["uuid"])
+    assert run_op(env, tap, "start_vm", vm)["phase"] == "after"
+    d = run_op(env, tap, "destroy_vm", {"uuid": vm["uuid"]}, {"sap_agent": "true"})
+    assert d["phase"] == "after"  # after-chains only report
+    h = hook_result(d, "after_vm_destroy", "50_vhostmd")
+    assert h["rc"] == 1 and "vdsm.client needs VDSM's own daemon" in h["stderr_tail"]
+
+
+@pytest.mark.parametrize("prewarm", [False, True])
+def test_usr_bin_python3_hooks_run_on_the_hosts_python_with_libvirt_and_lxml(
+    hooks_root, tmp_path, prewarm
+):
+    d = hooks_root / "before_vm_start"
+    d.mkdir(mode=0o755)
+    script = d / "50_host_python"
+    script.write_text(
+        "#!/usr/bin/python3\n"
+        "import sys, libvirt, lxml.etree, hooking\n"
+        "from vdsm.common import libvirtconnection\n"
+        "hooking.log(f'python={sys.executable} uri={libvirtconnection.get().getURI()}')\n"
+    )
+    script.chmod(0o755)
+    xml = f"<domain type='kvm'><name>v</name><uuid>{uuid.uuid4()}</uuid><devices/></domain>"
+    src = tmp_path / "in.xml"
+    src.write_text(xml)
+    argv = ["hooks", "run", "before_vm_start", "--xml", str(src), "--hooks", str(hooks_root)]
+    res = CliRunner().invoke(main, argv + (["--prewarm"] if prewarm else []))
+    assert res.exit_code == 0, res.output
+    assert "python=/usr/bin/python3 " in res.output
+    assert "uri=qemu:///system" in res.output
