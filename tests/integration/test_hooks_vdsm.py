@@ -409,3 +409,25 @@ def test_usr_bin_python3_hooks_run_on_the_hosts_python_with_libvirt_and_lxml(
     assert res.exit_code == 0, res.output
     assert "python=/usr/bin/python3 " in res.output
     assert "uri=qemu:///system" in res.output
+
+
+@pytest.mark.parametrize(
+    ("hook", "custom", "says"),
+    [
+        ("httpsisoboot", "httpsisoboot=https://example.com/x.iso", "has no attribute 'parse'"),
+        ("macbind", "macbind={'00:1a:4a:60:d1:9a': 'lo'}", "has no attribute 'iteritems'"),
+        ("spiceoptions", "spiceoptions={'image': {'compression': 'glz'}}", "iteritems"),
+    ],
+)
+def test_hooks_broken_upstream_pass_without_their_property_and_fail_with_it(
+    hooks_root, tmp_path, hook, custom, says
+):
+    install(hooks_root, hook)
+    xml = (
+        f"<domain type='kvm'><name>v</name><uuid>{uuid.uuid4()}</uuid><devices>"
+        "<graphics type='spice'/></devices></domain>"
+    )
+    res, _ = dry_run(hooks_root, tmp_path, "before_vm_start", xml)
+    assert res.exit_code == 0, res.output
+    res, _ = dry_run(hooks_root, tmp_path, "before_vm_start", xml, custom)
+    assert res.exit_code == 1 and "rc=2" in res.output and says in res.output
