@@ -431,3 +431,26 @@ def test_hooks_broken_upstream_pass_without_their_property_and_fail_with_it(
     assert res.exit_code == 0, res.output
     res, _ = dry_run(hooks_root, tmp_path, "before_vm_start", xml, custom)
     assert res.exit_code == 1 and "rc=2" in res.output and says in res.output
+
+
+def test_launch_flags_a_hook_saves_are_a_file_under_the_workers_state_dir(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    d = hooks_root / "before_vm_start"
+    d.mkdir(mode=0o755)
+    script = d / "50_start_paused"
+    script.write_text(
+        "#!/usr/bin/python3\n"
+        "import os, libvirt\n"
+        "from vdsm.hook import hooking\n"
+        "vm = os.environ['vmId']\n"
+        "flags = hooking.load_vm_launch_flags_from_file(vm)\n"
+        "hooking.dump_vm_launch_flags_to_file(vm, flags | libvirt.VIR_DOMAIN_START_PAUSED)\n"
+    )
+    script.chmod(0o755)
+    start_worker()
+    vm = spec()
+    test_domains.append(vm["uuid"])
+    assert run_op(env, tap, "start_vm", vm)["phase"] == "after"
+    saved = env.state_dir / "hooks" / vm["uuid"] / "launchflags"
+    assert saved.read_text() == str(libvirt.VIR_DOMAIN_START_PAUSED)
