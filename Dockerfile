@@ -20,8 +20,10 @@ RUN /opt/vmworker/bin/pip install --no-cache-dir /src
 
 FROM debian:12-slim AS worker
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PATH=/opt/vmworker/bin:$PATH
+# python3-libvirt, python3-lxml: hook scripts run on the host's python3 (VDSM's hooks import both)
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 libvirt0 libxml2 libxslt1.1 ca-certificates \
+      python3-libvirt python3-lxml \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/vmworker /opt/vmworker
 # the shipped hooks, owned by root and not writable by anyone else (the hook engine checks)
