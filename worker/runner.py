@@ -25,6 +25,7 @@ from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt
 from handlers.message import OpMessage
 from handlers.operations import OPERATIONS
+from worker import redact
 from worker.config import Settings
 from worker.hooks import POINTS, ChainResult, HookEngine
 
@@ -162,7 +163,23 @@ class Runner:
     def run(
         self, op: OpMessage, *, request_id: str, context: dict[str, Any] | None = None
     ) -> Outcome:
-        """Run `op` (a parsed operation message) to its outcome. Never raises."""
+        """Run `op` (a parsed operation message) to its outcome. Never raises. Its secrets are
+        scrubbed from the outcome (hooks' output, error, notes) and from every log line of the
+        run."""
+        secrets = op.secrets()
+        with redact.holding(secrets):
+            out = self._run(op, request_id=request_id, context=context)
+        if secrets:
+            out.hooks = redact.scrub(out.hooks, secrets)
+            out.notes = redact.scrub(out.notes, secrets)
+            if out.error is not None:
+                out.error.message = redact.scrub(out.error.message, secrets)
+                out.error.details = redact.scrub(out.error.details, secrets)
+        return out
+
+    def _run(
+        self, op: OpMessage, *, request_id: str, context: dict[str, Any] | None = None
+    ) -> Outcome:
         t0 = time.monotonic()
         handler: Operation[Any] = OPERATIONS[op.op]
         context = {"op": op.op, "request_id": request_id, **(context or {})}
@@ -219,7 +236,8 @@ class Runner:
         except Exception as exc:  # a bug must still end in a fail event, not a stuck message
             log.exception("op.crashed")
             err = OpError("internal", f"{type(exc).__name__}: {exc}", "internal")
-        fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=str(err))
+        error = redact.scrub(str(err), op.secrets())  # into the hooks' environment
+        fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=error)
         hooks += self._hooks_event(fail)
         state = "unknown"
         if ctx is not None:
