@@ -204,6 +204,7 @@ def _restored(ctx: Ctx[DehibernateVm]) -> bool:
         return False
     path = state_path(ctx)
     if holds_this_vm(ctx, path):
+        ctx.notes["state_file"] = path
         _remove(ctx, path)
     return True
 

@@ -193,7 +193,8 @@ class Runner:
             assert ctx is not None
             done, _ = self._retried(op.op, lambda: handler.done(ctx))
             if done:
-                return Outcome(True, ctx.state(), _ms(t0), opened, noop=True)
+                notes = dict(ctx.notes)  # what `done` found (a stale file it removed, ...)
+                return Outcome(True, ctx.state(), _ms(t0), opened, noop=True, notes=notes)
             payload = handler.prepare(ctx)
             before = self._chain(f"before_{handler.point}", payload, op, context)
             hooks += self._hooks_event(before)

@@ -180,3 +180,25 @@ def test_a_hibernate_redelivered_after_its_save_completed_does_not_save_again(
     assert (path.stat().st_mtime_ns, path.stat().st_ino) == stamp
     assert domain_state(dom) == "shutoff"
     os.unlink(path)
+
+
+def test_a_dehibernate_redelivered_after_its_restore_removes_the_stale_file(
+    env, tap, start_worker, test_domains, tmp_path
+):
+    """A worker killed between the restore and the file's removal leaves a running VM and its
+    state file: restoring that file again would roll the guest back, so the noop removes it."""
+    from handlers.domxml import build_domain_xml
+    from handlers.spec import VmSpec
+
+    spec = _spec("stale")
+    test_domains.append(spec["uuid"])
+    conn = libvirt.open("test:///default")
+    dom = conn.defineXML(build_domain_xml(VmSpec.model_validate(spec)))
+    dom.create()
+    path = tmp_path / f"{spec['uuid']}.save"
+    dom.save(str(path))
+    conn.restore(str(path))  # the crashed run's restore; the file is still there
+    start_worker(storage_roots=[tmp_path])
+    d = _do(env, tap, "dehibernate_vm", {"uuid": spec["uuid"]})
+    assert d["phase"] == "after" and d["noop"] is True and d["state"] == "running"
+    assert d["state_file_removed"] is True and not path.exists()
