@@ -166,7 +166,7 @@ class Runner:
         """Run `op` (a parsed operation message) to its outcome. Never raises. Its secrets are
         scrubbed from the outcome (hooks' output, error, notes) and from every log line of the
         run."""
-        secrets = op.secrets()
+        secrets = _secrets(op)
         with redact.holding(secrets):
             out = self._run(op, request_id=request_id, context=context)
         if secrets:
@@ -237,7 +237,7 @@ class Runner:
         except Exception as exc:  # a bug must still end in a fail event, not a stuck message
             log.exception("op.crashed")
             err = OpError("internal", f"{type(exc).__name__}: {exc}", "internal")
-        error = redact.scrub(str(err), op.secrets())  # into the hooks' environment
+        error = redact.scrub(str(err), _secrets(op))  # into the hooks' environment
         fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=error)
         hooks += self._hooks_event(fail)
         state = "unknown"
@@ -246,6 +246,11 @@ class Runner:
                 state = ctx.state()
         notes = dict(ctx.notes) if ctx is not None else {}
         return Outcome(False, state, _ms(t0), attempts, hooks, err, notes=notes)
+
+
+def _secrets(op: OpMessage) -> list[str]:
+    """The op's secrets; a stand-in for a message (a test's) has none."""
+    return op.secrets() if isinstance(op, OpMessage) else []
 
 
 def _safe_xml(ctx: Ctx[OpMessage], fallback: str) -> str:
