@@ -6,10 +6,10 @@ Each family of handlers declares its own ops' models (their `op` literal, `vm` f
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
 
 from handlers.spec import VmSpec
 
@@ -62,6 +62,17 @@ class OpMessage(Strict):
             raise TypeError(f"{cls.__name__}.op must be a Literal of one op name")
         return str(names[0])
 
+    def secrets(self) -> list[str]:
+        """The values of this message's secret fields (`SecretStr`): what no report may show."""
+        out = []
+        for path in secret_paths(type(self)):
+            value: Any = self
+            for name in path:
+                value = getattr(value, name, None)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                out.append(value.get_secret_value())
+        return out
+
     @property
     def vm_uuid(self) -> str:
         return str(self.vm.uuid)
@@ -69,3 +80,33 @@ class OpMessage(Strict):
     @property
     def vm_name(self) -> str | None:
         return self.vm.name
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    """The types an annotation may hold: `X | None`, `Annotated[X, ...]` and unions unwrapped."""
+    if get_origin(annotation) is Annotated:
+        return _models_in(get_args(annotation)[0])
+    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
+        return [t for arg in get_args(annotation) for t in _models_in(arg)]
+    return [annotation]
+
+
+_SECRET_PATHS: dict[type[BaseModel], tuple[tuple[str, ...], ...]] = {}
+
+
+def secret_paths(model: type[BaseModel]) -> tuple[tuple[str, ...], ...]:
+    """The field paths of `model` that hold a `SecretStr` (`("params", "password")`)."""
+    if model not in _SECRET_PATHS:
+        _SECRET_PATHS[model] = _find_secrets(model)
+    return _SECRET_PATHS[model]
+
+
+def _find_secrets(model: type[BaseModel]) -> tuple[tuple[str, ...], ...]:
+    out: list[tuple[str, ...]] = []
+    for name, info in model.model_fields.items():
+        for t in _models_in(info.annotation):
+            if t is SecretStr:
+                out.append((name,))
+            elif isinstance(t, type) and issubclass(t, BaseModel):
+                out += [(name, *p) for p in secret_paths(t)]
+    return tuple(dict.fromkeys(out))

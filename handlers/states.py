@@ -74,6 +74,10 @@ RULES: dict[str, Rule] = {
         frozenset({UNDEFINED}), OFF, _hint(ACTIVE, "set params.destroy to stop it first")
     ),
     "undefine_vm+destroy": Rule(frozenset({UNDEFINED}), DEFINED),
+    # off with its state file at the path is a noop too: the handler's `done` says so
+    "hibernate_vm": Rule(NO_STATE, RUNNING | PAUSED, _hint(OFF, "it has no memory to save")),
+    "dehibernate_vm": Rule(RUNNING, OFF | {UNDEFINED}, _START),
+    "set_ticket": Rule(NO_STATE, LIVE, _hint(OFF, "only a running VM has a display")),
     **{op: _DEVICE for op in DEVICE_OPS},
 }
 LIVE_HINT = "a VM that is not running has only its persistent definition to change"

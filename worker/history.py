@@ -23,6 +23,7 @@ from kombu.message import Message
 
 from worker.bounds import cell
 from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
+from worker.messages import redact_body
 from worker.monitor import parse_time
 from worker.subscribe import vouched
 from worker.topology import Topology, stream
@@ -204,8 +205,17 @@ def _op_entry(m: LogMessage) -> dict[str, Any]:
         "replay_of": m.replay_of,
         "what": "published",
         "headers": {k: v for k, v in m.headers.items() if k != "x-stream-offset"},
-        "body": m.doc if m.doc is not None else m.body.decode("utf-8", "replace"),
+        "body": _shown_body(m),
     }
+
+
+def _shown_body(m: LogMessage) -> Any:
+    """The body, its secrets (a `set_ticket` password) as `***`; a body that is not a JSON
+    object is shown only if it cannot hide one."""
+    if m.doc is not None:
+        return redact_body(m.doc)
+    text = m.body.decode("utf-8", "replace")
+    return "(not a JSON object: not shown)" if "password" in text else text
 
 
 def _event_entry(ev: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from worker import redact
 from worker.errors import OpError
 
 STDERR_TAIL = 2000  # characters of a hook's stderr a log line keeps (its end)
@@ -60,6 +61,7 @@ def configure(level: str = "info", *, json: bool = True, host: str | None = None
             structlog.contextvars.merge_contextvars,
             *shared,
             structlog.processors.format_exc_info,
+            redact.processor,  # last before rendering: the traceback is text by now
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
@@ -73,7 +75,11 @@ def configure(level: str = "info", *, json: bool = True, host: str | None = None
     _handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact.processor,
+                renderer,
+            ],
         )
     )
     root.addHandler(_handler)

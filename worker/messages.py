@@ -12,7 +12,7 @@ from uuid import UUID
 from pydantic import ValidationError, create_model, field_validator
 
 from handlers.errors import OpError, validation
-from handlers.message import MESSAGE_VERSION, OpMessage
+from handlers.message import MESSAGE_VERSION, OpMessage, secret_paths
 from handlers.operations import OPERATIONS
 from worker.hooks import CustomPropertyError, validate_custom
 
@@ -114,9 +114,26 @@ def parse_operation(body: bytes, *, max_bytes: int) -> OpMessage:
         raise validation(str(exc), "bad_custom") from None
 
 
+def redact_body(doc: dict[str, Any]) -> dict[str, Any]:
+    """An operation message's body as it may be shown: each secret field of its op (a
+    `SecretStr`: the password of `set_ticket`) that is present replaced by `***`, whether or
+    not the rest of the body is valid."""
+    op = doc.get("op")
+    if not isinstance(op, str) or op not in OPERATIONS:
+        return doc
+    out = json.loads(json.dumps(doc))
+    for path in secret_paths(OPERATIONS[op].message):
+        node: Any = out
+        for name in path[:-1]:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(path[-1]) is not None:
+            node[path[-1]] = "***"
+    return out
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every op message, for control-plane authors."""
     return {name: model.model_json_schema() for name, model in sorted(OP_MODELS.items())}
 
 
-__all__ = ["OP_MODELS", "OpError", "json_schemas", "parse_operation", "peek"]
+__all__ = ["OP_MODELS", "OpError", "json_schemas", "parse_operation", "peek", "redact_body"]

@@ -25,6 +25,7 @@ from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt
 from handlers.message import OpMessage
 from handlers.operations import OPERATIONS
+from worker import redact
 from worker.config import Settings
 from worker.hooks import POINTS, ChainResult, HookEngine
 
@@ -162,7 +163,23 @@ class Runner:
     def run(
         self, op: OpMessage, *, request_id: str, context: dict[str, Any] | None = None
     ) -> Outcome:
-        """Run `op` (a parsed operation message) to its outcome. Never raises."""
+        """Run `op` (a parsed operation message) to its outcome. Never raises. Its secrets are
+        scrubbed from the outcome (hooks' output, error, notes) and from every log line of the
+        run."""
+        secrets = _secrets(op)
+        with redact.holding(secrets):
+            out = self._run(op, request_id=request_id, context=context)
+        if secrets:
+            out.hooks = redact.scrub(out.hooks, secrets)
+            out.notes = redact.scrub(out.notes, secrets)
+            if out.error is not None:
+                out.error.message = redact.scrub(out.error.message, secrets)
+                out.error.details = redact.scrub(out.error.details, secrets)
+        return out
+
+    def _run(
+        self, op: OpMessage, *, request_id: str, context: dict[str, Any] | None = None
+    ) -> Outcome:
         t0 = time.monotonic()
         handler: Operation[Any] = OPERATIONS[op.op]
         context = {"op": op.op, "request_id": request_id, **(context or {})}
@@ -176,7 +193,8 @@ class Runner:
             assert ctx is not None
             done, _ = self._retried(op.op, lambda: handler.done(ctx))
             if done:
-                return Outcome(True, ctx.state(), _ms(t0), opened, noop=True)
+                notes = dict(ctx.notes)  # what `done` found (a stale file it removed, ...)
+                return Outcome(True, ctx.state(), _ms(t0), opened, noop=True, notes=notes)
             payload = handler.prepare(ctx)
             before = self._chain(f"before_{handler.point}", payload, op, context)
             hooks += self._hooks_event(before)
@@ -219,7 +237,8 @@ class Runner:
         except Exception as exc:  # a bug must still end in a fail event, not a stuck message
             log.exception("op.crashed")
             err = OpError("internal", f"{type(exc).__name__}: {exc}", "internal")
-        fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=str(err))
+        error = redact.scrub(str(err), _secrets(op))  # into the hooks' environment
+        fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=error)
         hooks += self._hooks_event(fail)
         state = "unknown"
         if ctx is not None:
@@ -227,6 +246,11 @@ class Runner:
                 state = ctx.state()
         notes = dict(ctx.notes) if ctx is not None else {}
         return Outcome(False, state, _ms(t0), attempts, hooks, err, notes=notes)
+
+
+def _secrets(op: OpMessage) -> list[str]:
+    """The op's secrets; a stand-in for a message (a test's) has none."""
+    return op.secrets() if isinstance(op, OpMessage) else []
 
 
 def _safe_xml(ctx: Ctx[OpMessage], fallback: str) -> str:

@@ -31,6 +31,9 @@ POINTS = {  # each op's hook point (docs/protocol.md)
     "update_device": "update_device",
     "set_vcpus": "set_num_of_cpus",
     "set_memory": "memory_hotplug",
+    "hibernate_vm": "vm_hibernate",
+    "dehibernate_vm": "vm_dehibernate",
+    "set_ticket": "vm_set_ticket",
 }
 RAN, NOOP = "ran", "noop"
 BAD, GONE = "bad_state", "no_domain"
@@ -40,6 +43,8 @@ DISK = {"disk": {"path": "/var/lib/vmworker/data.img"}}
 NIC = {"nic": {"source": "br0"}}
 MAC = {"mac": "52:54:00:12:34:56"}
 CDROM = {"device": "cdrom", "target": "hdc", "path": None}
+STATE_FILE = {"path": "TMP"}  # a state file in the test's own directory
+TICKET = {"password": "pw"}
 
 # (op, params, the VM's state before, the outcome, its state after)
 ROWS: list[tuple[str, dict[str, Any] | None, str, str, str]] = [
@@ -81,6 +86,14 @@ ROWS: list[tuple[str, dict[str, Any] | None, str, str, str]] = [
     ("undefine_vm", None, "paused", BAD, "paused"),
     ("undefine_vm", {"destroy": True}, "running", RAN, "undefined"),
     ("undefine_vm", {"destroy": True}, "paused", RAN, "undefined"),
+    ("hibernate_vm", STATE_FILE, "undefined", GONE, "undefined"),
+    ("hibernate_vm", STATE_FILE, "shutoff", BAD, "shutoff"),  # no state file there
+    ("hibernate_vm", STATE_FILE, "running", RAN, "shutoff"),
+    ("hibernate_vm", STATE_FILE, "paused", RAN, "shutoff"),
+    ("dehibernate_vm", STATE_FILE, "running", NOOP, "running"),
+    ("dehibernate_vm", STATE_FILE, "paused", BAD, "paused"),
+    ("set_ticket", TICKET, "undefined", GONE, "undefined"),
+    ("set_ticket", TICKET, "shutoff", BAD, "shutoff"),
 ]
 # device ops change the persistent definition of a VM that is not running; its live domain
 # (`live: true`, or `persistent: false` alone) only when it runs or is paused
@@ -139,10 +152,12 @@ def _state_of(conn: libvirt.virConnect, vm_uuid: str) -> str:
 
 @pytest.mark.parametrize("row", ROWS, ids=[_id(r) for r in ROWS])
 def test_operation_in_each_state_says_what_happened(
-    env, tap, start_worker, test_domains, hooks_root: Path, row
+    env, tap, start_worker, test_domains, hooks_root: Path, tmp_path: Path, row
 ):
     op, params, before, outcome, after = row
     params = dict(params or {})
+    if params.get("path") == "TMP":
+        params["path"] = str(tmp_path / "vm.save")
     point = f"before_{POINTS[op]}"
     (hooks_root / point).mkdir(mode=0o755)
     (hooks_root / point / "10_seen").write_text("#!/bin/sh\nexit 0\n")

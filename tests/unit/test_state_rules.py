@@ -41,6 +41,9 @@ ROWS: dict[str, list[tuple[str, dict[str, Any], dict[str, Any] | None]]] = {
     "undefine_vm": [("undefine_vm", {"uuid": UUID}, None)],
     "undefine_vm with destroy: true": [("undefine_vm", {"uuid": UUID}, {"destroy": True})],
     "device operations": [(op, {"uuid": UUID}, p) for op, p in DEVICE_OPS.items()],
+    "hibernate_vm": [("hibernate_vm", {"uuid": UUID}, None)],
+    "dehibernate_vm": [("dehibernate_vm", {"uuid": UUID}, {"path": "/srv/vm.save"})],
+    "set_ticket": [("set_ticket", {"uuid": UUID}, {"password": "s3cret", "valid_s": 60})],
 }
 
 
