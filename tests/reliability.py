@@ -127,10 +127,19 @@ def tally(events: list[dict[str, Any]], request_ids: list[str]) -> dict[str, Any
     }
 
 
+SYSTEM_LIBVIRTD_PID = Path("/run/libvirtd.pid")
+
+
 def libvirtd_pid() -> int | None:
-    out = subprocess.run(["pidof", "libvirtd"], capture_output=True, text=True)
-    pids = [int(p) for p in out.stdout.split()]
-    return pids[0] if pids else None
+    """The qemu:///system daemon's pid, from its own pid file: a test's second libvirtd (with
+    a pid file of its own) is never taken for it."""
+    try:
+        pid = int(SYSTEM_LIBVIRTD_PID.read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+    return pid if name == "libvirtd" and state != "Z" else None  # a zombie is dead
 
 
 def kill_libvirtd() -> None:
