@@ -3,7 +3,7 @@ of declarations by op name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -96,6 +96,10 @@ def _never_done(ctx: Ctx[OpMessage]) -> bool:
     return False
 
 
+def _no_device_custom(op: OpMessage) -> Mapping[str, str]:
+    return {}
+
+
 @dataclass(frozen=True)
 class Operation(Generic[M]):
     """One operation, declared once; the runner, the message parser and the state observer all
@@ -111,7 +115,12 @@ class Operation(Generic[M]):
     - `execute(ctx, payload)`: the libvirt call, with the payload as the chain left it;
       retried by the runner when it raises a transient error, so it must be safe to repeat;
     - `done(ctx) -> bool`: whether the op's effect is already there (a no-op, or a request
-      recovered after a crash that needs no new run).
+      recovered after a crash that needs no new run);
+    - `devices`: a device base point (`device_create`, `device_destroy`) whose chains run once
+      per device of the payload around the op's own: `before_<devices>` before `before_<point>`
+      (its edits go into the payload), `after_<devices>` / `_fail` after the op's;
+    - `device_custom(op)`: the custom properties of the one device the op acts on (a hotplug's
+      spec), handed to its hooks over the message's `custom`.
     """
 
     message: type[M]
@@ -121,6 +130,8 @@ class Operation(Generic[M]):
     prepare: Callable[[Ctx[M]], str]
     execute: Callable[[Ctx[M], str], None]
     done: Callable[[Ctx[M]], bool] = _never_done
+    devices: str | None = None
+    device_custom: Callable[[M], Mapping[str, str]] = _no_device_custom
 
     @property
     def name(self) -> str:

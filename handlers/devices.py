@@ -217,6 +217,7 @@ declare(
         prepare=_attach_disk_prepare,
         execute=_attach,
         done=_attach_disk_done,
+        device_custom=lambda op: op.params.disk.custom,
     )
 )
 
@@ -312,6 +313,7 @@ declare(
         done=lambda ctx: (
             bool(ctx.op.params.nic.mac) and all(_nic_present(ctx, str(ctx.op.params.nic.mac)))
         ),
+        device_custom=lambda op: op.params.nic.custom,
     )
 )
 

@@ -111,6 +111,7 @@ declare(
         expects=("defined",),
         prepare=_spec_xml,
         execute=_define,
+        devices="device_create",
     )
 )
 
@@ -155,6 +156,7 @@ declare(
         prepare=_start_prepare,
         execute=_start,
         done=_start_done,
+        devices="device_create",
     )
 )
 
@@ -229,6 +231,7 @@ declare(
         prepare=_domain_xml,
         execute=_destroy,
         done=_shutdown_done,
+        devices="device_destroy",
     )
 )
 
@@ -337,5 +340,6 @@ declare(
         prepare=_undefine_prepare,
         execute=_undefine,
         done=lambda ctx: ctx.find() is None,
+        devices="device_destroy",
     )
 )

@@ -90,6 +90,15 @@ BootOrder = Annotated[int, Field(ge=1, le=65535)]
 IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,15}$")]
 Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
 BusName = Literal["virtio", "virtio-scsi", "sata", "ide"]
+# names follow the hook engine's rule on custom properties, checked where messages are parsed
+DeviceCustom = Annotated[
+    dict[Annotated[str, Field(max_length=128)], Annotated[XmlText, Field(max_length=4096)]],
+    Field(max_length=64),
+]
+DEVICE_CUSTOM_DOC = (
+    "Custom properties for this device's hooks (`device_create`, `device_destroy`, ...), over"
+    " the message's `custom`; kept in the domain's metadata."
+)
 CacheMode = Literal["none", "writethrough", "writeback", "directsync", "unsafe", "default"]
 
 
@@ -509,6 +518,7 @@ class DiskSpec(_Model):
         description="World Wide Name (virtio-scsi, ide).",
     )
     boot_order: BootOrder | None = Field(default=None, description="Per-device boot priority.")
+    custom: DeviceCustom = Field(default_factory=dict, description=DEVICE_CUSTOM_DOC)
 
 
 @rule("DiskSpec")
@@ -583,6 +593,7 @@ class CdromSpec(_Model):
         default=None, pattern=r"^(sd|hd)[a-z]{1,3}$", description="Unset: next free name."
     )
     boot_order: BootOrder | None = None
+    custom: DeviceCustom = Field(default_factory=dict, description=DEVICE_CUSTOM_DOC)
 
 
 @rule("CdromSpec")
@@ -677,6 +688,7 @@ class NicSpec(_Model):
     target_dev: IfName | None = Field(default=None, description="Host-side tap name.")
     queues: int | None = Field(default=None, ge=1, le=256, description="virtio multiqueue.")
     boot_order: BootOrder | None = None
+    custom: DeviceCustom = Field(default_factory=dict, description=DEVICE_CUSTOM_DOC)
 
 
 @rule("NicSpec")
@@ -813,6 +825,7 @@ class PciHostdevSpec(_Model):
     managed: bool = Field(default=True, description="libvirt detaches it from the host driver.")
     rom_bar: bool | None = Field(default=None, description="Expose the device's option ROM.")
     boot_order: BootOrder | None = None
+    custom: DeviceCustom = Field(default_factory=dict, description=DEVICE_CUSTOM_DOC)
 
 
 class UsbHostdevSpec(_Model):
@@ -827,6 +840,7 @@ class UsbHostdevSpec(_Model):
         description="Guest controller (`uhci-ehci-xhci` layout only): 1 uhci, 2 ehci, 3 xhci.",
     )
     boot_order: BootOrder | None = None
+    custom: DeviceCustom = Field(default_factory=dict, description=DEVICE_CUSTOM_DOC)
 
 
 @rule("UsbHostdevSpec")

@@ -2,13 +2,15 @@
 
 `<host>.host.online` at start and `<host>.host.heartbeat` afterwards carry the same data (worker
 version and uptime, libvirt and hypervisor versions, every domain with its state, the installed
-hooks with their sha256, the depth of the host queue and of the outbox); `<host>.host.offline`
-is queued on a clean stop. Events go through `sink` (the journal's outbox), like every other.
+hooks with their sha256, the depth of the host queue and of the outbox), plus what VDSM's
+`after_get_caps` hooks add to it; `<host>.host.offline` is queued on a clean stop. Events go
+through `sink` (the journal's outbox), like every other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -25,6 +27,7 @@ from handlers.base import STATE_NAMES
 from handlers.connection import LibvirtConnection
 from worker import events
 from worker.hooks import HookEngine
+from worker.logs import tail as log_tail
 
 log = structlog.get_logger()
 
@@ -130,7 +133,32 @@ class Heartbeat:
         data["queue_depth"] = self.queue_depth() if self.queue_depth else None
         data["outbox"] = _call(self.outbox_size)
         data["operations_in_flight"] = _call(self.in_flight)
-        return data
+        return self._after_get_caps(data)
+
+    def _after_get_caps(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The inventory through VDSM's `after_get_caps` chain: keys a hook adds are carried,
+        the worker's own stay as the worker made them. A hook that fails, times out (each
+        script within the hook timeout) or leaves no JSON object changes nothing; with no hook,
+        nothing is serialized."""
+        if not self.hooks.has_hooks("after_get_caps"):
+            return data
+        try:
+            res = self.hooks.run_chain(
+                "after_get_caps", json.dumps(data), vm_id="", context={"host": self.host}
+            )
+            edited = json.loads(res.payload)
+        except Exception:  # a hook's fault must never cost a heartbeat
+            log.exception("hook.chain_crashed", point="after_get_caps")
+            return data
+        if res.failed:
+            log.warning(
+                "hook.chain_failed",
+                point="after_get_caps",
+                stderr_tail=log_tail(res.failure_stderr()),
+            )
+        if not isinstance(edited, dict):
+            return data
+        return {**edited, **data}
 
     def _libvirt(self) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
         info: dict[str, Any] = {"uri": self.lv.uri}

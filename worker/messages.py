@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from uuid import UUID
 
-from pydantic import ValidationError, create_model, field_validator
+from pydantic import BaseModel, ValidationError, create_model, field_validator, model_validator
 
 from handlers.errors import OpError, validation
 from handlers.message import MESSAGE_VERSION, OpMessage, secret_paths
@@ -23,6 +23,35 @@ def _custom_is_safe(cls: type[OpMessage], v: dict[str, str]) -> dict[str, str]:
 
 
 _CUSTOM_RULE: Any = field_validator("custom")(_custom_is_safe)
+
+
+def _device_customs(value: Any, path: str) -> Iterator[tuple[str, Mapping[str, str]]]:
+    """(where, custom) of every `custom` map below the message's own (a device's)."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            child = getattr(value, name)
+            where = f"{path}.{name}" if path else name
+            if name == "custom" and path and isinstance(child, Mapping):
+                yield where, child
+            elif isinstance(child, BaseModel | list | tuple):
+                yield from _device_customs(child, where)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if isinstance(item, BaseModel):
+                yield from _device_customs(item, f"{path}.{i}")
+
+
+def _device_customs_are_safe(msg: OpMessage) -> OpMessage:
+    for name in ("vm", "params"):
+        for where, custom in _device_customs(getattr(msg, name), name):
+            try:
+                validate_custom(custom)
+            except CustomPropertyError as exc:
+                raise CustomPropertyError(exc.key, f"{exc.reason} (in {where})") from None
+    return msg
+
+
+_DEVICE_CUSTOM_RULE: Any = model_validator(mode="after")(_device_customs_are_safe)
 
 
 class _Models(Mapping[str, type[OpMessage]]):
@@ -43,7 +72,10 @@ class _Models(Mapping[str, type[OpMessage]]):
                 __base__=model,
                 __doc__=model.__doc__,
                 __module__=model.__module__,
-                __validators__={"_custom_is_safe": _CUSTOM_RULE},
+                __validators__={
+                    "_custom_is_safe": _CUSTOM_RULE,
+                    "_device_customs_are_safe": _DEVICE_CUSTOM_RULE,
+                },
             )
         return self._built[model]
 
@@ -88,6 +120,12 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
+def _is_custom_error(e: Any) -> bool:
+    return e["loc"][:1] == ("custom",) or isinstance(
+        e.get("ctx", {}).get("error"), CustomPropertyError
+    )
+
+
 def parse_operation(body: bytes, *, max_bytes: int) -> OpMessage:
     """The operation in `body`, or an OpError(validation) saying exactly what is wrong."""
     if len(body) > max_bytes:
@@ -108,7 +146,7 @@ def parse_operation(body: bytes, *, max_bytes: int) -> OpMessage:
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        code = "bad_custom" if any(e["loc"][:1] == ("custom",) for e in exc.errors()) else "invalid"
+        code = "bad_custom" if any(_is_custom_error(e) for e in exc.errors()) else "invalid"
         raise validation(_describe(exc), code) from None
     except CustomPropertyError as exc:  # raised outside pydantic's wrapping
         raise validation(str(exc), "bad_custom") from None

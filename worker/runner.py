@@ -27,6 +27,7 @@ from handlers.message import OpMessage
 from handlers.operations import OPERATIONS
 from worker import redact
 from worker.config import Settings
+from worker.devicechains import DeviceChains, run_device_chains
 from worker.hooks import POINTS, ChainResult, HookEngine
 
 log = structlog.get_logger()
@@ -77,6 +78,11 @@ def check_declarations() -> None:
                 f"operation {name!r}: hands its hooks {declared.payload}, but {declared.point!r}"
                 f" scripts expect {point.payload}"
             )
+        devices = POINTS.get(f"before_{declared.devices}") if declared.devices else None
+        if declared.devices and (devices is None or devices.payload != "devicexml"):
+            raise ValueError(
+                f"operation {name!r}: devices {declared.devices!r} is not a device hook point"
+            )
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -106,10 +112,29 @@ class Runner:
         context: dict[str, Any],
         error: str | None = None,
     ) -> ChainResult:
-        res = self.hooks.run_chain(
-            point, payload, vm_id=str(op.vm.uuid), custom=op.custom, error=error, context=context
+        custom = {**op.custom, **OPERATIONS[op.op].device_custom(op)}
+        return self.hooks.run_chain(
+            point, payload, vm_id=str(op.vm.uuid), custom=custom, error=error, context=context
         )
-        return res
+
+    def _devices(
+        self,
+        point: str,
+        domxml: str,
+        op: OpMessage,
+        context: dict[str, Any],
+        error: str | None = None,
+    ) -> DeviceChains:
+        """`point`'s chain for each device of `domxml` (nothing at all where it has no hook)."""
+        return run_device_chains(
+            self.hooks,
+            point,
+            domxml,
+            vm_id=str(op.vm.uuid),
+            custom=op.custom,
+            context=context,
+            error=error,
+        )
 
     def _hooks_event(self, res: ChainResult) -> list[dict[str, Any]]:
         return [{"point": res.point, **h} for h in res.to_event()]
@@ -196,6 +221,13 @@ class Runner:
                 notes = dict(ctx.notes)  # what `done` found (a stale file it removed, ...)
                 return Outcome(True, ctx.state(), _ms(t0), opened, noop=True, notes=notes)
             payload = handler.prepare(ctx)
+            if handler.devices:  # as VDSM: the devices' chains first, then the domain's
+                devices = self._devices(f"before_{handler.devices}", payload, op, context)
+                hooks += devices.hooks
+                if POINTS[devices.point].aborts:
+                    payload = devices.payload
+                    if (failed := devices.error()) is not None:
+                        raise failed
             before = self._chain(f"before_{handler.point}", payload, op, context)
             hooks += self._hooks_event(before)
             payload = before.payload  # the fail chain, too, sees the last good payload
@@ -228,6 +260,8 @@ class Runner:
             )
             after = self._chain(f"after_{handler.point}", after_payload, op, context)
             hooks += self._hooks_event(after)
+            if handler.devices:
+                hooks += self._devices(f"after_{handler.devices}", after_payload, op, context).hooks
             return Outcome(True, state, _ms(t0), attempts, hooks, notes=dict(ctx.notes))
         except OpError as exc:
             err = exc
@@ -240,6 +274,9 @@ class Runner:
         error = redact.scrub(str(err), _secrets(op))  # into the hooks' environment
         fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=error)
         hooks += self._hooks_event(fail)
+        if handler.devices:
+            point = f"after_{handler.devices}_fail"
+            hooks += self._devices(point, payload, op, context, error=str(err)).hooks
         state = "unknown"
         if ctx is not None:
             with contextlib.suppress(libvirt.libvirtError):

@@ -34,6 +34,7 @@ from worker.domevents import DomainEvents, Ownership
 from worker.execute import Executor
 from worker.heartbeat import Heartbeat, QueueDepth
 from worker.hooks import HookEngine
+from worker.hooks.points import ALIASES
 from worker.jobs import Job, Settle, Stats
 from worker.journal import Journal
 from worker.link import Link
@@ -246,18 +247,22 @@ class Service:
         beat.stop(offline=True)
         return True
 
-    def _host_chain(self, point: str) -> None:
-        try:
-            res = self.hooks.run_chain(
-                point,
-                json.dumps({"host": self.host}),
-                vm_id="",
-                custom={},
-                context={"host": self.host},
-            )
-            if res.failed:
-                log.warning(
-                    "hook.chain_failed", point=point, stderr_tail=logs.tail(res.failure_stderr())
+    def _host_chain(self, name: str) -> None:
+        """`name`'s chain, then those of its VDSM aliases (`before_vdsm_start`, ...)."""
+        for point in (name, *ALIASES.get(name, ())):
+            try:
+                res = self.hooks.run_chain(
+                    point,
+                    json.dumps({"host": self.host}),
+                    vm_id="",
+                    custom={},
+                    context={"host": self.host},
                 )
-        except Exception:
-            log.exception("hook.chain_crashed", point=point)
+                if res.failed:
+                    log.warning(
+                        "hook.chain_failed",
+                        point=point,
+                        stderr_tail=logs.tail(res.failure_stderr()),
+                    )
+            except Exception:
+                log.exception("hook.chain_crashed", point=point)

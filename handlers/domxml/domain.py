@@ -16,6 +16,7 @@ from handlers.domxml import (
     consoles,
     controllers,
     cpu,
+    devices,
     disks,
     features,
     general,
@@ -63,25 +64,36 @@ def _disk_element(d: DiskSpec, target: str, roots: Roots, field: str) -> etree._
     return disks.disk(d, target, path=path, fmt=fmt)
 
 
-def _devices(spec: VmSpec, roots: Roots) -> etree._Element:
+Customs = list[tuple[etree._Element, dict[str, str]]]
+
+
+def _devices(spec: VmSpec, roots: Roots, customs: Customs) -> etree._Element:
+    """`<devices>`; each device a spec entry made is added to `customs` with its `custom`."""
+
+    def add(el: etree._Element, custom: dict[str, str]) -> None:
+        devs.append(el)
+        customs.append((el, custom))
+
     devs = etree.Element("devices")
     if spec.emulator is not None:
         etree.SubElement(devs, "emulator").text = spec.emulator
     drives = [(d.bus, d.target) for d in spec.disks] + [(c.bus, c.target) for c in spec.cdroms]
     targets = assign_targets(drives)
     for i, d in enumerate(spec.disks):
-        devs.append(_disk_element(d, targets[i], roots, f"disks[{i}]"))
+        add(_disk_element(d, targets[i], roots, f"disks[{i}]"), d.custom)
     for i, c in enumerate(spec.cdroms):
         path = _resolve(c.path, roots, f"cdroms[{i}].path")
-        devs.append(disks.cdrom(c, targets[len(spec.disks) + i], path=path))
+        add(disks.cdrom(c, targets[len(spec.disks) + i], path=path), c.custom)
     devs.extend(controllers.usb(spec.controllers.usb))
     wants_scsi = any(bus == "virtio-scsi" for bus, _ in drives)
     if spec.controllers.virtio_scsi or (spec.controllers.virtio_scsi is None and wants_scsi):
         devs.append(controllers.virtio_scsi(spec.controllers.virtio_scsi_queues))
     for i, n in enumerate(spec.nics):
-        devs.append(nics.interface(n, nics.stable_mac(spec.uuid, i)))
-    devs.extend(hostdevs.pci(p) for p in spec.pci_devices)
-    devs.extend(hostdevs.usb(u) for u in spec.usb_devices)
+        add(nics.interface(n, nics.stable_mac(spec.uuid, i)), n.custom)
+    for p in spec.pci_devices:
+        add(hostdevs.pci(p), p.custom)
+    for u in spec.usb_devices:
+        add(hostdevs.usb(u), u.custom)
     if spec.graphics is not None:
         devs.append(graphics.graphics(spec.graphics))
     video = spec.video or (graphics.default_video(spec.graphics) if spec.graphics else None)
@@ -150,7 +162,11 @@ def domain_tree(
     _append(root, cpu.cpu(spec))
     root.append(clock.clock(spec.clock))
     root.extend(general.lifecycle(spec))
-    root.append(_devices(spec, storage_roots))
+    customs: Customs = []
+    root.append(_devices(spec, storage_roots, customs))
+    stored = devices.custom_metadata([(devices.device_key(el) or "", c) for el, c in customs])
+    if stored is not None:
+        root.find("metadata").append(stored)  # type: ignore[union-attr]
     if spec.raw_xml is not None:
         raw.merge(root, spec.raw_xml)
     return root

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from lxml import etree
 
+from handlers.domxml.devices import DEVICES_XMLNS
 from handlers.domxml.general import XMLNS
 from handlers.errors import OpError, validation
 
@@ -56,8 +57,11 @@ def merge(root: etree._Element, text: str) -> None:
             devices.extend(c for c in list(child) if isinstance(c.tag, str))
         elif child.tag == "metadata":
             for m in list(child):
-                if etree.QName(m).namespace == XMLNS:
-                    raise _bad("<metadata> may not use the vmworker namespace; use spec.metadata")
+                if etree.QName(m).namespace in (XMLNS, DEVICES_XMLNS):
+                    raise _bad(
+                        "<metadata> may not use the vmworker namespaces; use spec.metadata"
+                        " and the devices' custom"
+                    )
                 metadata.append(m)
         elif root.find(child.tag) is not None:
             name = etree.QName(child).localname

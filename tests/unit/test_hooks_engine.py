@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from tests.support import wait_for
 from worker.hooks import POINTS, ChainResult, HookEngine, ScriptResult
+from worker.hooks.points import ALIASES, BASE_POINTS, HOST_POINTS, REPORT_ONLY
 
 DOMXML = (
     "<domain type='kvm'><name>web-1</name>"
@@ -384,16 +385,26 @@ def test_to_event_has_one_dict_per_script(root: Path) -> None:
 
 
 def test_every_base_point_has_before_after_and_fail_chains() -> None:
-    bases = {p.base for p in POINTS.values()}
-    for base in bases:
+    for base, _, _ in BASE_POINTS:
         before = POINTS[f"before_{base}"]
-        assert before.aborts
+        assert before.aborts == (before.name not in REPORT_ONLY)
         assert not POINTS[f"after_{base}"].aborts
         assert not POINTS[f"after_{base}_fail"].aborts
+    assert not POINTS["before_device_destroy"].aborts  # a device hook cannot keep a VM alive
     assert POINTS["before_disk_hotplug"].payload == "devicexml"
+    assert POINTS["before_device_migrate_destination"].payload == "devicexml"
     assert POINTS["before_vmworker_start"].env_var == "_hook_json"
     assert POINTS["before_vm_start"].env_var == "_hook_domxml"
-    assert len(POINTS) == 3 * 24
+    assert len(POINTS) == 3 * 25 + len(HOST_POINTS)
+
+
+def test_host_points_are_single_chains_that_never_abort() -> None:
+    for name, kind, _ in HOST_POINTS:
+        assert POINTS[name].payload == kind == "json" and not POINTS[name].aborts
+    assert {"after_get_caps", "before_vdsm_start", "after_vdsm_stop"} <= set(POINTS)
+    assert "before_get_caps" not in POINTS and "after_vdsm_start" not in POINTS
+    for alias in (a for aliases in ALIASES.values() for a in aliases):
+        assert alias in POINTS
 
 
 def test_scriptresult_is_reexported() -> None:

@@ -37,7 +37,7 @@ from worker.hooks.points import POINTS, HookPoint, get_point
 from worker.hooks.prewarm import ForkServerRunner
 from worker.hooks.results import ChainResult, Kind, ScriptResult
 from worker.hooks.runner import Completed, ProcessRunner, Runner
-from worker.hooks.scripts import Script, check_root, discover
+from worker.hooks.scripts import Script, check_root, discover, has_entries
 from worker.logs import tail as log_tail
 
 HOOKLIB = Path(__file__).resolve().parent.parent / "hooklib"
@@ -126,6 +126,12 @@ class HookEngine:
         steps += self._inproc_steps().get(point, ())
         steps.sort(key=lambda s: (s.name, s.kind))
         return steps
+
+    def has_hooks(self, point: str) -> bool:
+        """Whether `point`'s chain may have a step: one directory listing, nothing hashed,
+        parsed or started (what a caller checks before building a payload nobody reads)."""
+        get_point(point)
+        return bool(self._inproc_steps().get(point)) or has_entries(self.root, point)
 
     def _inproc_steps(self) -> dict[str, list[_Step]]:
         """point -> the steps of its in-process hooks (made once, as the hooks are found)."""

@@ -2,7 +2,8 @@
 
 VDSM spells the same table as 57 wrapper functions; here a point is a name, the kind of payload
 its scripts receive, and whether a failing chain aborts the operation. Which point an operation
-runs is part of its declaration (`handlers.base.Operation.point`).
+runs is part of its declaration (`handlers.base.Operation.point`, `.devices`); the host points
+(`HOST_POINTS`) are single chains run by the worker itself. docs/hooks.md maps every VDSM point.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ BASE_POINTS: tuple[tuple[str, PayloadKind, str], ...] = (
     ("vm_set_ticket", "domxml", "vdsm"),
     ("device_create", "devicexml", "vdsm"),
     ("device_destroy", "devicexml", "vdsm"),
+    ("device_migrate_destination", "devicexml", "vdsm"),
     ("update_device", "devicexml", "vdsm"),
     ("nic_hotplug", "devicexml", "vdsm"),
     ("nic_hotunplug", "devicexml", "vdsm"),
@@ -64,16 +66,41 @@ BASE_POINTS: tuple[tuple[str, PayloadKind, str], ...] = (
 )
 
 
+# before_* chains that only report: a device hook may not keep a VM from being destroyed
+REPORT_ONLY = frozenset({"before_device_destroy"})
+
+# Host points VDSM has and the worker runs as one chain each, not as a before/after pair:
+# (name, payload kind, what runs it). A failing one is logged, never fatal (as in VDSM).
+HOST_POINTS: tuple[tuple[str, PayloadKind, str], ...] = (
+    ("after_get_caps", "json", "every heartbeat, over its inventory"),
+    ("before_vdsm_start", "json", "worker start, after before_vmworker_start"),
+    ("after_vdsm_stop", "json", "worker stop, after after_vmworker_stop"),
+)
+
+# A host chain and the VDSM chains that run right after it, as its aliases.
+ALIASES: Mapping[str, tuple[str, ...]] = {
+    "before_vmworker_start": ("before_vdsm_start",),
+    "after_vmworker_stop": ("after_vdsm_stop",),
+}
+
+
 def _chains(base: str, payload: PayloadKind) -> tuple[HookPoint, ...]:
+    before = f"before_{base}"
     return (
-        HookPoint(f"before_{base}", payload, True, base, "before"),
+        HookPoint(before, payload, before not in REPORT_ONLY, base, "before"),
         HookPoint(f"after_{base}", payload, False, base, "after"),
         HookPoint(f"after_{base}_fail", payload, False, base, "after_fail"),
     )
 
 
+def _host_point(name: str, payload: PayloadKind) -> HookPoint:
+    phase, _, base = name.partition("_")
+    return HookPoint(name, payload, False, base, "before" if phase == "before" else "after")
+
+
 POINTS: Mapping[str, HookPoint] = {
-    p.name: p for base, kind, _ in BASE_POINTS for p in _chains(base, kind)
+    **{p.name: p for base, kind, _ in BASE_POINTS for p in _chains(base, kind)},
+    **{name: _host_point(name, kind) for name, kind, _ in HOST_POINTS},
 }
 
 

@@ -131,6 +131,17 @@ def discover(root: Path, point: str) -> list[Script]:
     return found
 
 
+def has_entries(root: Path, point: str) -> bool:
+    """Whether `<root>/<point>/` may hold a script: it lists a name (dotfiles aside), or cannot
+    be listed for another reason than not being there (the chain then reports why)."""
+    try:
+        return any(not n.startswith(".") for n in os.listdir(root / point))
+    except (FileNotFoundError, NotADirectoryError):
+        return root_problem(root) is not None
+    except OSError:
+        return True
+
+
 def skipped(root: Path, point: str) -> list[tuple[str, str]]:
     """(name, why) for each entry of `<root>/<point>/` that is not run (dotfiles aside)."""
     pdir = root / point
