@@ -1000,6 +1000,13 @@ class VmSpec(_Model):
     def max_vcpu_count(self) -> int:
         return self.max_vcpus or self.vcpus
 
+    def device_customs(self) -> Iterator[tuple[str, dict[str, str]]]:
+        """(where, custom) of each device that has custom properties (`nics.0.custom`, ...)."""
+        for field in ("disks", "cdroms", "nics", "pci_devices", "usb_devices"):
+            for i, dev in enumerate(getattr(self, field)):
+                if dev.custom:
+                    yield f"{field}.{i}.custom", dev.custom
+
 
 @rule("VmSpec")
 def _max_vcpus(vm: VmSpec) -> None:

@@ -9,11 +9,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ValidationError, create_model, field_validator, model_validator
+from pydantic import ValidationError, create_model, field_validator, model_validator
 
 from handlers.errors import OpError, validation
 from handlers.message import MESSAGE_VERSION, OpMessage, secret_paths
 from handlers.operations import OPERATIONS
+from handlers.spec import VmSpec
 from worker.hooks import CustomPropertyError, validate_custom
 
 
@@ -25,29 +26,24 @@ def _custom_is_safe(cls: type[OpMessage], v: dict[str, str]) -> dict[str, str]:
 _CUSTOM_RULE: Any = field_validator("custom")(_custom_is_safe)
 
 
-def _device_customs(value: Any, path: str) -> Iterator[tuple[str, Mapping[str, str]]]:
-    """(where, custom) of every `custom` map below the message's own (a device's)."""
-    if isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            child = getattr(value, name)
-            where = f"{path}.{name}" if path else name
-            if name == "custom" and path and isinstance(child, Mapping):
-                yield where, child
-            elif isinstance(child, BaseModel | list | tuple):
-                yield from _device_customs(child, where)
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            if isinstance(item, BaseModel):
-                yield from _device_customs(item, f"{path}.{i}")
+def _device_customs(msg: OpMessage) -> Iterator[tuple[str, Mapping[str, str]]]:
+    """(where, custom) of every device's own custom properties: the spec's devices, and a
+    device given in `params` (a hotplug's)."""
+    if isinstance(msg.vm, VmSpec):
+        for where, custom in msg.vm.device_customs():
+            yield f"vm.{where}", custom
+    for name in type(msg.params).model_fields:
+        custom = getattr(getattr(msg.params, name), "custom", None)
+        if isinstance(custom, Mapping) and custom:
+            yield f"params.{name}.custom", custom
 
 
 def _device_customs_are_safe(msg: OpMessage) -> OpMessage:
-    for name in ("vm", "params"):
-        for where, custom in _device_customs(getattr(msg, name), name):
-            try:
-                validate_custom(custom)
-            except CustomPropertyError as exc:
-                raise CustomPropertyError(exc.key, f"{exc.reason} (in {where})") from None
+    for where, custom in _device_customs(msg):
+        try:
+            validate_custom(custom)
+        except CustomPropertyError as exc:
+            raise CustomPropertyError(exc.key, f"{exc.reason} (in {where})") from None
     return msg
 
 
