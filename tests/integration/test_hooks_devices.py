@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import pytest
 from lxml import etree
 
 from tests.integration.test_hooks_worker import hook, sh
-from tests.support import wait_for
+from tests.integration.test_qemu_devices import bridge  # noqa: F401 - a fixture
+from tests.support import QEMU_URI, small_vm, wait_for
 
 # sets the model of a NIC that has the `nic_model` custom property, as a site's VDSM hook would
 SET_NIC_MODEL = """#!/usr/bin/env python3
@@ -157,3 +159,37 @@ def test_vdsm_start_and_stop_run_after_the_workers_own_chains(
     w.stop()
     wait_for(lambda: len(log.read_text().splitlines()) == 4, 10, "the stop chains")
     assert log.read_text().split()[-2:] == ["after_vmworker_stop", "after_vdsm_stop"]
+
+
+@pytest.mark.qemu
+def test_nic_custom_reaches_device_create_and_hotplug_hooks_on_real_qemu(
+    env,
+    tap,
+    start_worker,
+    qemu_domains,
+    hooks_root,
+    bridge,  # noqa: F811 - the fixture imported above
+):
+    hook(hooks_root, "before_device_create", "50_nic_model", SET_NIC_MODEL)
+    hook(hooks_root, "before_nic_hotplug", "50_nic_model", SET_NIC_MODEL)
+    env.libvirt_uri = QEMU_URI
+    start_worker()
+    vm = small_vm("devc")
+    vm["nics"] = [{"source": bridge, "custom": {"nic_model": "e1000"}}]
+    qemu_domains.append(vm["uuid"])
+    d = dict(tap.wait_terminal(env.publish("start_vm", vm), timeout=60)["data"])
+    assert d["phase"] == "after", d.get("error")
+    d = dict(
+        tap.wait_terminal(
+            env.publish(
+                "attach_nic",
+                {"uuid": vm["uuid"]},
+                params={"nic": {"source": bridge, "custom": {"nic_model": "rtl8139"}}},
+            ),
+            timeout=60,
+        )["data"]
+    )
+    assert d["phase"] == "after", d.get("error")
+    live = etree.fromstring(libvirt.open(QEMU_URI).lookupByUUIDString(vm["uuid"]).XMLDesc(0))
+    models = [m.get("type") for m in live.iterfind("devices/interface/model")]
+    assert models == ["e1000", "rtl8139"]
