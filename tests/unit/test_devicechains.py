@@ -286,3 +286,20 @@ def test_no_after_get_caps_hook_means_no_serializing(
     monkeypatch.setattr(heartbeat, "json", NoJson())
     inv = dict(INVENTORY)
     assert beat(HookEngine(root, inproc=False))._after_get_caps(inv) is inv
+
+
+def test_a_hostile_name_in_the_domains_stored_custom_never_reaches_a_hook(
+    root: Path, tmp_path: Path
+) -> None:
+    seen = tmp_path / "seen"
+    hook(root, "before_device_destroy", "10_env", sh(f'echo "[$LD_PRELOAD] [$extnet]" >> {seen}'))
+    xml = domain(disks=[], pci_devices=[]).replace(
+        '<vmworker-devices:custom name="extnet">',
+        '<vmworker-devices:custom name="LD_PRELOAD">/tmp/evil.so</vmworker-devices:custom>'
+        '<vmworker-devices:custom name="extnet">',
+    )
+    assert "LD_PRELOAD" in xml  # as a domain edited behind the worker's back would hold it
+    out = run_device_chains(
+        HookEngine(root, inproc=False), "before_device_destroy", xml, vm_id=UUID
+    )
+    assert out.failed is None and seen.read_text() == "[] [red]\n"
