@@ -65,8 +65,9 @@ class Outcome:
 
 
 def check_declarations() -> None:
-    """ValueError for a declared operation whose hook point is not a row of the hook table, or
-    whose payload is not the kind that row hands its scripts (a worker refuses to start)."""
+    """ValueError for a declared operation whose hook point is not a row of the hook table, whose
+    payload is not the kind that row hands its scripts, or whose `devices` is not a device
+    point (a worker refuses to start)."""
     for name, declared in OPERATIONS.items():
         point = POINTS.get(f"before_{declared.point}")
         if point is None:
