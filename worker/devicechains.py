@@ -1,6 +1,10 @@
-"""Device hook chains: one chain per device of a domain (`before_device_create`, ...), each over
-that device's XML, with the device's own custom properties over the message's (VDSM hands device
-hooks the device's custom properties). What a chain edits is put back into the domain XML.
+"""Device hook chains: one chain per device of a domain that has custom properties of its own
+(`before_device_create`, ...), each over that device's XML, with the device's custom properties
+over the message's. What a chain edits is put back into the domain XML.
+
+Only devices with custom properties, as in VDSM (`Vm._customDevices`): VDSM's device hooks are
+written for that (allocate_net reads its property without checking it is there), so running
+them on every disk would break a site's hooks that work under VDSM.
 
 The runner calls it around the operations that declare `devices` (handlers/base.py); an incoming
 migration calls it with `device_migrate_destination`. Where a chain has no hook, nothing is
@@ -27,7 +31,7 @@ class DeviceChains:
     point: str
     payload: str
     hooks: list[dict[str, Any]] = field(default_factory=list)
-    devices: list[str] = field(default_factory=list)  # the devices whose chain ran, in order
+    devices: list[str] = field(default_factory=list)  # whose chain ran (had custom), in order
     failed: tuple[str, ChainResult] | None = None  # the first device whose chain failed
 
     def error(self) -> OpError | None:
@@ -71,8 +75,9 @@ def run_device_chains(
     context: Mapping[str, Any] | None = None,
     error: str | None = None,
 ) -> DeviceChains:
-    """Run `point`'s chain once per `<disk>`, `<interface>` and `<hostdev>` of `domxml`, in
-    document order; each device's edit replaces it in the returned XML. A chain that fails
+    """Run `point`'s chain once per `<disk>`, `<interface>` and `<hostdev>` of `domxml` that has
+    custom properties of its own (stored in the domain's metadata), in document order; each
+    device's edit replaces it in the returned XML. A chain that fails
     stops the rest when the point aborts (`before_device_create`); otherwise all run.
 
     Each hook entry names its device (`disk:vda`, `interface:<mac>`, ...). Never raises for a
@@ -87,14 +92,19 @@ def run_device_chains(
     except etree.XMLSyntaxError:
         return out  # no devices to name: nothing to run them on
     stored = read_custom(root)
+    if not stored:
+        return out  # no device has custom properties: no device chain runs
     base = dict(custom or {})
     changed = False
     for el, key in list(device_elements(root)):
+        own = stored.get(key)
+        if not own:
+            continue
         res = engine.run_chain(
             point,
             etree.tostring(el, encoding="unicode", with_tail=False),
             vm_id=vm_id,
-            custom={**base, **_safe(stored.get(key, {}))},
+            custom={**base, **_safe(own)},
             error=error,
             context=context,
         )

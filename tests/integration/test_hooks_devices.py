@@ -34,7 +34,10 @@ def vm_spec() -> dict[str, Any]:
         "name": f"vmw-dev-{uuid.uuid4().hex[:8]}",
         "vcpus": 1,
         "memory_mib": 64,
-        "disks": [{"path": "/var/lib/vmw-test/root.raw", "format": "raw"}],
+        "disks": [
+            {"path": "/var/lib/vmw-test/root.raw", "format": "raw", "custom": {"tier": "gold"}},
+            {"path": "/var/lib/vmw-test/data.raw", "format": "raw"},  # no custom: no chain
+        ],
         "nics": [{"source": "br0", "custom": {"nic_model": "e1000"}}],
     }
 

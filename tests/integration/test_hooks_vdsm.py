@@ -2,8 +2,8 @@
 
 Each of the 16 VM- and device-level hooks of VDSM's vdsm_hooks/ that work under VDSM's own
 library on a host like this one runs here through the operation that runs its chain (or, for
-points no operation runs yet, through the dry run, which runs the real chain), and does its
-job. The other 11 are in docs/hooks.md with the reason.
+the migration points no operation runs yet, through the dry run, which runs the real chain),
+and does its job. The other 11 are in docs/hooks.md with the reason.
 """
 
 from __future__ import annotations
@@ -335,21 +335,45 @@ NIC = (
 )
 
 
-# before_device_create runs per device when a VM starts or is defined once the device chains
-# land; until then the dry run runs the same chain
-def test_allocate_net_picks_one_of_the_equivalent_networks(hooks_root, tmp_path):
-    install(hooks_root, "allocate_net")
-    res, nic = dry_run(hooks_root, tmp_path, "before_device_create", NIC, "equivnets=red blue")
-    assert res.exit_code == 0, res.output
+def defined_nic(env, tap, start_worker, test_domains, hooks_root, hook, nic_custom):  # type: ignore[no-untyped-def]
+    """Install `hook` as VDSM does, define a VM whose one NIC has `nic_custom`: (the after
+    event's data, the defined domain's NIC)."""
+    install(hooks_root, hook)
+    start_worker()
+    vm = spec(
+        disks=[{"path": "/var/lib/vmw-test/root.raw", "format": "raw"}],
+        nics=[{"source": "ovirtmgmt", "custom": nic_custom}],
+    )
+    test_domains.append(vm["uuid"])
+    d = run_op(env, tap, "define_vm", vm)
+    assert d["phase"] == "after", d.get("error")
+    (nic,) = live("test:///default", vm["uuid"]).iterfind("devices/interface")
+    return d, nic
+
+
+# before_device_create runs once per device with custom properties of a VM defined or started,
+# with them in its environment (a vNIC profile's, in oVirt)
+def test_allocate_net_picks_one_of_the_equivalent_networks(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    d, nic = defined_nic(
+        env, tap, start_worker, test_domains, hooks_root, "allocate_net", {"equivnets": "red blue"}
+    )
     assert nic.find("source").get("bridge") in ("red", "blue")
-    assert "allocating random network" in res.output
+    ran = [h for h in d["hooks"] if h["name"] == "10_allocate_net"]
+    # only the NIC has custom properties: the hook, which reads its own without checking it is
+    # there, never sees the disk (as under VDSM)
+    assert [h["device"].split(":")[0] for h in ran] == ["interface"]
+    assert "allocating random network" in ran[0]["stderr_tail"] and ran[0]["changed_xml"]
 
 
-def test_extnet_moves_a_created_nic_to_a_libvirt_network(hooks_root, tmp_path):
-    install(hooks_root, "extnet")
-    res, nic = dry_run(hooks_root, tmp_path, "before_device_create", NIC, "extnet=default")
-    assert res.exit_code == 0, res.output
-    assert nic.get("type") == "network" and nic.find("source").attrib == {"network": "default"}
+def test_extnet_moves_a_created_nic_to_a_libvirt_network(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    _, nic = defined_nic(
+        env, tap, start_worker, test_domains, hooks_root, "extnet", {"extnet": "default"}
+    )
+    assert nic.get("type") == "network" and nic.find("source").get("network") == "default"
 
 
 # migrate_vm is not an operation yet: the dry run runs the source host's chain

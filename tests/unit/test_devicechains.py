@@ -95,7 +95,7 @@ def test_no_hook_means_nothing_parsed_and_nothing_started(
     assert runner.runs == 0
 
 
-def test_one_chain_per_device_with_its_xml_and_its_custom_over_the_messages(
+def test_one_chain_per_device_with_custom_with_its_xml_and_its_custom_over_the_messages(
     root: Path, tmp_path: Path
 ) -> None:
     seen = tmp_path / "seen"
@@ -112,28 +112,34 @@ def test_one_chain_per_device_with_its_xml_and_its_custom_over_the_messages(
     out = run_device_chains(
         engine,
         "before_device_create",
-        domain(),
+        domain(pci_devices=[{"address": "0000:03:00.0", "custom": {"role": "gpu"}}]),
         vm_id=UUID,
         custom={"site": "a", "role": "vm"},
     )
     lines = seen.read_text().splitlines()
-    assert len(lines) == 4  # two disks, a NIC, a PCI device; not the graphics
+    # the disk, NIC and PCI device with custom properties; not vdb (none), not the graphics
+    assert len(lines) == 3
     assert lines[0].startswith('<disk type="file" device="disk">')
     assert lines[0].endswith("extnet= disk_tag=boot site=a role=vm")
-    assert lines[1].endswith("extnet= disk_tag= site=a role=vm")
-    assert lines[2].startswith('<interface type="bridge">')
-    assert lines[2].endswith("extnet=red disk_tag= site=a role=nic")  # the device's wins
-    assert lines[3].startswith('<hostdev mode="subsystem" type="pci"')
-    assert out.devices == [
-        "disk:vda",
-        "disk:vdb",
-        out.devices[2],
-        "hostdev:pci:0:3:0.0",
-    ] and out.devices[2].startswith("interface:52:54:00:")
+    assert lines[1].startswith('<interface type="bridge">')
+    assert lines[1].endswith("extnet=red disk_tag= site=a role=nic")  # the device's wins
+    assert lines[2].startswith('<hostdev mode="subsystem" type="pci"')
+    assert lines[2].endswith("role=gpu")
+    assert out.devices[0] == "disk:vda" and out.devices[2] == "hostdev:pci:0:3:0.0"
+    assert out.devices[1].startswith("interface:52:54:00:")
     assert [(h["point"], h["device"], h["name"], h["rc"]) for h in out.hooks] == [
         ("before_device_create", d, "10_log", 0) for d in out.devices
     ]
     assert out.failed is None and out.error() is None
+
+
+def test_no_device_with_custom_means_no_device_chain(root: Path, tmp_path: Path) -> None:
+    hook(root, "before_device_create", "10_any", sh("exit 2"))
+    xml = domain(disks=[{"path": "/img/a.raw", "format": "raw"}], nics=[{"source": "br0"}])
+    out = run_device_chains(
+        HookEngine(root, inproc=False), "before_device_create", xml, vm_id=UUID, custom={"a": "b"}
+    )
+    assert out.payload is xml and out.hooks == [] and out.failed is None
 
 
 def test_a_device_edit_is_put_back_into_the_domain_xml(root: Path) -> None:
@@ -173,10 +179,10 @@ def test_a_failing_before_chain_stops_at_its_device_and_names_it(root: Path) -> 
     )
     engine = HookEngine(root, inproc=False)
     out = run_device_chains(engine, "before_device_create", domain(), vm_id=UUID)
-    assert len(out.devices) == 3 and out.devices[2].startswith("interface:")  # no hostdev
+    assert len(out.devices) == 2 and out.devices[1].startswith("interface:")  # no more
     err = out.error()
     assert err is not None and err.source == "hook" and err.hook == "10_refuse_nics"
-    assert out.devices[2] in err.message and "no NIC here" in err.details["stderr"]
+    assert out.devices[1] in err.message and "no NIC here" in err.details["stderr"]
 
 
 def test_after_and_report_only_chains_run_for_every_device_despite_failures(root: Path) -> None:
@@ -185,7 +191,7 @@ def test_after_and_report_only_chains_run_for_every_device_despite_failures(root
     engine = HookEngine(root, inproc=False)
     for point in ("after_device_create", "before_device_destroy"):
         out = run_device_chains(engine, point, domain(), vm_id=UUID)
-        assert len(out.devices) == 4 and all(h["rc"] == 1 for h in out.hooks)
+        assert len(out.devices) == 2 and all(h["rc"] == 1 for h in out.hooks)
         assert out.failed is not None and out.failed[0] == "disk:vda"
 
 
@@ -204,13 +210,11 @@ def test_an_incoming_domain_runs_device_migrate_destination_with_its_stored_cust
     incoming = domain()  # as the source host defined it: device custom in its metadata
     for phase in ("before", "after"):
         run_device_chains(engine, f"{phase}_device_migrate_destination", incoming, vm_id=UUID)
-    assert seen.read_text().splitlines() == [
-        *["before_device_migrate_destination "] * 2,
-        "before_device_migrate_destination red",
+    assert seen.read_text().splitlines() == [  # the devices with custom: vda, then the NIC
         "before_device_migrate_destination ",
-        *["after_device_migrate_destination "] * 2,
-        "after_device_migrate_destination red",
+        "before_device_migrate_destination red",
         "after_device_migrate_destination ",
+        "after_device_migrate_destination red",
     ]
 
 
