@@ -74,12 +74,14 @@ class UpdateNicParams(_DeviceParams):
 
 
 class SetVcpusParams(_DeviceParams):
-    count: int = Field(ge=1, le=512)
+    count: int = Field(ge=1, le=255)  # the spec caps max_vcpus at 255
 
 
 class SetMemoryParams(_DeviceParams):
-    memory_mib: int = Field(ge=16, description="the new total; growing hotplugs a DIMM")
-    node: int = Field(0, ge=0, description="guest NUMA node of a hotplugged DIMM")
+    memory_mib: int = Field(
+        ge=16, le=16 * 1024 * 1024, description="the new total; growing hotplugs a DIMM"
+    )
+    node: int = Field(0, ge=0, le=255, description="guest NUMA node of a hotplugged DIMM")
 
 
 class _DeviceOp(OpMessage):

@@ -7,26 +7,34 @@ Each family of handlers declares its own ops' models (their `op` literal, `vm` f
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
 
-from handlers.spec import VmSpec
+from handlers.spec import Uuid, VmSpec
 
 MESSAGE_VERSION = 1
 
 
 class Strict(BaseModel):
-    """Unknown fields anywhere are an error, not ignored."""
+    """Unknown fields anywhere are an error, not ignored; JSON types are taken as sent ("4" is
+    not an integer), as the JSON Schema says."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class VmRef(Strict):
     """An existing domain, named by uuid (the name is informative)."""
 
-    uuid: UUID
+    uuid: Uuid
     name: str | None = None
+
+
+class FullSpec(VmSpec):
+    """A spec where a reference could also stand: `vcpus` and `memory_mib` are required, so
+    `{uuid, name}` is always the reference and never a spec of defaults."""
+
+    vcpus: int = Field(ge=1, le=255, description="vCPUs at start.")
+    memory_mib: int = Field(ge=16, le=16 * 1024 * 1024, description="Memory at start, MiB.")
 
 
 def _ref_or_spec(v: Any) -> str:
@@ -35,8 +43,9 @@ def _ref_or_spec(v: Any) -> str:
     return "spec" if isinstance(v, VmSpec) else "ref"
 
 
+# a reference has only `uuid` (and `name`), a spec has `vcpus` and `memory_mib`: never both
 VmRefOrSpec = Annotated[
-    Annotated[VmRef, Tag("ref")] | Annotated[VmSpec, Tag("spec")], Discriminator(_ref_or_spec)
+    Annotated[VmRef, Tag("ref")] | Annotated[FullSpec, Tag("spec")], Discriminator(_ref_or_spec)
 ]
 
 
@@ -75,7 +84,7 @@ class OpMessage(Strict):
 
     @property
     def vm_uuid(self) -> str:
-        return str(self.vm.uuid)
+        return self.vm.uuid
 
     @property
     def vm_name(self) -> str | None:

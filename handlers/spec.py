@@ -9,13 +9,23 @@ them).
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    model_validator,
+)
+from pydantic_core import CoreSchema
 
 from handlers.storage import IDE_TARGETS, TARGET_PREFIX
 
@@ -23,13 +33,15 @@ from handlers.storage import IDE_TARGETS, TARGET_PREFIX
 # Scalar types
 
 
+UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+
+
 def _canonical_uuid(value: str) -> str:
-    try:
-        return str(uuidlib.UUID(value))
-    except ValueError:
-        raise ValueError("not a UUID (expected 8-4-4-4-12 hex digits)") from None
+    return str(uuidlib.UUID(value))  # the pattern checked its form
 
 
+# the schema says the same as the validator, in ECMA-262 regex syntax (what JSON Schema uses)
+_XML_BAD_CHARS = "\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\ufffe\\uffff"
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
@@ -46,12 +58,12 @@ def _abs_path(value: str) -> str:
     return value
 
 
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 def _mac(value: str) -> str:
     value = value.lower()
-    if not _MAC_RE.match(value):
+    if not _MAC_RE.fullmatch(value):
         raise ValueError("not a MAC address (expected six hex pairs like 52:54:00:12:34:56)")
     if int(value[:2], 16) & 1:
         raise ValueError("is a multicast MAC address; a NIC needs a unicast one")
@@ -60,11 +72,11 @@ def _mac(value: str) -> str:
     return value
 
 
-_PCI_RE = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+_PCI_RE = re.compile(r"(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
 
 
 def _pci_address(value: str) -> str:
-    m = _PCI_RE.match(value.lower())
+    m = _PCI_RE.fullmatch(value.lower())
     if not m:
         raise ValueError("not a PCI address (expected dddd:bb:ss.f, e.g. 0000:03:00.0)")
     domain, bus, slot, function = m.groups()
@@ -80,12 +92,75 @@ def _usb_id(value: str) -> str:
     return "0x" + m.group(1).lower()
 
 
-Uuid = Annotated[str, AfterValidator(_canonical_uuid)]
-XmlText = Annotated[str, AfterValidator(_xml_text)]
-AbsPath = Annotated[str, Field(max_length=4096), AfterValidator(_abs_path)]
-Mac = Annotated[str, AfterValidator(_mac)]
-PciAddress = Annotated[str, AfterValidator(_pci_address)]
-UsbId = Annotated[str, AfterValidator(_usb_id)]
+def _ip_address(value: str) -> str:
+    return str(ipaddress.ip_address(value))  # the pattern checked its form; canonical
+
+
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(\.{_OCTET}){{3}}"
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join(
+    [
+        f"({_H}:){{7}}{_H}",
+        f"({_H}:){{1,7}}:",
+        f"({_H}:){{1,6}}:{_H}",
+        *(f"({_H}:){{1,{5 - i}}}(:{_H}){{1,{i + 2}}}" for i in range(5)),
+        f":((:{_H}){{1,7}}|:)",
+        f"({_H}:){{6}}{_IPV4}",
+        f"::(ffff(:0{{1,4}})?:)?{_IPV4}",
+        f"({_H}:){{1,5}}:{_IPV4}",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """JSON Schema keywords for a check made by a validator pydantic cannot show as one."""
+
+    extra: str  # JSON: a hashable annotation
+
+    def __get_pydantic_json_schema__(
+        self, core: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        schema = dict(handler(core))
+        schema.update(json.loads(self.extra))
+        return schema
+
+
+def _schema(**extra: Any) -> _Schema:
+    return _Schema(json.dumps(extra))
+
+
+def _text_schema(prefix: str = "") -> _Schema:
+    kind = "absolute path, no control characters" if prefix else "no control characters"
+    return _schema(pattern=f"^{prefix}[^{_XML_BAD_CHARS}]*$", **{"x-kind": kind})
+
+
+# each scalar: the validator the worker runs, and the same rule as a JSON Schema pattern
+Uuid = Annotated[str, Field(pattern=UUID_PATTERN), AfterValidator(_canonical_uuid)]
+XmlText = Annotated[str, AfterValidator(_xml_text), _text_schema()]
+AbsPath = Annotated[str, Field(max_length=4096), AfterValidator(_abs_path), _text_schema("/")]
+Mac = Annotated[
+    str,
+    AfterValidator(_mac),
+    _schema(
+        pattern="^[0-9A-Fa-f][02468AaCcEe](:[0-9A-Fa-f]{2}){5}$",
+        **{"x-kind": "unicast MAC address, not all zeros"},
+        **{"not": {"const": "00:00:00:00:00:00"}},
+    ),
+]
+PciAddress = Annotated[
+    str,
+    AfterValidator(_pci_address),
+    _schema(pattern=r"^([0-9A-Fa-f]{4}:)?[0-9A-Fa-f]{2}:[01][0-9A-Fa-f]\.[0-7]$"),
+]
+UsbId = Annotated[str, AfterValidator(_usb_id), _schema(pattern="^(0x)?[0-9A-Fa-f]{4}$")]
+IpAddress = Annotated[
+    str,
+    Field(pattern=f"^({_IPV4}|{_IPV6})$"),
+    AfterValidator(_ip_address),
+    _schema(**{"x-kind": "IPv4 or IPv6 address"}),
+]
 BootOrder = Annotated[int, Field(ge=1, le=65535)]
 IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,15}$")]
 Word = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
@@ -118,13 +193,24 @@ def rule(model: str) -> Callable[[Rule], Rule]:
     return register
 
 
+class RuleError(ValueError):
+    """A check across fields failed: one a JSON Schema cannot say (listed as `x-rules`)."""
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: JSON types as sent ("4" is not an integer), as the JSON Schema says
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     @model_validator(mode="after")
     def _check_rules(self) -> Self:
-        for check in RULES.get(type(self).__name__, ()):
-            check(self)
+        for cls in type(self).__mro__:  # a narrowed model (StartSpec) keeps its base's rules
+            for check in RULES.get(cls.__name__, ()):
+                try:
+                    check(self)
+                except RuleError:
+                    raise
+                except ValueError as exc:
+                    raise RuleError(str(exc)) from None
         return self
 
 
@@ -151,7 +237,8 @@ class TopologySpec(_Model):
         return self.sockets * self.cores * self.threads
 
 
-_CPUSET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+# vCPU numbers of 3 digits at most (255 vCPUs): "0-99999999" must not become a huge list
+CPUSET_PATTERN = r"^[0-9]{1,3}(-[0-9]{1,3})?(,[0-9]{1,3}(-[0-9]{1,3})?)*$"
 
 
 def parse_cpuset(value: str) -> list[int]:
@@ -166,20 +253,22 @@ def parse_cpuset(value: str) -> list[int]:
     return out
 
 
-def _cpuset(value: str) -> str:
-    if not _CPUSET_RE.match(value):
-        raise ValueError("not a CPU list (expected e.g. 0-3 or 0,2,4-7)")
-    parse_cpuset(value)
-    return value
-
-
 class NumaCellSpec(_Model):
     """A guest NUMA node: which vCPUs and how much memory."""
 
-    cpus: Annotated[str, AfterValidator(_cpuset)] = Field(description="vCPU list, e.g. `0-3`.")
+    cpus: str = Field(pattern=CPUSET_PATTERN, max_length=1024, description="vCPU list, e.g. `0-3`.")
     memory_mib: int = Field(
         ge=1, description="Memory of this node; the cells add up to `memory_mib`."
     )
+
+
+@rule("NumaCellSpec")
+def _cpus_ranges_ascend(x: NumaCellSpec) -> None:
+    """`cpu.numa[].cpus` ranges run upwards (`2-5`, never `5-2`)."""
+    try:
+        parse_cpuset(x.cpus)
+    except ValueError as exc:
+        raise ValueError(f"cpus: {exc}") from None
 
 
 @rule("CpuSpec")
@@ -642,7 +731,7 @@ class FilterrefSpec(_Model):
     name: str = Field(
         default="clean-traffic", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="nwfilter name."
     )
-    ip: list[IPvAnyAddress] = Field(default_factory=list, description="Allowed guest IPs.")
+    ip: list[IpAddress] = Field(default_factory=list, description="Allowed guest IPs.")
     parameters: dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")], XmlText] = (
         Field(default_factory=dict)
     )
@@ -747,8 +836,8 @@ class GraphicsSpec(_Model):
     """A remote display."""
 
     type: Literal["vnc", "spice"] = "vnc"
-    listen: IPvAnyAddress = Field(
-        default=IPv4Address("127.0.0.1"), description="Address to listen on (IPv4 or IPv6)."
+    listen: IpAddress = Field(
+        default="127.0.0.1", description="Address to listen on (IPv4 or IPv6)."
     )
     port: int | None = Field(default=None, ge=5900, le=65535, description="Unset: autoport.")
     password: str | None = Field(
@@ -911,7 +1000,10 @@ def _meta_key(value: str) -> str:
 
 
 MetaKey = Annotated[
-    str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"), AfterValidator(_meta_key)
+    str,
+    Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"),
+    AfterValidator(_meta_key),
+    _schema(pattern=r"^(?![Xx][Mm][Ll])[A-Za-z_][A-Za-z0-9_.-]{0,63}$"),
 ]
 Lifecycle = Literal["destroy", "restart", "preserve", "rename-restart"]
 

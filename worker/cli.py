@@ -180,16 +180,20 @@ def events(
 
 @main.command()
 @click.argument("op", required=False)
-def schema(op: str | None) -> None:
-    """Print the JSON Schema of every op message, or of OP."""
-    from worker.messages import OP_MODELS, json_schemas
+@click.option("--events", "events_", is_flag=True, help="The schema of events instead.")
+def schema(op: str | None, events_: bool) -> None:
+    """Print the JSON Schema (2020-12) of operation messages (one of every op), or of OP's;
+    with --events, of events."""
+    from worker.messages import OP_MODELS, message_schema
 
-    if op is None:
-        click.echo(json.dumps(json_schemas(), indent=2))
+    if events_:
+        from worker.eventschema import event_schema
+
+        click.echo(json.dumps(event_schema(), indent=2))
         return
-    if op not in OP_MODELS:
+    if op is not None and op not in OP_MODELS:
         raise click.BadParameter(f"unknown op {op!r}; known: {', '.join(sorted(OP_MODELS))}")
-    click.echo(json.dumps(OP_MODELS[op].model_json_schema(), indent=2))
+    click.echo(json.dumps(message_schema(op), indent=2))
 
 
 @main.command()

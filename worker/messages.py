@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Annotated, Any, Union
 from uuid import UUID
 
-from pydantic import ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from handlers.errors import OpError, validation
 from handlers.message import MESSAGE_VERSION, OpMessage, secret_paths
 from handlers.operations import OPERATIONS
-from handlers.spec import VmSpec
+from handlers.spec import RULES, VmSpec
 from worker.hooks import CustomPropertyError, validate_custom
+from worker.hooks.custom import NAME_RE, RESERVED_NAMES, RESERVED_PREFIXES
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+MESSAGE_SCHEMA_ID = "urn:vmworker:schema:message:1"
 
 
 def _custom_is_safe(cls: type[OpMessage], v: dict[str, str]) -> dict[str, str]:
@@ -122,17 +134,34 @@ def _is_custom_error(e: Any) -> bool:
     )
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or exponent; an integral one (`4.0`, `1e3`) is an integer,
+    as JSON Schema counts it."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def loads(body: bytes | str) -> Any:
+    """JSON as the contract reads it: no NaN or Infinity, integral numbers are integers."""
+    return json.loads(body, parse_constant=_no_constant, parse_float=_number)
+
+
 def parse_operation(body: bytes, *, max_bytes: int) -> OpMessage:
     """The operation in `body`, or an OpError(validation) saying exactly what is wrong."""
     if len(body) > max_bytes:
         raise validation(f"body is {len(body)} bytes, over the {max_bytes}-byte limit", "too_large")
     try:
-        doc = json.loads(body)
+        doc = loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise validation(f"body is not JSON: {exc}", "not_json") from None
     if not isinstance(doc, dict):
         raise validation(f"body is JSON {type(doc).__name__}, not an object", "not_object")
-    if doc.get("version", MESSAGE_VERSION) != MESSAGE_VERSION:
+    version = doc.get("version", MESSAGE_VERSION)
+    if type(version) is not int or version != MESSAGE_VERSION:  # `true` is not 1
         raise validation(f"unsupported message version {doc.get('version')!r}", "bad_version")
     op = doc.get("op")
     model = OP_MODELS.get(op) if isinstance(op, str) else None
@@ -165,9 +194,131 @@ def redact_body(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+HOST_CHECKS = (
+    "Checked by the host, not by this schema: the body's size (max_body_bytes, 1 MiB by"
+    " default), the AMQP properties and headers (message_id, x-deadline, user_id), the rules"
+    " across fields each object lists in x-rules (docs/spec.md), and what depends on the host:"
+    " storage roots, raw XML allowed, the VM's state."
+)
+
+# custom properties: what worker/hooks/custom.py checks, as JSON Schema
+_CUSTOM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "custom properties for hooks (environment variables of hook scripts)",
+    "propertyNames": {
+        "pattern": NAME_RE.pattern,
+        "not": {
+            "anyOf": [
+                {"enum": sorted(RESERVED_NAMES)},
+                {"pattern": "^(" + "|".join(RESERVED_PREFIXES) + ")"},
+            ]
+        },
+    },
+    "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+    "default": {},
+}
+
+
+def _custom_schema(declared: dict[str, Any]) -> dict[str, Any]:
+    """A `custom` map's schema: its declared bounds and the hook engine's rules on names."""
+    out = {**_CUSTOM_SCHEMA, **{k: v for k, v in declared.items() if k != "propertyNames"}}
+    out["propertyNames"] = {**declared.get("propertyNames", {}), **_CUSTOM_SCHEMA["propertyNames"]}
+    if not isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _CUSTOM_SCHEMA["additionalProperties"]
+    return out
+
+
+def _rules_of(cls: type[BaseModel]) -> list[str]:
+    """The cross-field rules a model's objects are checked against, one line each."""
+    out = []
+    for base in cls.__mro__:
+        for check in RULES.get(base.__name__, ()):
+            out.append((check.__doc__ or check.__name__).split("\n\n")[0].replace("\n", ""))
+    return [" ".join(r.split()) for r in out]
+
+
+def _models(cls: type[BaseModel], seen: dict[str, type[BaseModel]]) -> None:
+    if cls.__name__ in seen:
+        return
+    seen[cls.__name__] = cls
+    for f in cls.model_fields.values():
+        for t in _types(f.annotation):
+            _models(t, seen)
+
+
+def _types(tp: Any) -> list[type[BaseModel]]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return [t for arg in getattr(tp, "__args__", ()) or () for t in _types(arg)]
+
+
+def _finish(schema: dict[str, Any], models: Sequence[type[BaseModel]], sid: str) -> dict[str, Any]:
+    """The contract's form of pydantic's schema: standard 2020-12 keywords only (no OpenAPI
+    `discriminator`), custom properties as the hook engine checks them, rules listed."""
+    by_name: dict[str, type[BaseModel]] = {}
+    for m in models:
+        _models(m, by_name)
+    defs = schema.get("$defs", {})
+    nodes = [schema, *defs.values()]
+    for node in nodes:
+        model = by_name.get(node.get("title", ""))
+        if model is None:
+            continue
+        rules = _rules_of(model)
+        if rules:
+            node["x-rules"] = rules
+        if "custom" in node.get("properties", {}):  # the message's, and each device's own
+            node["properties"]["custom"] = _custom_schema(node["properties"]["custom"])
+    _strip(schema)
+    return {"$schema": JSON_SCHEMA_DIALECT, "$id": sid, "description": HOST_CHECKS, **schema}
+
+
+def _strip(node: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _strip(item)
+    elif isinstance(node, dict):
+        if isinstance(node.get("discriminator"), dict):
+            del node["discriminator"]
+        pattern_props = node.get("patternProperties")
+        if isinstance(pattern_props, dict) and len(pattern_props) == 1:
+            # a dict with constrained keys: no other key is allowed (JSON Schema's default is any)
+            ((names, values),) = pattern_props.items()
+            del node["patternProperties"]
+            node["propertyNames"] = {"pattern": names}
+            node["additionalProperties"] = values
+        for key, value in node.items():
+            if key in ("properties", "$defs", "patternProperties"):
+                for sub in value.values():
+                    _strip(sub)
+            elif key not in ("default", "const", "enum", "examples"):
+                _strip(value)
+
+
+def message_schema(op: str | None = None) -> dict[str, Any]:
+    """The JSON Schema (2020-12) of one op's messages, or of every op's (one of them)."""
+    if op is not None:
+        model = OP_MODELS[op]
+        return _finish(model.model_json_schema(), [model], f"{MESSAGE_SCHEMA_ID}:{op}")
+    models = [OP_MODELS[name] for name in sorted(OP_MODELS)]
+    union: Any = Annotated[Union[tuple(models)], Field(discriminator="op")]  # noqa: UP007
+    schema = TypeAdapter(union).json_schema()
+    schema["title"] = "operation message"
+    return _finish(schema, models, MESSAGE_SCHEMA_ID)
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every op message, for control-plane authors."""
-    return {name: model.model_json_schema() for name, model in sorted(OP_MODELS.items())}
+    """JSON Schema of every op message, by op name."""
+    return {name: message_schema(name) for name in sorted(OP_MODELS)}
 
 
-__all__ = ["OP_MODELS", "OpError", "json_schemas", "parse_operation", "peek", "redact_body"]
+__all__ = [
+    "OP_MODELS",
+    "OpError",
+    "json_schemas",
+    "loads",
+    "message_schema",
+    "parse_operation",
+    "peek",
+    "redact_body",
+]

@@ -30,8 +30,13 @@ def test_minimal_spec_gets_documented_defaults() -> None:
 
 
 def test_uuid_is_normalised_to_canonical_lower_case() -> None:
-    spec = VmSpec.model_validate({**BASE, "uuid": "6F1C1A0E3C1B4C559D0E2A7B5F2C9E01"})
+    spec = VmSpec.model_validate({**BASE, "uuid": UUID.upper()})
     assert spec.uuid == UUID
+
+
+@pytest.mark.parametrize("uuid", [UUID.replace("-", ""), "{" + UUID + "}", "urn:uuid:" + UUID])
+def test_uuid_is_only_the_8_4_4_4_12_form(uuid: str) -> None:
+    assert "uuid" in _error({"uuid": uuid})  # as the JSON Schema's pattern says
 
 
 @pytest.mark.parametrize("name", ["web 1", "", "a/b", "ä", "x" * 65])
@@ -70,7 +75,7 @@ def test_bad_names_are_refused(name: str) -> None:
         ({"pci_devices": [{"address": "03:00.8"}]}, "pci_devices.0.address"),
         ({"usb_devices": [{"vendor": "46d", "product": "c52b"}]}, "usb_devices.0.vendor"),
         ({"usb_devices": [{"vendor": "046d", "product": "zzzz"}]}, "usb_devices.0.product"),
-        ({"cpu": {"numa": [{"cpus": "3-1", "memory_mib": 1}]}}, "cpu.numa.0.cpus"),
+        ({"cpu": {"numa": [{"cpus": "3-1", "memory_mib": 1}]}}, "cpus: range '3-1' runs"),
         ({"cpu": {"numa": [{"cpus": "all", "memory_mib": 1}]}}, "cpu.numa.0.cpus"),
         ({"usb_redirect": 9}, "usb_redirect"),
     ],

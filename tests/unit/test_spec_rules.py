@@ -19,6 +19,11 @@ SPICE = {"type": "spice"}
 CASES: list[tuple[str, dict[str, Any], str]] = [
     # CPU
     ("_custom_needs_model", {"cpu": {"mode": "custom"}}, "model: required when mode is custom"),
+    (
+        "_cpus_ranges_ascend",
+        {"cpu": {"numa": [{"cpus": "3-1", "memory_mib": 512}]}},
+        "cpus: range '3-1' runs backwards",
+    ),
     ("_custom_needs_model", {"cpu": {"model": "EPYC"}}, "model: only allowed when mode is custom"),
     (
         "_unique_cpu_features",
