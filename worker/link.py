@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import amqp
@@ -355,34 +356,66 @@ class Link:
             raise MessageNacked("the broker refused an event")
 
     def _dead_letter(self, message: Message, reason: dict[str, str]) -> None:
-        props = message.properties
-        headers = {
-            **(message.headers or {}),
-            **reason,
-            "x-original-user-id": props.get("user_id") or "",
-        }
+        """Republish a refused message to the dead-letter exchange as it came: its body, every
+        property and header its publisher set, plus the reason headers."""
+        props = dict(message.properties)
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in _BROKER_HEADERS}
+        headers.update(reason)
+        user = props.pop("user_id", None)
+        headers["x-original-user-id"] = user or ""
+        if user and user == getattr(self._conn, "userid", None):
+            props["user_id"] = user  # the broker lets us sign as ourselves only
+        expiration = props.pop("expiration", None)
+        if expiration is not None:  # kept, not applied: a dead letter waits for an operator
+            headers["x-original-expiration"] = expiration
         if not message.errors:  # kombu decompressed the body: the copy is not compressed
             headers.pop("compression", None)
         body = message.body
         if isinstance(body, str):  # py-amqp gives an empty body as ''
             body = body.encode("utf-8", "surrogateescape")
-        assert self._producer is not None
-        self._producer.publish(
-            body,
-            exchange=self.topology.dlx,
-            routing_key=self.settings.host,
-            content_type=props.get("content_type") or "application/octet-stream",
-            content_encoding=props.get("content_encoding") or "binary",
-            message_id=props.get("message_id"),
-            timestamp=props.get("timestamp"),  # replay chooses by time, too
-            correlation_id=props.get("correlation_id"),
-            headers=headers,
-            delivery_mode=2,
-            retry=False,
-        )
+        copied = {k: v for k, v in props.items() if k in _COPIED and v is not None}
+        stamp = copied.get("timestamp")
+        if isinstance(stamp, datetime):  # py-amqp reads it as a naive UTC datetime
+            copied["timestamp"] = int(stamp.replace(tzinfo=stamp.tzinfo or UTC).timestamp())
+        if not self._confirming:  # kombu's in-memory transport
+            assert self._producer is not None
+            self._producer.publish(
+                body,
+                exchange=self.topology.dlx,
+                routing_key=self.settings.host,
+                headers=headers,
+                retry=False,
+                **copied,
+            )
+        else:
+            msg = amqp.Message(body, application_headers=headers, **copied)
+            self._events_ch.basic_publish(
+                msg, exchange=self.topology.dlx.name, routing_key=self.settings.host
+            )
         self._track()
         self.stats.dead_lettered += 1
         self.metrics.dead_letters.inc()
+
+
+# what a dead-lettered copy keeps of the original's properties (user_id and expiration: above)
+_COPIED = frozenset(
+    {
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "message_id",
+        "timestamp",
+        "type",
+        "user_id",
+        "app_id",
+        "cluster_id",
+    }
+)
+# headers the broker added on delivery, not the publisher
+_BROKER_HEADERS = frozenset({"x-delivery-count"})
 
 
 def _readable(sock: Any) -> bool:

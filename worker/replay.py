@@ -50,6 +50,7 @@ _DROP_HEADERS = (
     "x-vmworker-",
     "x-stream-offset",
     "x-original-user-id",
+    "x-original-expiration",
     "x-deadline",
     "x-delivery-count",
     "x-replay-of",
