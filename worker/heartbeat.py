@@ -1,6 +1,7 @@
 """The host's heartbeat: its inventory, as an event, every `heartbeat_interval` seconds.
 
-`<host>.host.online` at start and `<host>.host.heartbeat` afterwards carry the same data (worker
+`<host>.host.online` at start (queued by the service before it consumes: the first event of a
+run) and `<host>.host.heartbeat` afterwards carry the same data (worker
 version and uptime, libvirt and hypervisor versions, every domain with its state, the installed
 hooks with their sha256, the depth of the host queue and of the outbox), plus what VDSM's
 `after_get_caps` hooks add to it; `<host>.host.offline` is queued on a clean stop. Events go
@@ -15,7 +16,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -92,7 +92,7 @@ class Heartbeat:
         in_flight: Callable[[], int] | None = None,
         on_beat: Callable[[], None] | None = None,
         on_inventory: Callable[[dict[str, Any]], None] | None = None,
-        online_after: threading.Event | None = None,
+        online_by_caller: bool = False,
     ) -> None:
         self.host = host
         self.interval = interval
@@ -104,15 +104,18 @@ class Heartbeat:
         self.in_flight = in_flight
         self.on_beat = on_beat
         self.on_inventory = on_inventory
-        self.online_after = online_after
+        self.online_by_caller = online_by_caller  # else the thread says host.online itself
+        self._online_done = threading.Event()
         self.started_mono = time.monotonic()
         self.started_at = events.now_iso()
         self.beats = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._said_offline = False
+        self._said_online = False
+        self._online_lock = threading.Lock()
 
-    def inventory(self) -> dict[str, Any]:
+    def inventory(self, *, queue_depth: bool = True) -> dict[str, Any]:
         """The `data` of a heartbeat: everything the control plane knows of this host."""
         data: dict[str, Any] = {
             "host": self.host,
@@ -130,7 +133,7 @@ class Heartbeat:
         except Exception as exc:
             data["hooks"] = None
             data["hooks_error"] = str(exc)
-        data["queue_depth"] = self.queue_depth() if self.queue_depth else None
+        data["queue_depth"] = self.queue_depth() if self.queue_depth and queue_depth else None
         data["outbox"] = _call(self.outbox_size)
         data["operations_in_flight"] = _call(self.in_flight)
         return self._after_get_caps(data)
@@ -195,8 +198,8 @@ class Heartbeat:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Heartbeat:
-        """Queue `host.online` with the full inventory (once `online_after` is set, or an
-        interval has passed), then a heartbeat every interval."""
+        """Beat every interval once `host.online` is queued: by the caller's `online()` (with
+        `online_by_caller`) or else by the thread, at once."""
         try:  # connect now: the start-up log says at once whether libvirt answers
             self.lv.get()
         except libvirt.libvirtError as exc:
@@ -205,12 +208,24 @@ class Heartbeat:
         self._thread.start()
         return self
 
+    def online(self, queue_depth: int | None) -> None:
+        """Queue `host.online` (once) with the full inventory and the host queue's depth as
+        the caller found it, before it consumes anything."""
+        with self._online_lock:
+            if self._said_online:
+                return
+            data = self.inventory(queue_depth=False)
+            data["queue_depth"] = queue_depth
+            self._queue("online", data)
+            self._said_online = True
+        self._online_done.set()
+
     def _run(self) -> None:
-        if self.online_after is not None:  # the host queue exists by then: its depth is known
-            self.online_after.wait(self.interval)
-        if self._stop.is_set():
-            return
-        self._queue("online", self.inventory())
+        if not self.online_by_caller:
+            self.online(self.queue_depth() if self.queue_depth else None)
+        while not self._online_done.wait(1.0):  # the caller says it before it consumes
+            if self._stop.is_set():
+                return
         due = time.monotonic() + self.interval
         while not self._stop.wait(max(0.0, due - time.monotonic())):
             due += self.interval
@@ -242,7 +257,7 @@ class Heartbeat:
                         "started_at": self.started_at,
                         "uptime_s": round(time.monotonic() - self.started_mono, 3),
                     },
-                    "stopped_at": datetime.now(UTC).isoformat(),
+                    "stopped_at": events.now_iso(),
                 },
             )
 

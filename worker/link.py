@@ -58,6 +58,7 @@ class Link:
         on_decode_error: Callable[[Message, Exception], None],
         transport_options: dict[str, Any] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_open: Callable[[int | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.topology = topology
@@ -68,6 +69,7 @@ class Link:
         self.on_decode_error = on_decode_error
         self.transport_options = transport_options or {}
         self.on_event = on_event
+        self.on_open = on_open  # (host queue depth): on every connection, before consuming
         self.ready = threading.Event()  # consuming on a live connection
         self.generation = 0  # one per connection: a delivery tag is void on any other
         self._conn: Any = None
@@ -171,6 +173,10 @@ class Link:
         if _has_consumer_timeout(server.get("version")):  # else the broker-wide one applies
             timeout = _consumer_timeout_ms(self.settings)
             host_queue.consumer_arguments = {"x-consumer-timeout": timeout}  # type: ignore[attr-defined]
+        if self.on_open is not None:
+            depth = consume_ch.queue_declare(host_queue.name, passive=True).message_count
+            self.on_open(int(depth))
+            self.flush()  # what on_open queued (host.online) goes out before any delivery
         self._consumer = Consumer(
             consume_ch,
             queues=[host_queue],

@@ -89,6 +89,7 @@ class Service:
             on_decode_error=self._on_decode_error,
             transport_options=transport_options,
             on_event=on_event,
+            on_open=self._on_open,
         )
         self.ready = self.link.ready
         self.scheduler: Scheduler[Settle] = Scheduler(
@@ -112,6 +113,7 @@ class Service:
         )
         self._domevents: DomainEvents | None = None
         self._heartbeat: Heartbeat | None = None
+        self._reconciled = False
 
     def stop(self) -> None:
         """Finish the operations already running, then return from run()."""
@@ -133,7 +135,6 @@ class Service:
         if not s.allowed_publishers:
             log.warning("worker.any_publisher_allowed", exchange=self.topology.ops.name)
         self._host_chain("before_vmworker_start")
-        self.admission.reconcile()
         try:
             self._start_observers()
             if self.freeze_gc:
@@ -233,8 +234,18 @@ class Service:
             in_flight=lambda: len(self.scheduler),
             on_beat=self.metrics.heartbeats.inc,
             on_inventory=self.metrics.inventory_queued,
-            online_after=self.ready,
+            online_by_caller=True,
         ).start()
+
+    def _on_open(self, queue_depth: int | None) -> None:
+        """A connection is up, nothing consumed yet: the first time, `host.online` with the
+        depth found, then the journal's leftovers (their events come after it)."""
+        if self._reconciled:
+            return
+        if self._heartbeat is not None:
+            self._heartbeat.online(queue_depth)
+        self.admission.reconcile()
+        self._reconciled = True
 
     def _goodbye(self) -> bool:
         """Stop the observers and queue `host.offline`; True the first time only."""
