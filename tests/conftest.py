@@ -74,6 +74,7 @@ def tap(env: Env) -> Iterator[EventTap]:
     t = EventTap(env.topology).start()
     yield t
     t.stop()
+    assert not t.invalid, f"events not as `vmworker schema --events` says: {t.invalid[:3]}"
 
 
 @pytest.fixture

@@ -122,12 +122,30 @@ def delete_topology(prefix: str, hosts: list[str]) -> None:
                 ch.exchange_delete(ex)
 
 
+def _event_validator() -> Any:
+    from tests.schemagen import validator
+    from worker.eventschema import event_schema
+
+    return validator(event_schema())
+
+
+EVENTS = _event_validator()
+
+
+def event_errors(ev: dict[str, Any]) -> list[str]:
+    """Why `ev` is not an event as `vmworker schema --events` describes it (empty: it is)."""
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in EVENTS.iter_errors(ev)]
+
+
 @dataclass
 class EventTap:
-    """A private queue bound to every event of a prefix, consumed in a background thread."""
+    """A private queue bound to every event of a prefix, consumed in a background thread.
+    Every event is checked against the events' JSON Schema; `invalid` holds those that are not
+    (the `tap` fixture fails the test on any)."""
 
     topology: Topology
     events: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -150,8 +168,12 @@ class EventTap:
     def _run(self) -> None:
         def on_message(m: Any) -> None:
             ev = json.loads(m.body)
+            errors = event_errors(ev)
             ev["_routing_key"] = m.delivery_info.get("routing_key")
+            ev["_received"] = time.time()  # wall clock, as the event's own `time`
             with self._cv:
+                if errors:
+                    self.invalid.append((ev, errors))
                 self.events.append(ev)
                 self._cv.notify_all()
 

@@ -280,6 +280,8 @@ class Link:
             self._publish_pending()
             self._flushed_seq = durable
         if not n:
+            if self.outbox.durable_seq > self._flushed_seq:
+                self.wake()  # queued while we waited for confirms
             return
         settled = [self._settles.popleft() for _ in range(n)]
         current = [(s, d) for s in settled for d in s.deliveries if d.generation == self.generation]
@@ -291,6 +293,8 @@ class Link:
             self._await_confirms()
         for _, d in current:
             d.message.ack()
+        if self._settles or self.outbox.durable_seq > self._flushed_seq:
+            self.wake()  # taken in while we waited for confirms: flushed now, not next tick
 
     def _publish_pending(self) -> None:
         """Every durable unsent outbox event, in order, confirmed (raises if one is not)."""

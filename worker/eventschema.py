@@ -1,0 +1,278 @@
+"""The JSON Schema (2020-12) of every event the worker publishes (`vmworker schema --events`):
+the CloudEvents envelope, then `data` by kind and phase, each field typed (docs/protocol.md has
+the same tables). An event whose `data` was cut to fit (`data.cut`, worker/bounds.py) may lack
+fields that are otherwise required; every field it has keeps its type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.messages import JSON_SCHEMA_DIALECT
+
+EVENT_SCHEMA_ID = "urn:vmworker:schema:event:1"
+# every timestamp of an event: RFC 3339, UTC, milliseconds (events.now_iso)
+TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
+UUID_LOWER = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+_STR = {"type": "string"}
+_NSTR = {"type": ["string", "null"]}
+_INT = {"type": "integer"}
+_NINT = {"type": ["integer", "null"]}
+_NUM = {"type": "number", "minimum": 0}
+_BOOL = {"type": "boolean"}
+_TIME = {"type": "string", "pattern": TIME_PATTERN}
+_CUT = {"type": "array", "items": _STR, "maxItems": 20}
+_VM = {
+    "type": "object",
+    "properties": {
+        "uuid": {"type": ["string", "null"], "pattern": UUID_LOWER},
+        "name": _NSTR,
+    },
+    "required": ["uuid", "name"],
+    "additionalProperties": False,
+}
+_HOOK = {
+    "type": "object",
+    "properties": {
+        "point": _STR,
+        "name": _STR,
+        "kind": _STR,
+        "rc": _INT,
+        "unexpected_rc": _BOOL,
+        "duration_ms": _NUM,
+        "sha256": _NSTR,
+        "changed_xml": _BOOL,
+        "stderr_tail": _STR,
+        "stdout_tail": _STR,
+        "refused": _NSTR,
+        "timed_out": _BOOL,
+        "discarded": _NSTR,
+        "device": _STR,
+    },
+    "additionalProperties": False,
+}
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "code": _STR,
+        "message": _STR,
+        "source": {
+            "enum": [
+                "validation",
+                "expired",
+                "unauthorized",
+                "hook",
+                "libvirt",
+                "timeout",
+                "internal",
+            ]
+        },
+        "libvirt_code": _NINT,
+        "hook": _NSTR,
+        "stderr": _STR,
+        "libvirt_domain": _INT,
+        "connection_lost": _BOOL,
+        "field": _STR,
+        "state": _STR,
+        "allowed": {"type": "array", "items": _STR},
+        "device": _STR,
+    },
+    "required": ["code", "message", "source", "libvirt_code", "hook"],
+    "additionalProperties": False,
+}
+_WORKER = {
+    "type": "object",
+    "properties": {"version": _STR, "pid": _INT, "started_at": _TIME, "uptime_s": _NUM},
+    "required": ["version", "pid", "started_at", "uptime_s"],
+    "additionalProperties": False,
+}
+
+# `data` of an operation's events: every field any phase may carry, and its type
+_OP_FIELDS: dict[str, Any] = {
+    "op": _STR,
+    "phase": {"enum": ["before", "after", "fail"]},
+    "host": _STR,
+    "vm": _VM,
+    "request_id": _NSTR,
+    "correlation_id": _NSTR,
+    "redelivered": _BOOL,
+    "recovered": _BOOL,
+    "replay_of": _STR,
+    "attempt": {"type": "integer", "minimum": 0},
+    "duration_ms": _NUM,
+    "state": _STR,
+    "noop": _BOOL,
+    "hooks": {"type": "array", "items": _HOOK},
+    "error": _ERROR,
+    "duplicate": {"const": True},
+    "original_event_id": _STR,
+    "cut": _CUT,
+    # what handlers learned (docs/protocol.md)
+    "target": _STR,
+    "mac": _STR,
+    "forced": _BOOL,
+    "memory_before_mib": _INT,
+    "state_file": _STR,
+    "state_file_removed": {"const": True},
+    "state_file_kept": _STR,
+    "graphics": {"type": "array", "items": _STR},
+    "valid_to": {"type": ["string", "null"], "pattern": TIME_PATTERN},
+}
+_IDENTITY = ["op", "phase", "host", "vm", "request_id", "correlation_id"]
+_BEFORE = [*_IDENTITY, "redelivered", "recovered"]
+_TERMINAL = [*_IDENTITY, "redelivered", "attempt", "duration_ms", "state", "hooks"]
+_AFTER = [*_TERMINAL, "noop"]
+
+
+def _whole(required: list[str]) -> dict[str, Any]:
+    """`required`, unless `data.cut` says the event was cut to fit."""
+    return {"if": {"not": {"required": ["cut"]}}, "then": {"required": required}}
+
+
+def _op_data(phase: str, required: list[str], *, error: bool) -> dict[str, Any]:
+    fields = dict(_OP_FIELDS, phase={"const": phase})
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": fields,
+        "required": ["op", "phase", "host"],
+        "additionalProperties": False,
+        "allOf": [_whole(required)],
+    }
+    if error:
+        out["allOf"].append(_whole(["error"]))
+    else:
+        out["not"] = {"required": ["error"]}
+    return out
+
+
+_STATE_DATA = {
+    "type": "object",
+    "properties": {
+        "host": _STR,
+        "vm": _VM,
+        "state": _STR,
+        "reason": _STR,
+        "domain_state": _STR,
+        "libvirt_event": {
+            "type": "object",
+            "properties": {"event": _INT, "detail": _INT},
+            "additionalProperties": False,
+        },
+        "during_request": _STR,
+        "cut": _CUT,
+    },
+    "required": ["host", "vm", "state"],
+    "additionalProperties": False,
+    "allOf": [_whole(["reason", "domain_state"])],
+}
+_INVENTORY = {
+    "type": "object",
+    "properties": {
+        "host": _STR,
+        "worker": _WORKER,
+        "interval_s": _NUM,
+        "libvirt": {
+            "type": "object",
+            "properties": {
+                "uri": _STR,
+                "version": _STR,
+                "hypervisor": _STR,
+                "hypervisor_version": _STR,
+                "error": _STR,
+            },
+            "required": ["uri"],
+            "additionalProperties": False,
+        },
+        "domains": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "properties": {
+                    "uuid": {"type": "string", "pattern": UUID_LOWER},
+                    "name": _STR,
+                    "state": _STR,
+                    "persistent": _BOOL,
+                },
+                "additionalProperties": False,
+            },
+        },
+        "hooks": {"type": ["object", "null"]},
+        "hooks_error": _STR,
+        "queue_depth": {"type": ["integer", "null"], "minimum": 0},
+        "outbox": _NINT,
+        "operations_in_flight": _NINT,
+        "cut": _CUT,
+    },
+    "required": ["host"],
+    "additionalProperties": False,
+    "allOf": [
+        _whole(
+            [
+                "worker",
+                "interval_s",
+                "libvirt",
+                "domains",
+                "hooks",
+                "queue_depth",
+                "outbox",
+                "operations_in_flight",
+            ]
+        )
+    ],
+}
+_OFFLINE = {
+    "type": "object",
+    "properties": {
+        "host": _STR,
+        "reason": _STR,
+        "worker": _WORKER,
+        "stopped_at": _TIME,
+        "cut": _CUT,
+    },
+    "required": ["host"],
+    "additionalProperties": False,
+    "allOf": [_whole(["reason", "worker", "stopped_at"])],
+}
+
+
+def _kind(type_pattern: str, data: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {
+        "properties": {"type": {"pattern": type_pattern}, "data": data, **more},
+        "required": ["type", "data"],
+    }
+
+
+def event_schema() -> dict[str, Any]:
+    """The JSON Schema of one event (the body of a message on `<prefix>.events`)."""
+    op = r"[a-z][a-z0-9_]*"
+    return {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "$id": EVENT_SCHEMA_ID,
+        "title": "vmworker event",
+        "description": "A CloudEvents 1.0 structured event; docs/protocol.md, Events.",
+        "type": "object",
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": _STR,
+            "source": {"type": "string", "pattern": "^vmworker://[A-Za-z0-9_-]+$"},
+            "type": {"type": "string", "pattern": r"^vmworker\.[a-z_]+\.[A-Za-z0-9_-]+$"},
+            "subject": {"type": "string", "pattern": UUID_LOWER},
+            "time": _TIME,
+            "datacontenttype": {"const": "application/json"},
+            "requestid": _STR,
+            "data": {"type": "object"},
+        },
+        "required": ["specversion", "id", "source", "type", "time", "datacontenttype", "data"],
+        "additionalProperties": False,
+        "oneOf": [
+            _kind(rf"^vmworker\.{op}\.before$", _op_data("before", _BEFORE, error=False)),
+            _kind(rf"^vmworker\.{op}\.after$", _op_data("after", _AFTER, error=False)),
+            _kind(rf"^vmworker\.{op}\.fail$", _op_data("fail", _TERMINAL, error=True)),
+            _kind(r"^vmworker\.state\.[A-Za-z0-9_-]+$", _STATE_DATA),
+            _kind(r"^vmworker\.host\.(online|heartbeat)$", _INVENTORY),
+            _kind(r"^vmworker\.host\.offline$", _OFFLINE),
+        ],
+    }
+
+
+__all__ = ["EVENT_SCHEMA_ID", "TIME_PATTERN", "event_schema"]
