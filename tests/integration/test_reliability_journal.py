@@ -46,7 +46,8 @@ def _seed_started(env, rid: str, op: str, vm: str, **journal_kw) -> None:  # typ
                 correlation_id=None,
                 vm_uuid=vm,
                 vm_name=None,
-                attempt=1,
+                redelivered=False,  # a `before` as the worker writes it
+                recovered=False,
             ),
         )
         if journal_kw.get("final_delivery"):
