@@ -28,6 +28,7 @@ class TicketParams(Strict):
         min_length=1,
         max_length=256,
         description="printable ASCII; at most 8 characters for VNC. Never reported anywhere",
+        json_schema_extra={"pattern": "^[ -~]*$"},  # what _printable checks, for the schema
     )
     valid_s: int = Field(
         120, ge=0, le=366 * 86400, description="seconds the password is valid; 0: no expiry"
@@ -100,7 +101,7 @@ def _set_ticket(ctx: Ctx[SetTicket], _xml: str) -> None:
         if g.get("type") == "spice" or p.connected == "keep":  # QEMU's VNC only keeps
             g.set("connected", p.connected)
         dom.updateDeviceFlags(etree.tostring(g, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-    ctx.notes["valid_to"] = f"{valid_to}Z" if valid_to else None
+    ctx.notes["valid_to"] = f"{valid_to}.000Z" if valid_to else None  # the events' time format
 
 
 declare(

@@ -223,8 +223,10 @@ def _custom_schema(declared: dict[str, Any]) -> dict[str, Any]:
     """A `custom` map's schema: its declared bounds and the hook engine's rules on names."""
     out = {**_CUSTOM_SCHEMA, **{k: v for k, v in declared.items() if k != "propertyNames"}}
     out["propertyNames"] = {**declared.get("propertyNames", {}), **_CUSTOM_SCHEMA["propertyNames"]}
-    if not isinstance(out.get("additionalProperties"), dict):
-        out["additionalProperties"] = _CUSTOM_SCHEMA["additionalProperties"]
+    declared_values = declared.get("additionalProperties")
+    values = declared_values if isinstance(declared_values, dict) else {}
+    # a declared pattern (no control characters) is stricter than "no NUL": it wins
+    out["additionalProperties"] = {**_CUSTOM_SCHEMA["additionalProperties"], **values}
     return out
 
 
