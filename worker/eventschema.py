@@ -204,7 +204,7 @@ _INVENTORY = {
         "cut": _CUT,
     },
     "required": ["host"],
-    "additionalProperties": False,
+    "additionalProperties": True,  # what an after_get_caps hook adds (any JSON)
     "allOf": [
         _whole(
             [

@@ -167,7 +167,8 @@ def test_a_hibernate_redelivered_after_its_save_completed_does_not_save_again(
             correlation_id=None,
             vm_uuid=spec["uuid"],
             vm_name=None,
-            attempt=1,
+            redelivered=False,  # a `before` as the worker writes it
+            recovered=False,
         )
         j.start(rid, before)
     finally:
