@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
 
-from handlers.spec import Uuid, VmSpec
+from handlers.scalars import Uuid
+from handlers.spec import VmSpec
 
 MESSAGE_VERSION = 1
 
