@@ -13,11 +13,15 @@ destination's worker is told the outcome (`finish_incoming`: its after chain).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
+from pathlib import PurePosixPath
 from typing import Any, Literal
+from xml.sax.saxutils import escape
 
 import libvirt
+from lxml import etree
 from pydantic import Field, model_validator
 
 from handlers.base import Ctx, Operation, Peers, declare
@@ -25,6 +29,8 @@ from handlers.errors import OpError
 from handlers.message import OpMessage, Strict
 from handlers.states import ACTIVE, require_state
 
+# the XML is data from another host: no entities, no DTDs, no network
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 MIGRATIONS = "migrations"  # Ctx.shared key: VM uuid -> the cancel flag of its migration
 PREPARE_TIMEOUT_S = 60.0  # the destination's worker answers prepare_incoming within this
 # libvirt events a migration causes on the source (stopped/undefined) and on the destination
@@ -55,6 +61,11 @@ class MigrateParams(Strict):
     copy_storage: Literal["none", "all"] = "none"
     persist_destination: bool = True
     undefine_source: bool = True
+    unsafe: bool = Field(
+        False,
+        description="the storage is shared though libvirt cannot tell (a filesystem it does"
+        " not know as shared); libvirt refuses such a migration otherwise",
+    )
 
     @model_validator(mode="after")
     def _postcopy_after_needs_postcopy(self) -> MigrateParams:
@@ -73,6 +84,7 @@ class MigrateVm(OpMessage):
 
 class IncomingParams(Strict):
     source: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="source host id")
+    copy_storage: Literal["none", "all"] = "none"
     migration_request: str = Field(max_length=200, description="the migrate_vm request id")
     xml: str = Field(max_length=1024 * 1024, description="the domain XML the source sends")
     hold_s: float = Field(660.0, gt=0, le=90000, description="how long the migration may last")
@@ -144,6 +156,7 @@ def _prepare_on_destination(ctx: Ctx[MigrateVm], xml: str) -> str:
             "migration_request": ctx.request_id,
             "xml": xml,
             "hold_s": p.timeout_s + PREPARE_TIMEOUT_S,
+            "copy_storage": p.copy_storage,
         },
         "custom": ctx.op.custom,
     }
@@ -184,6 +197,7 @@ def _flags(p: MigrateParams) -> int:
         (p.copy_storage == "all", libvirt.VIR_MIGRATE_NON_SHARED_DISK),
         (p.persist_destination, libvirt.VIR_MIGRATE_PERSIST_DEST),
         (p.undefine_source, libvirt.VIR_MIGRATE_UNDEFINE_SOURCE),
+        (p.unsafe, libvirt.VIR_MIGRATE_UNSAFE),
     ):
         if on:
             flags |= flag
@@ -206,10 +220,13 @@ def _params(ctx: Ctx[MigrateVm], xml: str) -> dict[str, Any]:
 
 
 def progress_of(stats: dict[str, Any]) -> dict[str, Any]:
-    """libvirt's job stats as the progress event's `data.progress`."""
-    total = int(stats.get("data_total", 0))
-    processed = int(stats.get("data_processed", 0))
-    remaining = int(stats.get("data_remaining", 0))
+    """libvirt's job stats as the progress event's `data.progress` (memory and disks)."""
+
+    def both(what: str) -> int:
+        data = int(stats.get(f"data_{what}", 0))
+        return data or int(stats.get(f"memory_{what}", 0)) + int(stats.get(f"disk_{what}", 0))
+
+    total, processed, remaining = both("total"), both("processed"), both("remaining")
     return {
         "data_processed_bytes": processed,
         "data_remaining_bytes": remaining,
@@ -337,9 +354,12 @@ def _abort(dom: libvirt.virDomain) -> None:
 
 
 def _postcopy(dom: libvirt.virDomain, ctx: Ctx[MigrateVm]) -> bool:
-    with contextlib.suppress(libvirt.libvirtError):
+    """Switch to post-copy; False when libvirt cannot yet (still copying disks): tried again."""
+    try:
         dom.migrateStartPostCopy(0)
-        ctx.notes["postcopy"] = True
+    except libvirt.libvirtError:
+        return False
+    ctx.notes["postcopy"] = True
     return True
 
 
@@ -370,11 +390,39 @@ def _incoming_xml(ctx: Ctx[PrepareIncoming]) -> str:
 
 
 def _accept(ctx: Ctx[PrepareIncoming], xml: str) -> None:
+    if ctx.op.params.copy_storage == "all":
+        ctx.notes["storage_pools"] = _pools_for_disks(ctx.conn, xml)
     # the source sends what the chain left; handed back only when it changed (events are small)
     if xml != ctx.op.params.xml:
         ctx.notes["accepted_xml"] = xml
     ctx.notes["source"] = ctx.op.params.source
     ctx.notes["migration_request"] = ctx.op.params.migration_request
+
+
+def _pools_for_disks(conn: libvirt.virConnect, xml: str) -> list[str]:
+    """libvirt creates the local disks a migration copies only in a storage pool: one for
+    each file disk's directory that has none (transient, so nothing outlives the daemon)."""
+    made = []
+    root = etree.fromstring(xml.encode(), _PARSER)
+    for source in root.iterfind("devices/disk[@type='file']/source"):
+        where = str(PurePosixPath(source.get("file", "/")).parent)
+        try:
+            conn.storagePoolLookupByTargetPath(where)
+            continue
+        except libvirt.libvirtError:
+            pass
+        name = "vmworker-" + hashlib.sha256(where.encode()).hexdigest()[:12]
+        pool = (
+            f"<pool type='dir'><name>{name}</name>"
+            f"<target><path>{escape(where)}</path></target></pool>"
+        )
+        try:
+            conn.storagePoolCreateXML(pool, libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
+            made.append(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_FAILED:  # made meanwhile
+                raise
+    return made
 
 
 declare(

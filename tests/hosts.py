@@ -17,6 +17,7 @@ import time
 import uuid
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -114,3 +115,65 @@ def _gone(pid: int, timeout: float) -> bool:
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.05)
     return False
+
+
+class TwoHosts:
+    """Two workers of one test, `a` on the first libvirtd and `b` on the second, each with its
+    own state directory and hooks root, and a peers table naming the other: what a migration
+    needs. `start(host)` (again after a kill) and `stop()`; workers run as threads, or as
+    processes with `process=True` (for kill -9)."""
+
+    def __init__(
+        self, env: Any, tmp: Path, uri_a: str, uri_b: str, b_root: Path = Path("/")
+    ) -> None:
+        from tests.support import unique
+
+        self.env = env
+        self.a, self.b = env.host, unique("hb")
+        env.other_hosts.append(self.b)
+        self.uri = {self.a: uri_a, self.b: uri_b}
+        self.hooks = {self.a: env.hooks_root, self.b: tmp / "hooks-b"}
+        self.hooks[self.b].mkdir(mode=0o755, exist_ok=True)
+        self.hooks[self.b].chmod(0o755)
+        self.state = {self.a: env.state_dir, self.b: tmp / "state-b"}
+        self.workers: dict[str, Any] = {}
+        self.domains: tuple[list[str], list[str]] = ([], [])  # uuids cleaned up on a and b
+        self.tmp = tmp
+        self.b_root = b_root  # host b's /var/lib/libvirt, as this host sees it
+
+    def settings(self, host: str, **kw: Any) -> dict[str, Any]:
+        peers = {
+            h: {"libvirt_uri": u, "migration_uri": "tcp://127.0.0.1"}
+            for h, u in self.uri.items()
+            if h != host
+        }
+        return dict(
+            host=host,
+            libvirt_uri=self.uri[host],
+            state_dir=self.state[host],
+            hooks_root=self.hooks[host],
+            peers=peers,
+            **kw,
+        )
+
+    def start(self, host: str, *, process: bool = False, **kw: Any) -> Any:
+        from tests.support import ProcessWorker, ThreadWorker
+
+        if process:
+            w: Any = ProcessWorker(
+                self.env, self.tmp / f"worker-{host}.log", **self.settings(host, **kw)
+            ).start()
+        else:
+            w = ThreadWorker(self.env.settings(**self.settings(host, **kw))).start()
+        self.workers[host] = w
+        return w
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            proc = getattr(w, "proc", None)
+            if proc is not None:
+                if proc.poll() is None:
+                    w.stop()
+            elif w.thread.is_alive():
+                w.stop()
+        self.workers.clear()
