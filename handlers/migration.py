@@ -121,12 +121,33 @@ def _peers(ctx: Ctx[Any]) -> Peers:
 
 def _source_xml(ctx: Ctx[MigrateVm]) -> str:
     require_state(ctx)  # before the before_* chain: a VM that does not run does not migrate
-    return str(ctx.domain().XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+    dom = ctx.domain()
+    state, reason = dom.state()
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+        dom.resume()  # left paused by a migration whose worker died before it was confirmed
+        ctx.notes["resumed_source"] = True
+    return str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+
+
+def _wait_for_orphan_job(ctx: Ctx[MigrateVm]) -> None:
+    """A migration whose worker died goes on in libvirtd without it: wait (up to the timeout)
+    for it to end before deciding anything, so that one that completes is never run again."""
+    dom = ctx.find()
+    deadline = time.monotonic() + ctx.op.params.timeout_s
+    while dom is not None and time.monotonic() < deadline:
+        try:
+            if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                return
+        except libvirt.libvirtError:
+            return  # gone: migrated, or undefined
+        ctx.notes["waited_for_orphan_job"] = True
+        time.sleep(0.5)
 
 
 def _migrated(ctx: Ctx[MigrateVm]) -> bool:
     """Gone from here (or stopped) and running on the destination: the migration happened
     (a request recovered after the worker died in it, or sent again)."""
+    _wait_for_orphan_job(ctx)
     if ctx.state() in ACTIVE:
         return False
     try:
