@@ -50,6 +50,10 @@ class Peers(Protocol):
         """The address the migration stream goes to (None: libvirt's choice)."""
         ...
 
+    def tls(self, host: str) -> bool:
+        """Whether the migration stream to `host` is encrypted (QEMU's native TLS)."""
+        ...
+
     def call(
         self,
         host: str,

@@ -209,8 +209,8 @@ def _prepare_on_destination(ctx: Ctx[MigrateVm], xml: str) -> str:
     return str(data["accepted_xml"])
 
 
-def _flags(p: MigrateParams) -> int:
-    flags = 0
+def _flags(p: MigrateParams, tls: bool = False) -> int:
+    flags = libvirt.VIR_MIGRATE_TLS if tls else 0
     for on, flag in (
         (p.live, libvirt.VIR_MIGRATE_LIVE),
         (p.auto_converge, libvirt.VIR_MIGRATE_AUTO_CONVERGE),
@@ -322,7 +322,7 @@ def _run(ctx: Ctx[MigrateVm], dconn: libvirt.virConnect, xml: str, cancel: threa
 
     def call() -> None:
         try:
-            dom.migrate3(dconn, _params(ctx, xml), _flags(p))
+            dom.migrate3(dconn, _params(ctx, xml), _flags(p, _peers(ctx).tls(p.destination)))
         except BaseException as exc:  # handed to the polling thread
             failure.append(exc)
 

@@ -49,6 +49,7 @@ class Peer(BaseModel):
     migration_uri: str | None = Field(
         None, description="where the migration stream goes (tcp://10.0.0.2); None: libvirt's"
     )
+    tls: bool = Field(False, description="QEMU's native TLS for the migration stream")
 
 
 class Settings(BaseSettings):

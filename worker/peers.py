@@ -63,6 +63,10 @@ class Peers:
         peer = self.settings.peers.get(host)
         return peer.migration_uri if peer is not None else None
 
+    def tls(self, host: str) -> bool:
+        peer = self.settings.peers.get(host)
+        return peer is not None and peer.tls
+
     def send(
         self, host: str, body: dict[str, Any], *, request_id: str, correlation_id: str | None
     ) -> None:

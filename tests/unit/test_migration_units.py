@@ -93,3 +93,36 @@ def test_the_destinations_claim_holds_while_the_vm_arrives_and_ends_with_the_mig
     now[0] += 3
     assert own.owner("vm") is None
     assert not own.judge("vm", "stopped").suppress
+
+
+def test_each_param_is_its_libvirt_flag_and_a_tls_peer_encrypts_the_stream() -> None:
+    import libvirt
+
+    from handlers.migration import _flags
+
+    op = _parse({"destination": "b"})
+    p = op.params  # type: ignore[attr-defined]
+    assert (
+        _flags(p)
+        == (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST)
+        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    )
+    assert _flags(p, tls=True) & libvirt.VIR_MIGRATE_TLS
+    every = _parse(
+        {
+            "destination": "b",
+            "live": False,
+            "auto_converge": True,
+            "postcopy": True,
+            "copy_storage": "all",
+            "persist_destination": False,
+            "undefine_source": False,
+            "unsafe": True,
+        }
+    ).params  # type: ignore[attr-defined]
+    assert _flags(every) == (
+        libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        | libvirt.VIR_MIGRATE_POSTCOPY
+        | libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        | libvirt.VIR_MIGRATE_UNSAFE
+    )
