@@ -35,7 +35,8 @@ MIGRATIONS = "migrations"  # Ctx.shared key: VM uuid -> the cancel flag of its m
 PREPARE_TIMEOUT_S = 60.0  # the destination's worker answers prepare_incoming within this
 # libvirt events a migration causes on the source (stopped/undefined) and on the destination
 SOURCE_EXPECTS = ("stopped", "undefined", "paused", "resumed")
-DESTINATION_EXPECTS = ("defined", "started", "resumed", "paused")
+# (stopped/undefined: an incoming VM torn down by a migration that failed)
+DESTINATION_EXPECTS = ("defined", "started", "resumed", "paused", "stopped", "undefined")
 
 
 # -- messages --------------------------------------------------------------------------
@@ -248,6 +249,8 @@ def progress_of(stats: dict[str, Any]) -> dict[str, Any]:
         return data or int(stats.get(f"memory_{what}", 0)) + int(stats.get(f"disk_{what}", 0))
 
     total, processed, remaining = both("total"), both("processed"), both("remaining")
+    # no `remaining` yet (a disk copy starting): what was processed says how far it is
+    done = total - remaining if remaining else min(processed, total)
     return {
         "data_processed_bytes": processed,
         "data_remaining_bytes": remaining,
@@ -256,7 +259,7 @@ def progress_of(stats: dict[str, Any]) -> dict[str, Any]:
         "dirty_rate_pages_s": int(stats.get("memory_dirty_rate", 0)),
         "iteration": int(stats.get("memory_iteration", 0)),
         "expected_downtime_ms": int(stats.get("downtime", 0)),
-        "percent": round(100.0 * (total - remaining) / total, 1) if total else 0.0,
+        "percent": round(100.0 * done / total, 1) if total else 0.0,
     }
 
 
@@ -287,28 +290,40 @@ def _migrate_to(ctx: Ctx[MigrateVm], peers: Peers, xml: str, cancel: threading.E
             error = str(exc)
             raise
         finally:
-            peers.send(
-                p.destination,
-                {
-                    "version": 1,
-                    "op": "finish_incoming",
-                    "vm": {"uuid": ctx.uuid, "name": ctx.op.vm.name},
-                    "params": {
-                        "source": ctx.host,
-                        "migration_request": ctx.request_id,
-                        "ok": ok,
-                        "error": error[:4096] or None,
-                        "xml": accepted,
-                    },
-                    "custom": ctx.op.custom,
-                },
-                request_id=f"{ctx.request_id}.finish",
-                correlation_id=ctx.request_id,
-            )
+            ctx.notes["destination_told"] = _tell_destination(ctx, peers, accepted, ok, error)
         ctx.notes["destination_state"] = "running"
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             dconn.close()
+
+
+def _tell_destination(
+    ctx: Ctx[MigrateVm], peers: Peers, accepted: str, ok: bool, error: str
+) -> bool:
+    """finish_incoming to the destination; False when the broker failed (its claim on the VM
+    then ends at its hold, and its after chain does not run): the migration's outcome stands."""
+    try:
+        peers.send(
+            ctx.op.params.destination,
+            {
+                "version": 1,
+                "op": "finish_incoming",
+                "vm": {"uuid": ctx.uuid, "name": ctx.op.vm.name},
+                "params": {
+                    "source": ctx.host,
+                    "migration_request": ctx.request_id,
+                    "ok": ok,
+                    "error": error[:4096] or None,
+                    "xml": accepted,
+                },
+                "custom": ctx.op.custom,
+            },
+            request_id=f"{ctx.request_id}.finish",
+            correlation_id=ctx.request_id,
+        )
+    except OpError:
+        return False
+    return True
 
 
 def _run(ctx: Ctx[MigrateVm], dconn: libvirt.virConnect, xml: str, cancel: threading.Event) -> None:

@@ -70,8 +70,13 @@ class Peers:
     def send(
         self, host: str, body: dict[str, Any], *, request_id: str, correlation_id: str | None
     ) -> None:
-        with connect(self.settings) as conn:
-            self._publish(conn, host, body, request_id, correlation_id)
+        try:
+            with connect(self.settings) as conn:
+                self._publish(conn, host, body, request_id, correlation_id)
+        except OpError:
+            raise
+        except Exception as exc:  # the broker: the other host cannot be told anything
+            raise _broker_error(host, exc) from None
 
     def call(
         self,
@@ -102,16 +107,21 @@ class Peers:
             auto_delete=True,
             durable=False,
         )
-        with connect(self.settings) as conn, conn.channel() as ch:
-            consumer = Consumer(ch, queues=[answers], on_message=on_message, no_ack=True)
-            consumer.consume()  # declares and binds it: no answer can come before
-            self._publish(conn, host, body, request_id, correlation_id)
-            end = time.monotonic() + timeout
-            while not got and time.monotonic() < end:
-                try:
-                    conn.drain_events(timeout=min(0.5, max(0.01, end - time.monotonic())))
-                except TimeoutError:
-                    continue
+        try:
+            with connect(self.settings) as conn, conn.channel() as ch:
+                consumer = Consumer(ch, queues=[answers], on_message=on_message, no_ack=True)
+                consumer.consume()  # declares and binds it: no answer can come before
+                self._publish(conn, host, body, request_id, correlation_id)
+                end = time.monotonic() + timeout
+                while not got and time.monotonic() < end:
+                    try:
+                        conn.drain_events(timeout=min(0.5, max(0.01, end - time.monotonic())))
+                    except TimeoutError:
+                        continue
+        except OpError:
+            raise
+        except Exception as exc:  # the broker: the other host cannot be asked anything
+            raise _broker_error(host, exc) from None
         if not got:
             raise OpError(
                 "destination_unreachable",
@@ -134,3 +144,12 @@ class Peers:
         except NoWorkerQueue as exc:
             raise OpError("destination_unreachable", str(exc), "validation") from None
         log.info("peer.sent", peer=host, op=body["op"], request_id=request_id)
+
+
+def _broker_error(host: str, exc: Exception) -> OpError:
+    return OpError(
+        "destination_unreachable",
+        f"the broker failed while reaching the worker of host {host}: {exc!r}"[:1000],
+        "internal",
+        transient=True,
+    )

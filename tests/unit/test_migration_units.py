@@ -76,6 +76,8 @@ def test_progress_is_libvirts_job_stats_in_the_contracts_words() -> None:
     early = progress_of({"disk_total": 8 << 20, "disk_remaining": 6 << 20, "memory_total": 0})
     assert (early["data_total_bytes"], early["percent"]) == (8 << 20, 25.0)
     assert progress_of({})["percent"] == 0.0
+    starting = progress_of({"disk_total": 8 << 20, "disk_processed": 2 << 20})
+    assert starting["percent"] == 25.0
 
 
 def test_the_destinations_claim_holds_while_the_vm_arrives_and_ends_with_the_migration() -> None:
