@@ -469,6 +469,7 @@ declare(
         expects=DESTINATION_EXPECTS,
         prepare=_incoming_xml,
         execute=_accept,
+        devices="device_migrate_destination",
         chains=("before",),
     )
 )
@@ -504,6 +505,7 @@ declare(
         expects=DESTINATION_EXPECTS,
         prepare=_arrived_xml,
         execute=_finish,
+        devices="device_migrate_destination",
         chains=("after", "after_fail"),
     )
 )

@@ -357,10 +357,13 @@ def test_a_vm_with_a_qcow2_disk_on_shared_storage_moves_and_keeps_its_disk(
     env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any, tmp_path: Path
 ) -> None:
     h = two_hosts
+    log = tmp_path / "devices.log"
+    for point in ("before_device_migrate_destination", "after_device_migrate_destination"):
+        hook(h.hooks[h.b], point, "50_log", f'echo "{point} $migtag" >> {log}')
     h.start(h.a)
     h.start(h.b)
     path = disk(tmp_path / "shared", 8)  # a directory both hosts see: shared storage
-    vm = running_vm(env, tap, h, "shared", disks=[{"path": path}])
+    vm = running_vm(env, tap, h, "shared", disks=[{"path": path, "custom": {"migtag": "d1"}}])
     # libvirt knows NFS, Ceph, GFS2... as shared, not one ext4 both hosts see: `unsafe` says it
     rid = migrate(env, h, vm, h.b, unsafe=True)
     term = tap.wait_terminal(rid, 120)["data"]
@@ -369,6 +372,12 @@ def test_a_vm_with_a_qcow2_disk_on_shared_storage_moves_and_keeps_its_disk(
     conn = libvirt.open(h.uri[h.b])
     assert path in conn.lookupByUUIDString(vm["uuid"]).XMLDesc(0)
     conn.close()
+    # the destination ran its device chains for the disk, with the disk's custom properties
+    tap.wait(lambda: of_type(tap, f"{h.b}.finish_incoming.after", rid), 30)
+    assert log.read_text().splitlines() == [
+        "before_device_migrate_destination d1",
+        "after_device_migrate_destination d1",
+    ]
 
 
 def test_a_vm_with_a_local_disk_moves_with_its_disk_copied(
