@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.hosts import TwoHosts
+from tests.hosts import SecondLibvirtd, TwoHosts
 from tests.support import Env, EventTap, small_vm
 
 pytestmark = [pytest.mark.qemu, pytest.mark.migration]
@@ -246,20 +248,28 @@ def test_the_destinations_veto_leaves_the_vm_running_untouched_on_the_source(
 
 
 def test_a_destination_whose_libvirtd_is_down_fails_fast_and_the_vm_stays(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, tmp_path: Path
+    env: Env, tap: EventTap, two_hosts: TwoHosts
 ) -> None:
     h = two_hosts
-    h.start(h.a)
-    vm = running_vm(env, tap, h, "down")
-    t0 = time.monotonic()
-    dead = f"qemu:///system?socket={tmp_path}/no-daemon/libvirt-sock"
-    rid = migrate(env, h, vm, h.b, destination_uri=dead)
-    fail = tap.wait_terminal(rid, 60)["data"]
-    assert time.monotonic() - t0 < 10
+    # a third libvirt host, stopped: its socket is there, nothing answers on it
+    base = Path(tempfile.mkdtemp(prefix="vmw-hostc-", dir="/tmp"))
+    try:
+        dead = SecondLibvirtd(base).start()
+        dead.stop()
+        h.start(h.a)
+        vm = running_vm(env, tap, h, "down")
+        t0 = time.monotonic()
+        rid = migrate(env, h, vm, h.b, destination_uri=dead.uri)
+        fail = tap.wait_terminal(rid, 60)["data"]
+        elapsed = time.monotonic() - t0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert elapsed < 10
     assert fail["phase"] == "fail"
     assert fail["error"]["code"] == "destination_unreachable"
-    assert h.b in fail["error"]["message"] and "no-daemon" in fail["error"]["message"]
+    assert h.b in fail["error"]["message"] and str(base) in fail["error"]["message"]
     assert where(h, vm["uuid"])[h.a] == "running"
+    assert not of_type(tap, f"{h.b}.prepare_incoming.after", rid)  # nothing was asked of it
 
 
 def test_a_finished_migration_delivered_again_is_its_recorded_outcome_marked_duplicate(
@@ -323,6 +333,10 @@ def test_cancel_aborts_a_running_migration_without_waiting_behind_it(
     assert len(times) == len(set(t[:19] for t in times))
     # the destination was told: its fail chain's event
     tap.wait(lambda: of_type(tap, f"{h.b}.finish_incoming.fail", rid), 30)
+    # nothing left to cancel: said so
+    again = env.publish("cancel_migration", {"uuid": vm["uuid"]}, routing_key=h.a)
+    nothing = tap.wait_terminal(again, 20)["data"]
+    assert nothing["phase"] == "fail" and nothing["error"]["code"] == "no_migration"
 
 
 def test_a_migration_past_its_timeout_is_aborted_and_the_vm_stays(
