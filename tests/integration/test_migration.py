@@ -416,3 +416,39 @@ def test_a_vm_with_a_local_disk_moves_with_its_disk_copied(
         ["qemu-img", "compare", "-q", path, str(copy)], capture_output=True, timeout=60
     )
     assert same.returncode == 0, same.stderr
+
+
+def test_params_and_the_destinations_edit_reach_libvirt(
+    env: Env, tap: EventTap, two_hosts: TwoHosts
+) -> None:
+    h = two_hosts
+    hook(
+        h.hooks[h.b],
+        "before_vm_migrate_destination",
+        "50_describe",
+        "sed -i 's#</name>#</name><description>placed by host b</description>#' \"$_hook_domxml\"",
+    )
+    h.start(h.a)
+    h.start(h.b)
+    vm = running_vm(env, tap, h, "params")
+    rid = migrate(
+        env,
+        h,
+        vm,
+        h.b,
+        auto_converge=True,
+        max_downtime_ms=100,
+        persist_destination=False,
+        undefine_source=False,
+    )
+    term = tap.wait_terminal(rid, 120)["data"]
+    assert term["phase"] == "after", term.get("error")
+    assert term["state"] == "shutoff"  # kept defined on the source
+    assert where(h, vm["uuid"]) == {h.a: "shutoff", h.b: "running"}
+    conn = libvirt.open(h.uri[h.b])
+    dom = conn.lookupByUUIDString(vm["uuid"])
+    assert not dom.isPersistent()  # not made persistent on the destination
+    assert "placed by host b" in dom.XMLDesc(0)  # what the destination's hook accepted
+    conn.close()
+    prepared = of_type(tap, f"{h.b}.prepare_incoming.after", rid)[0]["data"]
+    assert "placed by host b" in prepared["accepted_xml"]
