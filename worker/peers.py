@@ -20,7 +20,7 @@ import structlog
 from kombu import Consumer, Queue
 
 from handlers.errors import OpError
-from worker.amqp import connect
+from worker.amqp import broker_user, connect
 from worker.config import Settings
 from worker.publish import NoWorkerQueue, publish_op
 from worker.topology import Topology
@@ -140,7 +140,14 @@ class Peers:
     ) -> None:
         topology = Topology.from_settings(self.settings, host)
         try:
-            publish_op(conn, topology, body, request_id=request_id, correlation_id=correlation_id)
+            publish_op(
+                conn,
+                topology,
+                body,
+                request_id=request_id,
+                correlation_id=correlation_id,
+                user_id=broker_user(self.settings),  # the peer's allowed_publishers checks it
+            )
         except NoWorkerQueue as exc:
             raise OpError("destination_unreachable", str(exc), "validation") from None
         log.info("peer.sent", peer=host, op=body["op"], request_id=request_id)
