@@ -264,8 +264,7 @@ def progress_of(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def _migrate(ctx: Ctx[MigrateVm], xml: str) -> None:
-    if require_state(ctx):  # cannot be: migrate_vm has no `already` state
-        return
+    require_state(ctx)  # again: the VM may have stopped while the before_* hooks ran
     peers = _peers(ctx)
     cancel = threading.Event()  # reachable by cancel_migration from now on
     ctx.shared.setdefault(MIGRATIONS, {})[ctx.uuid] = cancel
@@ -280,10 +279,10 @@ def _migrate_to(ctx: Ctx[MigrateVm], peers: Peers, xml: str, cancel: threading.E
     dconn = peers.connect(p.destination, p.destination_uri)  # fast and clear when it is down
     try:
         accepted = _prepare_on_destination(ctx, xml)
-        if cancel.is_set():
-            raise OpError("cancelled", "migration cancelled (cancel_migration)", "libvirt")
         ok, error = False, ""
         try:
+            if cancel.is_set():  # while the destination prepared
+                raise OpError("cancelled", "migration cancelled (cancel_migration)", "libvirt")
             _run(ctx, dconn, accepted, cancel)
             ok = True
         except OpError as exc:
