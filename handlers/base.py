@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import libvirt
 
@@ -38,6 +38,42 @@ def domain_state(dom: libvirt.virDomain | None) -> str:
         raise
 
 
+class Peers(Protocol):
+    """Other hosts, as an operation that spans two of them sees them (worker/peers.py): their
+    libvirt, and their workers through the broker (a handler knows no AMQP)."""
+
+    def connect(self, host: str, uri: str | None = None) -> libvirt.virConnect:
+        """A libvirt connection to `host` (its URI from the peers table unless `uri`)."""
+        ...
+
+    def migration_uri(self, host: str, uri: str | None = None) -> str | None:
+        """The address the migration stream goes to (None: libvirt's choice)."""
+        ...
+
+    def tls(self, host: str) -> bool:
+        """Whether the migration stream to `host` is encrypted (QEMU's native TLS)."""
+        ...
+
+    def call(
+        self,
+        host: str,
+        body: dict[str, Any],
+        *,
+        request_id: str,
+        correlation_id: str | None,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """Publish operation `body` to `host`'s queue and return the data of its terminal event
+        (`phase` after or fail); OpError `destination_unreachable` if none comes in `timeout`."""
+        ...
+
+    def send(
+        self, host: str, body: dict[str, Any], *, request_id: str, correlation_id: str | None
+    ) -> None:
+        """Publish operation `body` to `host`'s queue, not waiting for its outcome."""
+        ...
+
+
 M = TypeVar("M", bound=OpMessage)
 M_co = TypeVar("M_co", bound=OpMessage, covariant=True)
 
@@ -56,6 +92,13 @@ class Ctx(Generic[M_co]):
     allow_raw_xml: bool = False
     notes: dict[str, Any] = field(default_factory=dict)  # handler -> event data (e.g. noop)
     cache: dict[str, Any] = field(default_factory=dict)  # handler's own, for this one run
+    host: str = ""  # this host's id
+    request_id: str = ""
+    peers: Peers | None = None
+    # a non-terminal event of this run (`<host>.<op>.progress`), data as given
+    progress: Callable[[dict[str, Any]], None] = lambda _data: None
+    # the worker's own, shared by every run (e.g. the migrations a cancel can reach)
+    shared: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uuid(self) -> str:
@@ -100,6 +143,10 @@ def _no_device_custom(op: OpMessage) -> Mapping[str, str]:
     return {}
 
 
+Chain = Literal["before", "after", "after_fail"]
+ALL_CHAINS: tuple[Chain, ...] = ("before", "after", "after_fail")
+
+
 @dataclass(frozen=True)
 class Operation(Generic[M]):
     """One operation, declared once; the runner, the message parser and the state observer all
@@ -120,7 +167,10 @@ class Operation(Generic[M]):
       per device of the payload around the op's own: `before_<devices>` before `before_<point>`
       (its edits go into the payload), `after_<devices>` / `_fail` after the op's;
     - `device_custom(op)`: the custom properties of the one device the op acts on (a hotplug's
-      spec), handed to its hooks over the message's `custom`.
+      spec), handed to its hooks over the message's `custom`;
+    - `chains`: which of the point's three chains it runs (an op that is one half of a
+      hook point, as the destination's parts of a migration, runs only its own);
+    - `control`: runs at once, outside its VM's queue (it acts on the job running there).
     """
 
     message: type[M]
@@ -132,6 +182,8 @@ class Operation(Generic[M]):
     done: Callable[[Ctx[M]], bool] = _never_done
     devices: str | None = None
     device_custom: Callable[[M], Mapping[str, str]] = _no_device_custom
+    chains: tuple[Chain, ...] = ALL_CHAINS
+    control: bool = False
 
     @property
     def name(self) -> str:

@@ -83,6 +83,11 @@ class OpMessage(Strict):
                 out.append(value.get_secret_value())
         return out
 
+    def event_data(self) -> dict[str, Any]:
+        """What every event of this request carries besides the common fields (e.g. a
+        migration's destination)."""
+        return {}
+
     @property
     def vm_uuid(self) -> str:
         return self.vm.uuid

@@ -79,6 +79,8 @@ RULES: dict[str, Rule] = {
     "dehibernate_vm": Rule(RUNNING, OFF | {UNDEFINED}, _START),
     "set_ticket": Rule(NO_STATE, LIVE, _hint(OFF, "only a running VM has a display")),
     **{op: _DEVICE for op in DEVICE_OPS},
+    # its `done` says whether it already happened (gone from here, running on the destination)
+    "migrate_vm": Rule(NO_STATE, LIVE, _START_IT),
 }
 LIVE_HINT = "a VM that is not running has only its persistent definition to change"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
+from tests.hosts import SecondLibvirtd, TwoHosts
 from tests.support import (
     QEMU_URI,
     Env,
@@ -130,3 +132,38 @@ def rabbit_node(tmp_path: Path) -> Iterator[Any]:
     finally:
         for node in reversed(nodes):
             node.stop()
+
+
+@pytest.fixture(scope="session")
+def second_libvirtd(qemu: str) -> Iterator[SecondLibvirtd]:
+    """A second libvirt host on this machine (tests/hosts.py), for the tests marked
+    `migration`; stopped at the end with every domain it ran, even when a test failed."""
+    # short: the daemon's socket path must fit a sockaddr_un (108 bytes)
+    base = Path(tempfile.mkdtemp(prefix="vmw-hostb-", dir="/tmp"))
+    host = SecondLibvirtd(base)
+    try:
+        host.start()
+        yield host
+    finally:
+        host.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def host_b_uri(second_libvirtd: SecondLibvirtd) -> str:
+    return second_libvirtd.uri
+
+
+@pytest.fixture
+def two_hosts(
+    env: Env, tmp_path: Path, qemu: str, second_libvirtd: SecondLibvirtd
+) -> Iterator[TwoHosts]:
+    """Workers `a` (qemu:///system) and `b` (the second libvirtd), not started: `start(host)`.
+    Every domain either host runs at the end is destroyed; both workers are stopped."""
+    hosts = TwoHosts(env, tmp_path, qemu, second_libvirtd.uri, second_libvirtd.base / "lib")
+    with libvirt_cleanup(qemu) as on_a, libvirt_cleanup(second_libvirtd.uri) as on_b:
+        hosts.domains = (on_a, on_b)
+        try:
+            yield hosts
+        finally:
+            hosts.stop()

@@ -268,7 +268,7 @@ class Env:
         for k, v in {**self.settings(**kw).model_dump(mode="json")}.items():
             if v is None or k == "retry":
                 continue
-            env[f"VMWORKER_{k.upper()}"] = json.dumps(v) if isinstance(v, list) else str(v)
+            env[f"VMWORKER_{k.upper()}"] = json.dumps(v) if isinstance(v, list | dict) else str(v)
         return env
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from kombu.message import Message
 
+from handlers.operations import OPERATIONS
 from worker import events, logs
 from worker.config import Settings
 from worker.errors import OpError
@@ -92,6 +93,7 @@ class Admission:
             # the broker's last delivery: if it kills us, it is dead-lettered, never redelivered
             self.journal.mark_final_delivery(request_id)
         job = Job(request_id, op, correlation_id, [delivery], recovered=req.state == STARTED)
+        job.control = OPERATIONS[op.op].control
         job.attempt = req.runs + 1
         job.replay_of = headers.get("x-replay-of")
         job.deadline = deadline
@@ -220,8 +222,14 @@ class Admission:
             vm_name=job.op.vm_name,
             redelivered=any(d.redelivered for d in job.deliveries),
             **({"replay_of": job.replay_of} if job.replay_of else {}),
+            **job.op.event_data(),
             **fields,
         )
+
+    def progress(self, job: Job, data: dict[str, Any]) -> None:
+        """A non-terminal event of a running job (`<host>.<op>.progress`), through the outbox."""
+        rk, ev = self._event(job, "progress", **data)
+        self.journal.enqueue(rk, ev)
 
     # -- the journal at start-up and every hour ------------------------------------------
     def reconcile(self) -> None:

@@ -17,6 +17,8 @@ MIN_CUT = 64  # shrinking a whole event never cuts a string shorter (uuids, sha2
 MAX_CUT_PATHS = 20  # `data.cut` names at most this many paths
 _RESERVE = 4096  # room left for `data.cut` itself when shrinking
 TEXT_KEYS = frozenset({"stderr", "stderr_tail", "stdout_tail"})
+XML_MAX = 49152  # characters: a domain XML an event hands to another host (migrations)
+XML_KEYS = frozenset({"accepted_xml"})
 TAIL_KEYS = frozenset({"stderr_tail", "stdout_tail"})  # the end of an output is what tells
 _BUILT = frozenset({"specversion", "id", "source", "type", "time", "datacontenttype"})
 # the identity of an event: never cut when shrinking (each is within FIELD_MAX already)
@@ -99,7 +101,7 @@ def _cap_fields(ev: dict[str, Any], cuts: list[str]) -> tuple[dict[str, Any], in
 
 def _cap(node: Any, key: str, path: str, cuts: list[str]) -> tuple[Any, int]:
     if isinstance(node, str):
-        limit = TEXT_MAX if key in TEXT_KEYS else FIELD_MAX
+        limit = XML_MAX if key in XML_KEYS else TEXT_MAX if key in TEXT_KEYS else FIELD_MAX
         if len(node) > limit:
             cuts.append(path)
             node = cut(node, limit, tail=key in TAIL_KEYS)

@@ -42,6 +42,16 @@ class RetryPolicy(BaseModel):
     deadline_s: float = Field(120.0, gt=0)
 
 
+class Peer(BaseModel):
+    """Another host, as a migration reaches it."""
+
+    libvirt_uri: str = Field(description="its libvirtd, e.g. qemu+tls://host-b/system")
+    migration_uri: str | None = Field(
+        None, description="where the migration stream goes (tcp://10.0.0.2); None: libvirt's"
+    )
+    tls: bool = Field(False, description="QEMU's native TLS for the migration stream")
+
+
 class Settings(BaseSettings):
     """Everything the worker and the CLI read. Field names are the TOML keys;
     each one is also `VMWORKER_<NAME>` in the environment."""
@@ -93,6 +103,9 @@ class Settings(BaseSettings):
         "`vmworker broker setup` made them and this host's broker user may not",
     )
     retry: dict[str, RetryPolicy] = Field(default_factory=lambda: {"default": RetryPolicy()})
+    peers: dict[str, Peer] = Field(
+        default_factory=dict, description="host id -> how a migration reaches it"
+    )
     log_level: str = "info"
 
     @field_validator("host")

@@ -138,13 +138,23 @@ class Ownership:
                     else:
                         del self._claims[key]
 
-    def release(self, vm: str, request_id: str) -> None:
+    def release(self, vm: str, request_id: str, hold_s: float = 0.0) -> None:
+        """The operation ended; its claim lasts `grace_s` more, or `hold_s` if longer (the
+        destination's part of a migration: the VM arrives after `prepare_incoming` ends)."""
         with self._lock:
             for claim in reversed(self._claims.get(vm, ())):
                 if claim.request_id == request_id:
                     if claim.until is None:
-                        claim.until = self.clock() + self.grace_s
+                        claim.until = self.clock() + max(self.grace_s, hold_s)
                     return
+
+    def end(self, vm: str) -> None:
+        """Every claim on `vm` ends within `grace_s` (a held one when its migration is over)."""
+        with self._lock:
+            latest = self.clock() + self.grace_s
+            for claim in self._claims.get(vm, ()):
+                if claim.until is None or claim.until > latest:
+                    claim.until = latest
 
     def owner(self, vm: str, at: float | None = None) -> _Claim | None:
         """The claim on `vm` at time `at` (now by default), if any: the newest one that had

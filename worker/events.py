@@ -17,6 +17,7 @@ from worker.bounds import EVENT_MAX, bound, encode_plain
 
 CONTENT_TYPE = "application/cloudevents+json"
 PHASES = ("before", "after", "fail")
+PROGRESS = "progress"  # a running operation's news; never terminal
 _WORD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -66,7 +67,7 @@ def op_event(
     **fields: Any,
 ) -> tuple[str, dict[str, Any]]:
     """(routing key, event) for one phase of one operation; `fields` go into `data`."""
-    assert phase in PHASES, phase
+    assert phase in PHASES or phase == PROGRESS, phase
     data: dict[str, Any] = {
         "op": op,
         "phase": phase,

@@ -43,7 +43,12 @@ class Executor:
                     "correlation_id": job.correlation_id,
                     "attempt": job.attempt,
                 }
-                outcome = self.runner.run(job.op, request_id=job.request_id, context=context)
+                outcome = self.runner.run(
+                    job.op,
+                    request_id=job.request_id,
+                    context=context,
+                    progress=lambda data: self.admission.progress(job, data),
+                )
             finally:
                 for m in reversed(mw):
                     m.after_run(job, outcome)

@@ -34,6 +34,7 @@ class Job:
     replay_of: str | None = None  # the x-replay-of header: this request replays that one
     deadline: datetime | None = None  # x-deadline: not started past it, fails as `expired`
     attempt: int = 1  # which run of the request on this host: 2 and up after the worker died in it
+    control: bool = False  # runs at once, not behind its VM's queue (cancel_migration)
 
     @property
     def vm(self) -> str:

@@ -65,7 +65,14 @@ class Claims(Middleware):
         self.ownership.acquire(job.vm, job.request_id, job.op.op)
 
     def after_run(self, job: Job, outcome: Outcome | None) -> None:
-        self.ownership.release(job.vm, job.request_id)
+        if job.op.op == "finish_incoming":  # the migration is over: so is prepare's claim
+            self.ownership.end(job.vm)
+            return
+        # the VM arrives after prepare_incoming ends: its claim holds while the source migrates
+        hold = job.op.params.hold_s if job.op.op == "prepare_incoming" and outcome else 0.0
+        if outcome is not None and not outcome.ok:
+            hold = 0.0
+        self.ownership.release(job.vm, job.request_id, hold)
 
 
 class Counts(Middleware):

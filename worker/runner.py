@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from tenacity import (
 )
 
 from handlers import Ctx, Operation
+from handlers.base import Peers
 from handlers.connection import LibvirtConnection
 from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt
@@ -90,19 +92,39 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OpError) and exc.transient
 
 
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _no_progress(_data: dict[str, Any]) -> None:
+    pass
+
+
 class Runner:
-    def __init__(self, settings: Settings, lv: LibvirtConnection, hooks: HookEngine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        lv: LibvirtConnection,
+        hooks: HookEngine,
+        peers: Peers | None = None,
+    ) -> None:
         check_declarations()
         self.settings = settings
         self.lv = lv
         self.hooks = hooks
+        self.peers = peers
+        self.shared: dict[str, Any] = {}  # every run's Ctx.shared (a cancel finds its migration)
 
-    def _ctx(self, op: OpMessage) -> Ctx[OpMessage]:
+    def _ctx(self, op: OpMessage, request_id: str, progress: Progress) -> Ctx[OpMessage]:
         return Ctx(
             conn=self.lv.get(),
             op=op,
             storage_roots=self.settings.storage_roots or None,
             allow_raw_xml=self.settings.allow_raw_xml,
+            host=self.settings.host,
+            request_id=request_id,
+            peers=self.peers,
+            progress=progress,
+            shared=self.shared,
         )
 
     def _chain(
@@ -112,7 +134,10 @@ class Runner:
         op: OpMessage,
         context: dict[str, Any],
         error: str | None = None,
+        run: bool = True,
     ) -> ChainResult:
+        if not run:  # a chain the op does not run: nothing ran, the payload as it was
+            return ChainResult(point, payload, input_payload=payload)
         custom = {**op.custom, **OPERATIONS[op.op].device_custom(op)}
         return self.hooks.run_chain(
             point, payload, vm_id=str(op.vm.uuid), custom=custom, error=error, context=context
@@ -187,14 +212,19 @@ class Runner:
         return out[0], n
 
     def run(
-        self, op: OpMessage, *, request_id: str, context: dict[str, Any] | None = None
+        self,
+        op: OpMessage,
+        *,
+        request_id: str,
+        context: dict[str, Any] | None = None,
+        progress: Progress = _no_progress,
     ) -> Outcome:
-        """Run `op` (a parsed operation message) to its outcome. Never raises. Its secrets are
-        scrubbed from the outcome (hooks' output, error, notes) and from every log line of the
-        run."""
+        """Run `op` (a parsed operation message) to its outcome. Never raises. The chains run
+        are those its declaration names (`Operation.chains`). Its secrets are scrubbed from the
+        outcome (hooks' output, error, notes) and from every log line of the run."""
         secrets = _secrets(op)
         with redact.holding(secrets):
-            out = self._run(op, request_id=request_id, context=context)
+            out = self._run(op, request_id=request_id, context=context, progress=progress)
         if secrets:
             out.hooks = redact.scrub(out.hooks, secrets)
             out.notes = redact.scrub(out.notes, secrets)
@@ -204,7 +234,12 @@ class Runner:
         return out
 
     def _run(
-        self, op: OpMessage, *, request_id: str, context: dict[str, Any] | None = None
+        self,
+        op: OpMessage,
+        *,
+        request_id: str,
+        context: dict[str, Any] | None = None,
+        progress: Progress = _no_progress,
     ) -> Outcome:
         t0 = time.monotonic()
         handler: Operation[Any] = OPERATIONS[op.op]
@@ -215,21 +250,24 @@ class Runner:
         attempts = 1
         try:
             # libvirtd being away at the start counts as attempts of this op, too
-            ctx, opened = self._retried(op.op, lambda: self._ctx(op))
+            ctx, opened = self._retried(op.op, lambda: self._ctx(op, request_id, progress))
             assert ctx is not None
             done, _ = self._retried(op.op, lambda: handler.done(ctx))
             if done:
                 notes = dict(ctx.notes)  # what `done` found (a stale file it removed, ...)
                 return Outcome(True, ctx.state(), _ms(t0), opened, noop=True, notes=notes)
             payload = handler.prepare(ctx)
-            if handler.devices:  # as VDSM: the devices' chains first, then the domain's
+            runs = handler.chains
+            if handler.devices and "before" in runs:  # as VDSM: the devices' chains first
                 devices = self._devices(f"before_{handler.devices}", payload, op, context)
                 hooks += devices.hooks
                 if POINTS[devices.point].aborts:
                     payload = devices.payload
                     if (failed := devices.error()) is not None:
                         raise failed
-            before = self._chain(f"before_{handler.point}", payload, op, context)
+            before = self._chain(
+                f"before_{handler.point}", payload, op, context, run="before" in runs
+            )
             hooks += self._hooks_event(before)
             payload = before.payload  # the fail chain, too, sees the last good payload
             if before.failed:
@@ -259,9 +297,11 @@ class Runner:
                 if handler.payload == "devicexml" or state == "undefined"
                 else _safe_xml(ctx, payload)
             )
-            after = self._chain(f"after_{handler.point}", after_payload, op, context)
+            after = self._chain(
+                f"after_{handler.point}", after_payload, op, context, run="after" in handler.chains
+            )
             hooks += self._hooks_event(after)
-            if handler.devices:
+            if handler.devices and "after" in handler.chains:
                 hooks += self._devices(f"after_{handler.devices}", after_payload, op, context).hooks
             return Outcome(True, state, _ms(t0), attempts, hooks, notes=dict(ctx.notes))
         except OpError as exc:
@@ -273,9 +313,16 @@ class Runner:
             log.exception("op.crashed")
             err = OpError("internal", f"{type(exc).__name__}: {exc}", "internal")
         error = redact.scrub(str(err), _secrets(op))  # into the hooks' environment
-        fail = self._chain(f"after_{handler.point}_fail", payload, op, context, error=error)
+        fail = self._chain(
+            f"after_{handler.point}_fail",
+            payload,
+            op,
+            context,
+            error=error,
+            run="after_fail" in handler.chains,
+        )
         hooks += self._hooks_event(fail)
-        if handler.devices:
+        if handler.devices and "after_fail" in handler.chains:
             point = f"after_{handler.devices}_fail"
             hooks += self._devices(point, payload, op, context, error=str(err)).hooks
         state = "unknown"

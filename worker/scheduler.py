@@ -3,6 +3,9 @@ VMs run at once on a bounded pool. Knows neither the broker nor libvirt.
 
 `add`, `collect` and `drop_queued` belong to one thread (the connection's); pool threads only
 hand back what they finished, through a queue, and call `wake` so that thread notices at once.
+
+A control job (`job.control`: `cancel_migration`) acts on the job running on its VM, so it
+cannot wait behind it: it runs at once on a pool of its own (the control lane).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Scheduler(Generic[R]):
         self._wake = wake
         self._stopping = stopping or threading.Event()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="op")
+        self._control = ThreadPoolExecutor(2, thread_name_prefix="control")
         self._done: queue.Queue[tuple[Job, R | None]] = queue.Queue()
         self._vm_queues: dict[str, deque[Job]] = {}
         self._running: set[str] = set()  # VMs with a job in the pool
@@ -49,6 +53,9 @@ class Scheduler(Generic[R]):
 
     def add(self, job: Job) -> None:
         self._inflight[job.request_id] = job
+        if job.control:
+            self._control.submit(self._execute, job)
+            return
         self._vm_queues.setdefault(job.vm, deque()).append(job)
         self._dispatch(job.vm)
 
@@ -62,8 +69,10 @@ class Scheduler(Generic[R]):
                 return out
             if self._inflight.get(job.request_id) is job:
                 del self._inflight[job.request_id]
-            self._running.discard(job.vm)
             out.append((job, result))
+            if job.control:  # never held its VM
+                continue
+            self._running.discard(job.vm)
             self._dispatch(job.vm)
 
     def drop_queued(self) -> None:
@@ -77,6 +86,7 @@ class Scheduler(Generic[R]):
     def shutdown(self) -> None:
         """Wait for the running jobs."""
         self._pool.shutdown(wait=True)
+        self._control.shutdown(wait=True)
 
     def _dispatch(self, vm: str) -> None:
         if vm in self._running or self._stopping.is_set():

@@ -40,6 +40,7 @@ from worker.journal import Journal
 from worker.link import Link
 from worker.metrics import Metrics
 from worker.middleware import Claims, Counts, LogContext
+from worker.peers import Peers
 from worker.runner import Runner
 from worker.scheduler import Scheduler
 from worker.topology import Topology
@@ -73,7 +74,7 @@ class Service:
             prewarm=settings.hook_prewarm,
             state_dir=settings.state_dir / "hooks",
         )
-        self.runner = Runner(settings, self.lv, self.hooks)
+        self.runner = Runner(settings, self.lv, self.hooks, Peers(settings))
         self.journal = Journal(settings.state_dir / "journal.sqlite")
         self.stats = Stats()
         self.metrics = Metrics(self.host)

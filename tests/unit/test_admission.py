@@ -183,7 +183,7 @@ def test_the_executor_calls_each_middleware_point_around_one_job(desk: Admission
     ownership = Ownership()
     claimed: list[bool] = []
 
-    def run(op: Any, request_id: str, context: dict[str, Any]) -> Outcome:
+    def run(op: Any, request_id: str, context: dict[str, Any], **_kw: Any) -> Outcome:
         claimed.append(ownership.owner(str(op.vm.uuid)) is not None)
         calls.append("runner")
         if request_id == "r2":

@@ -102,3 +102,21 @@ def test_on_stop_queued_jobs_are_dropped_and_running_ones_finish() -> None:
     s.shutdown()
     assert [j.request_id for j, _ in done] == ["a1"] and gate.started == ["a1"]
     assert len(s) == 0
+
+
+def test_a_control_job_runs_at_once_beside_the_job_running_on_its_vm() -> None:
+    gate = Gate()
+    s: Scheduler[str] = Scheduler(gate, concurrency=1)
+    s.add(_job("migrate", "A"))
+    s.add(_job("start", "A"))
+    cancel = _job("cancel", "A")
+    cancel.control = True
+    s.add(cancel)
+    gate.wait_started(2)  # the pool's one thread is busy with `migrate`: not in its lane
+    assert gate.started == ["migrate", "cancel"]
+    gate.release("cancel")
+    assert [(j.request_id, r) for j, r in _collect_until(s, 1)] == [("cancel", "done cancel")]
+    assert gate.started == ["migrate", "cancel"]  # the VM's queue is still held by `migrate`
+    gate.release("migrate", "start")
+    assert [j.request_id for j, _ in _collect_until(s, 2)] == ["migrate", "start"]
+    s.shutdown()

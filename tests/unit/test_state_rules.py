@@ -44,6 +44,7 @@ ROWS: dict[str, list[tuple[str, dict[str, Any], dict[str, Any] | None]]] = {
     "hibernate_vm": [("hibernate_vm", {"uuid": UUID}, None)],
     "dehibernate_vm": [("dehibernate_vm", {"uuid": UUID}, {"path": "/srv/vm.save"})],
     "set_ticket": [("set_ticket", {"uuid": UUID}, {"password": "s3cret", "valid_s": 60})],
+    "migrate_vm": [("migrate_vm", {"uuid": UUID}, {"destination": "host-b"})],
 }
 
 

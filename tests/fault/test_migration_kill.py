@@ -1,0 +1,99 @@
+"""kill -9 of either host's worker in the middle of a live migration between two real hosts:
+once it is back, the migration has exactly one terminal event, the VM runs on exactly one host,
+and a migration that completed is never run again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.hosts import TwoHosts
+from tests.integration.test_migration import (
+    LOCAL,
+    disk,
+    hook,
+    migrate,
+    of_type,
+    running_vm,
+    where,
+)
+from tests.support import Env, EventTap, wait_for
+
+pytestmark = [pytest.mark.fault, pytest.mark.qemu, pytest.mark.migration]
+__all__ = ["disk"]  # the fixture, used here too
+
+
+def _slow_migration(env: Env, tap: EventTap, h: TwoHosts, disk: Any, tag: str) -> tuple[Any, str]:
+    vm = running_vm(env, tap, h, tag, disks=[{"path": disk(LOCAL, 12)}])
+    # 1 MiB/s: the 12 MiB disk copy takes ~12 s: the kill lands in the middle of it
+    rid = migrate(env, h, vm, h.b, bandwidth_mib_s=1, copy_storage="all")
+    tap.wait(
+        lambda: [
+            e
+            for e in of_type(tap, f"{h.a}.migrate_vm.progress", rid)
+            if e["data"]["progress"]["data_total_bytes"] > 0
+        ],
+        60,
+    )
+    return vm, rid
+
+
+@pytest.mark.timeout(240)
+def test_kill9_of_the_source_worker_mid_migration_ends_it_once(
+    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any, tmp_path: Path
+) -> None:
+    h = two_hosts
+    h.start(h.a, process=True)
+    h.start(h.b)
+    vm, rid = _slow_migration(env, tap, h, disk, "k9src")
+    h.workers[h.a].kill9()
+    h.start(h.a, process=True)
+    term = tap.wait_terminal(rid, 120)["data"]
+    # libvirt ends the dead worker's migration (the destination drops a half-received VM
+    # when its client goes); the worker waits for that, finds the VM still here, runs it again
+    assert term["phase"] == "after", term.get("error")
+    assert term["recovered"] is True
+    assert where(h, vm["uuid"]) == {h.a: "undefined", h.b: "running"}
+    assert len(tap.terminal(rid)) == 1
+    assert len([e for e in tap.of(rid) if e["data"]["phase"] == "before"]) == 1
+
+
+@pytest.mark.timeout(240)
+def test_kill9_of_the_destination_worker_mid_migration_does_not_stop_it(
+    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any, tmp_path: Path
+) -> None:
+    h = two_hosts
+    h.start(h.a)
+    h.start(h.b, process=True)
+    vm, rid = _slow_migration(env, tap, h, disk, "k9dst")
+    h.workers[h.b].kill9()  # its part (prepare_incoming) is done; libvirt moves the VM
+    term = tap.wait_terminal(rid, 120)["data"]
+    assert term["phase"] == "after", term.get("error")
+    assert where(h, vm["uuid"]) == {h.a: "undefined", h.b: "running"}
+    # back, it runs its part's end from its queue: the after chain, once
+    h.start(h.b, process=True)
+    tap.wait(lambda: of_type(tap, f"{h.b}.finish_incoming.after", rid), 60)
+    assert len(tap.terminal(f"{rid}.finish")) == 1
+
+
+@pytest.mark.timeout(240)
+def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
+    env: Env, tap: EventTap, two_hosts: TwoHosts, tmp_path: Path
+) -> None:
+    h = two_hosts
+    mark = tmp_path / "in-after-hook"
+    hook(h.hooks[h.a], "after_vm_migrate_source", "50_slow", f"touch {mark}; sleep 60")
+    h.start(h.a, process=True)
+    h.start(h.b)
+    vm = running_vm(env, tap, h, "k9done")
+    rid = migrate(env, h, vm, h.b)
+    wait_for(mark.exists, 60, "the source's after chain")  # libvirt's part is over
+    h.workers[h.a].kill9()
+    (h.hooks[h.a] / "after_vm_migrate_source" / "50_slow").unlink()
+    h.start(h.a, process=True)
+    term = tap.wait_terminal(rid, 120)["data"]
+    assert term["phase"] == "after" and term["noop"] is True and term["recovered"] is True
+    assert where(h, vm["uuid"]) == {h.a: "undefined", h.b: "running"}
+    assert len(tap.terminal(rid)) == 1

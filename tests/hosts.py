@@ -1,0 +1,179 @@
+"""A second libvirt host on this machine, for migration tests: its own libvirtd (and virtlogd) in
+a private mount namespace, so that /run/libvirt, /var/lib/libvirt, /var/cache/libvirt,
+/var/log/libvirt and /etc/libvirt are its own, with its own host UUID (libvirt refuses to migrate
+to a host with the same one). Its socket lives in a directory both daemons see.
+
+Nothing is mounted outside that namespace: it dies with the daemons, which `stop` kills after
+destroying every domain the second host runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+_SETUP = """
+set -e
+mount -t tmpfs none /run/libvirt
+mount --bind {b}/lib /var/lib/libvirt
+mount --bind {b}/cache /var/cache/libvirt
+mount --bind {b}/log /var/log/libvirt
+mount --bind {b}/etc /etc/libvirt
+mkdir -p /var/lib/libvirt/qemu /var/lib/libvirt/images
+virtlogd -d -p {b}/run/virtlogd.pid
+exec libvirtd -d -p {b}/run/libvirtd.pid -f /etc/libvirt/libvirtd.conf
+"""
+
+
+class SecondLibvirtd:
+    """`start()` then `uri`; `stop()` always leaves no daemon and no QEMU of this host behind."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.host_uuid = str(uuid.uuid4())
+
+    @property
+    def uri(self) -> str:
+        return f"qemu:///system?socket={self.base}/sock/libvirt-sock"
+
+    @property
+    def images(self) -> Path:
+        """Where this host's /var/lib/libvirt/images is, as the first host sees it."""
+        return self.base / "lib" / "images"
+
+    def start(self, timeout: float = 30.0) -> SecondLibvirtd:
+        b = self.base
+        for sub in ("sock", "run", "lib", "cache", "log", "etc"):
+            (b / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copytree("/etc/libvirt", b / "etc", dirs_exist_ok=True)
+        (b / "etc" / "libvirtd.conf").write_text(
+            f'unix_sock_dir = "{b}/sock"\nhost_uuid = "{self.host_uuid}"\n'
+            "listen_tls = 0\nlisten_tcp = 0\n"
+        )
+        subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "bash", "-c", _SETUP.format(b=b)],
+            check=True,
+            timeout=timeout,
+            capture_output=True,
+        )
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                libvirt.open(self.uri).close()
+                return self
+            except libvirt.libvirtError:
+                if time.monotonic() > end:
+                    self.stop()
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Destroy every domain of this host, then end its daemons (their pids in run/)."""
+        with suppress(libvirt.libvirtError):
+            conn = libvirt.open(self.uri)
+            for dom in conn.listAllDomains(0):
+                with suppress(libvirt.libvirtError):
+                    dom.destroy()
+                with suppress(libvirt.libvirtError):
+                    dom.undefine()
+            conn.close()
+        for name in ("libvirtd", "virtlogd"):
+            pid = self._pid(name)
+            if pid is None:
+                continue
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            if not _gone(pid, 10.0):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                _gone(pid, 5.0)
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int((self.base / "run" / f"{name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    return False
+
+
+class TwoHosts:
+    """Two workers of one test, `a` on the first libvirtd and `b` on the second, each with its
+    own state directory and hooks root, and a peers table naming the other: what a migration
+    needs. `start(host)` (again after a kill) and `stop()`; workers run as threads, or as
+    processes with `process=True` (for kill -9)."""
+
+    def __init__(
+        self, env: Any, tmp: Path, uri_a: str, uri_b: str, b_root: Path = Path("/")
+    ) -> None:
+        from tests.support import unique
+
+        self.env = env
+        self.a, self.b = env.host, unique("hb")
+        env.other_hosts.append(self.b)
+        self.uri = {self.a: uri_a, self.b: uri_b}
+        self.hooks = {self.a: env.hooks_root, self.b: tmp / "hooks-b"}
+        self.hooks[self.b].mkdir(mode=0o755, exist_ok=True)
+        self.hooks[self.b].chmod(0o755)
+        self.state = {self.a: env.state_dir, self.b: tmp / "state-b"}
+        self.workers: dict[str, Any] = {}
+        self.domains: tuple[list[str], list[str]] = ([], [])  # uuids cleaned up on a and b
+        self.tmp = tmp
+        self.b_root = b_root  # host b's /var/lib/libvirt, as this host sees it
+
+    def settings(self, host: str, **kw: Any) -> dict[str, Any]:
+        peers = {
+            h: {"libvirt_uri": u, "migration_uri": "tcp://127.0.0.1"}
+            for h, u in self.uri.items()
+            if h != host
+        }
+        return dict(
+            host=host,
+            libvirt_uri=self.uri[host],
+            state_dir=self.state[host],
+            hooks_root=self.hooks[host],
+            peers=peers,
+            **kw,
+        )
+
+    def start(self, host: str, *, process: bool = False, **kw: Any) -> Any:
+        from tests.support import ProcessWorker, ThreadWorker
+
+        if process:
+            w: Any = ProcessWorker(
+                self.env, self.tmp / f"worker-{host}.log", **self.settings(host, **kw)
+            ).start()
+        else:
+            w = ThreadWorker(self.env.settings(**self.settings(host, **kw))).start()
+        self.workers[host] = w
+        return w
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            proc = getattr(w, "proc", None)
+            if proc is not None:
+                if proc.poll() is None:
+                    w.stop()
+            elif w.thread.is_alive():
+                w.stop()
+        self.workers.clear()
