@@ -22,12 +22,12 @@ from xml.sax.saxutils import escape
 
 import libvirt
 from lxml import etree
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from handlers.base import Ctx, Operation, Peers, declare
 from handlers.errors import OpError
 from handlers.message import OpMessage, Strict
-from handlers.spec import RuleError, rule
+from handlers.spec import RuleError
 from handlers.states import ACTIVE, require_state
 
 # the XML is data from another host: no entities, no DTDs, no network
@@ -69,17 +69,18 @@ class MigrateParams(Strict):
         " not know as shared); libvirt refuses such a migration otherwise",
     )
 
+    # a check across fields, which a JSON Schema cannot say: listed for control planes
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"x-rules": ["postcopy_after_s needs postcopy: true."]},
+    )
+
     @model_validator(mode="after")
-    def _check_rules(self) -> MigrateParams:
-        _postcopy_after_needs_postcopy(self)
+    def _postcopy_after_needs_postcopy(self) -> MigrateParams:
+        if self.postcopy_after_s is not None and not self.postcopy:
+            raise RuleError("postcopy_after_s needs postcopy: true")
         return self
-
-
-@rule("MigrateParams")  # listed in the schema's x-rules: JSON Schema cannot say it
-def _postcopy_after_needs_postcopy(p: MigrateParams) -> None:
-    """postcopy_after_s needs postcopy: true."""
-    if p.postcopy_after_s is not None and not p.postcopy:
-        raise RuleError("postcopy_after_s needs postcopy: true")
 
 
 class MigrateVm(OpMessage):
