@@ -1,10 +1,11 @@
 """The host's heartbeat: its inventory, as an event, every `heartbeat_interval` seconds.
 
 `<host>.host.online` at start (queued by the service before it consumes: the first event of a
-run) and `<host>.host.heartbeat` afterwards carry the same data (worker
-version and uptime, libvirt and hypervisor versions, every domain with its state, the installed
-hooks with their sha256, the depth of the host queue and of the outbox), plus what VDSM's
-`after_get_caps` hooks add to it; `<host>.host.offline` is queued on a clean stop. Events go
+run) and `<host>.host.heartbeat` afterwards carry the same data (worker version and uptime,
+libvirt and hypervisor versions, the host's memory and how much is free, every domain with its
+state and memory, the installed hooks with their sha256, the depth of the host queue and of the
+outbox), plus what VDSM's `after_get_caps` hooks add to it; `<host>.host.offline` is queued on
+a clean stop. Events go
 through `sink` (the journal's outbox), like every other.
 """
 
@@ -170,16 +171,22 @@ class Heartbeat:
             info["version"] = version_text(conn.getLibVersion())
             info["hypervisor"] = conn.getType()
             info["hypervisor_version"] = version_text(conn.getVersion())
+            # what a placement (vmworker drain --by-memory) needs: MiB free for new guests
+            info["memory"] = {
+                "total_mib": int(conn.getInfo()[1]),
+                "free_mib": int(conn.getFreeMemory()) // (1024 * 1024),
+            }
             domains = []
             for dom in conn.listAllDomains(0):
                 try:
-                    state = STATE_NAMES.get(dom.state()[0], "unknown")
+                    state, max_kib = dom.info()[:2]
                     domains.append(
                         {
                             "uuid": dom.UUIDString(),
                             "name": dom.name(),
-                            "state": state,
+                            "state": STATE_NAMES.get(state, "unknown"),
                             "persistent": bool(dom.isPersistent()),
+                            "memory_mib": int(max_kib) // 1024,
                         }
                     )
                 except libvirt.libvirtError:

@@ -56,8 +56,16 @@ def test_heartbeats_arrive_on_schedule_with_domains_and_hook_checksums_then_offl
     assert d["libvirt"]["hypervisor"] == "TEST" and d["libvirt"]["version"].count(".") == 2
     mine = [x for x in d["domains"] if x["uuid"] == vm["uuid"]]
     assert mine == [
-        {"uuid": vm["uuid"], "name": vm["name"], "state": "shutoff", "persistent": True}
+        {
+            "uuid": vm["uuid"],
+            "name": vm["name"],
+            "state": "shutoff",
+            "persistent": True,
+            "memory_mib": vm["memory_mib"],
+        }
     ]
+    mem = d["libvirt"]["memory"]  # the test driver's node has 3 GiB
+    assert mem["total_mib"] == 3072 and 0 <= mem["free_mib"] <= mem["total_mib"]
     hook = d["hooks"]["before_vm_start"][0]
     assert hook["name"] == "50_tag" and hook["sha256"] == sha and not hook["refused"]
     assert d["queue_depth"] == 0
