@@ -206,11 +206,12 @@ def demo(slow: float) -> None:
 
 
 def _add_optional_groups() -> None:
+    from worker.drain import drain
     from worker.history import history
     from worker.monitor import monitor
     from worker.replay import replay
 
-    for command in (monitor, history, replay):
+    for command in (monitor, history, replay, drain):
         main.add_command(command)
     from worker.brokeradmin import broker
 
