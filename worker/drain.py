@@ -33,7 +33,13 @@ from worker.cliopts import BrokerFailure, connect_or_exit, connection_options, s
 from worker.drainplan import MIGRATE, DrainRun, Inventory, Move, plan_by_memory, plan_round_robin
 from worker.topology import Topology, stream
 
-_OUTCOME_STYLE = {"ok": "green", "failed": "bold red", "no_outcome": "red", "unplaced": "red"}
+_OUTCOME_STYLE = {
+    "ok": "green",
+    "gone": "yellow",
+    "failed": "bold red",
+    "no_outcome": "red",
+    "unplaced": "red",
+}
 
 
 def watch_queue(topology: Topology, source: str, destinations: list[str]) -> Queue:
@@ -323,7 +329,7 @@ def drain(
         q.declare()  # before the log is read and before anything is published
         reader = EventReader(conn, q)
         try:
-            need = [host, *dests] if by_memory else [host]
+            need = [host, *dests]
             inv = learn(conn, topo, reader, need, lookback=lookback, wait=inventory_wait)
             _check_hosts(inv, host, dests)
             moves = _plan(inv, host, dests, by_memory)
@@ -369,7 +375,9 @@ def _report(
         return
     if results:
         ok = sum(m.status == "ok" for m in moves)
+        gone = sum(m.status == "gone" for m in moves)
         title = f"drain of {host}: {ok} of {len(moves)} VM(s) moved"
+        title += f", {gone} gone from it meanwhile" if gone else ""
     else:
         verb = "would move" if dry_run else "sent"
         title = f"drain of {host}: {verb} {len(moves)} VM(s)"

@@ -77,7 +77,8 @@ class Move:
 
     vm: Vm
     destination: str | None  # None: no destination could take it (by memory)
-    status: str = "pending"  # pending | sent | running | ok | failed | no_outcome | unplaced
+    # pending | sent | running | ok | gone | failed | no_outcome | unplaced
+    status: str = "pending"
     request_id: str | None = None
     percent: float | None = None
     progress: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +89,7 @@ class Move:
 
     @property
     def ended(self) -> bool:
-        return self.status in ("ok", "failed", "no_outcome", "unplaced")
+        return self.status in ("ok", "gone", "failed", "no_outcome", "unplaced")
 
     @property
     def duration(self) -> float | None:
@@ -159,7 +160,7 @@ class DrainRun:
 
     @property
     def failed(self) -> list[Move]:
-        return [m for m in self.moves if m.ended and m.status != "ok"]
+        return [m for m in self.moves if m.ended and m.status not in ("ok", "gone")]
 
     def to_send(self) -> list[Move]:
         """The moves to publish now: the next pending ones, up to `parallel` under way."""
@@ -191,7 +192,10 @@ class DrainRun:
             move.status, move.percent, move.ended_at = "ok", 100.0, now
         elif phase == "fail":
             err = data.get("error") or {}
-            move.status, move.ended_at = "failed", now
+            # no such domain on the source any more (undefined since the inventory): nothing
+            # left to move, which is what a drain wants
+            move.status = "gone" if err.get("code") == "no_domain" else "failed"
+            move.ended_at = now
             move.error_code = str(err.get("code") or "unknown")
             move.error = str(err.get("message") or "")
         else:

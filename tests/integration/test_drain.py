@@ -4,15 +4,27 @@ workers: what it learns from events, its plan, and what it refuses."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
-from tests.support import BROKER, ThreadWorker, broker_conn, read_stream, small_vm, unique
+from tests.hosts import SecondLibvirtd
+from tests.support import (
+    BROKER,
+    ThreadWorker,
+    broker_conn,
+    libvirt_cleanup,
+    read_stream,
+    small_vm,
+    unique,
+)
 from worker import logs
 
 
@@ -25,6 +37,18 @@ def drain_cli(env: Any, *args: str, timeout: float = 120) -> subprocess.Complete
     cmd = [sys.executable, "-m", "worker", "drain", *args]
     cmd += ["--broker", BROKER, "--prefix", env.prefix]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def start_host(env: Any, tmp_path: Path, host: str, uri: str, **kw: Any) -> ThreadWorker:
+    """A worker for `host` on libvirt `uri`, beating every second, cleaned up with the test."""
+    if host != env.host:
+        env.other_hosts.append(host)
+    (tmp_path / f"hooks-{host}").mkdir(mode=0o755)
+    settings = env.settings(
+        host=host, libvirt_uri=uri, state_dir=tmp_path / f"state-{host}",
+        hooks_root=tmp_path / f"hooks-{host}", heartbeat_interval=1.0, **kw,
+    )  # fmt: skip
+    return ThreadWorker(settings).start()
 
 
 def _worker(env: Any, tmp_path: Path, host: str, **kw: Any) -> ThreadWorker:
@@ -96,3 +120,92 @@ def test_a_destination_that_never_sent_a_heartbeat_is_refused_naming_it(env, sta
 def test_parallel_without_wait_is_a_usage_error(env):
     res = drain_cli(env, "host-a", "--to", "host-b", "--parallel", "3")
     assert res.returncode == 2 and "needs --wait" in res.stderr
+
+
+# -- two real libvirt hosts, two workers ------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_libvirtds(qemu: str) -> Iterator[tuple[SecondLibvirtd, SecondLibvirtd]]:
+    """Two private libvirtds (tests/hosts.py): a drain of the shared qemu:///system would move
+    VMs that are not this test's."""
+    bases = [Path(tempfile.mkdtemp(prefix=f"vmw-drain{n}-", dir="/tmp")) for n in "ab"]
+    hosts = [SecondLibvirtd(b) for b in bases]
+    try:
+        for h in hosts:
+            h.start()
+        yield hosts[0], hosts[1]
+    finally:
+        for h in hosts:
+            h.stop()
+        for b in bases:
+            shutil.rmtree(b, ignore_errors=True)
+
+
+def _peers(uri: dict[str, str], host: str) -> dict[str, Any]:
+    return {
+        h: {"libvirt_uri": u, "migration_uri": "tcp://127.0.0.1"}
+        for h, u in uri.items()
+        if h != host
+    }
+
+
+@pytest.mark.qemu
+def test_drain_wait_moves_every_vm_to_the_other_host_parallel_2(env, tap, tmp_path, two_libvirtds):
+    a, b = env.host, unique("hb")
+    uri = {a: two_libvirtds[0].uri, b: two_libvirtds[1].uri}
+    with libvirt_cleanup(uri[a]) as on_a, libvirt_cleanup(uri[b]) as on_b:
+        w_a = start_host(env, tmp_path, a, uri[a], peers=_peers(uri, a))
+        w_b = start_host(env, tmp_path, b, uri[b], peers=_peers(uri, b))
+        try:
+            vms = []
+            for i in range(3):
+                vm = small_vm(f"drain{i}")
+                on_a.append(vm["uuid"])
+                on_b.append(vm["uuid"])
+                assert (
+                    tap.wait_terminal(env.publish("start_vm", vm), 60)["data"]["phase"] == "after"
+                )
+                vms.append(vm)
+            mine = {vm["uuid"] for vm in vms}
+
+            def beat_lists_all() -> bool:
+                return any(
+                    e["type"] == "vmworker.host.heartbeat"
+                    and e["source"] == f"vmworker://{a}"
+                    and mine <= {d["uuid"] for d in e["data"]["domains"] if d["state"] == "running"}
+                    for e in list(tap.events)
+                )
+
+            tap.wait(beat_lists_all, 20)
+
+            res = drain_cli(env, a, "--to", b, "--parallel", "2", "--wait", timeout=300)
+            assert res.returncode == 0, res.stdout + res.stderr
+            for vm in vms:  # the results table: each VM, its destination, ok
+                line = next(ln for ln in res.stdout.splitlines() if vm["name"] in ln)
+                assert b in line and " ok " in line, res.stdout
+            assert "3 of 3 VM(s) moved" in res.stdout
+
+            conn_b, conn_a = libvirt.open(uri[b]), libvirt.open(uri[a])
+            try:
+                for vm in vms:
+                    assert (
+                        conn_b.lookupByUUIDString(vm["uuid"]).state()[0]
+                        == libvirt.VIR_DOMAIN_RUNNING
+                    )
+                on_host_a = {d.UUIDString() for d in conn_a.listAllDomains(0)}
+                assert not mine & on_host_a
+            finally:
+                conn_a.close()
+                conn_b.close()
+
+            # never more than 2 migrations under way at once, as the source's events tell
+            marks = sorted(
+                (e["time"], 1 if e["data"]["phase"] == "before" else -1)
+                for e in list(tap.events)
+                if e["type"] in ("vmworker.migrate_vm.before", "vmworker.migrate_vm.after")
+            )
+            assert len(marks) == 6
+            under_way = [sum(d for _, d in marks[: i + 1]) for i in range(len(marks))]
+            assert max(under_way) <= 2
+        finally:
+            w_a.stop()
+            w_b.stop()

@@ -167,3 +167,11 @@ def test_an_unplaced_vm_is_never_sent_and_fails_the_drain():
     run.sent(run.to_send()[0], "r", T0)
     run.apply(_mig("r", "after"), T0 + 1)
     assert run.done and [m.vm.name for m in run.failed] == ["vm-0"]
+
+
+def test_a_vm_gone_from_the_source_since_the_inventory_does_not_fail_the_drain():
+    run = DrainRun(plan_round_robin(_vms(1), ["host-b"]), parallel=1)
+    m = run.to_send()[0]
+    run.sent(m, "r0", T0)
+    run.apply(_mig("r0", "fail", error={"code": "no_domain", "message": "no domain"}), T0 + 1)
+    assert m.status == "gone" and run.done and run.failed == []
