@@ -78,6 +78,32 @@ def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
     assert "| target |" in text
 
 
+@pytest.mark.qemu
+@pytest.mark.timeout(150)
+def test_bench_migration_smoke_pass_measures_worker_direct_downtime_and_drain(
+    broker: None, qemu: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--only", "migration", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (js,) = out.glob("*-smoke.json")
+    m = json.loads(js.read_text())["sections"]["migration"]
+    assert "error" not in m and "skipped" not in m, m
+    assert m["worker_ms"]["median"] > 0 and m["direct_ms"]["median"] > 0
+    assert m["ratio"]["median"] > 0
+    assert m["worker_downtime_ms"]["median"] > 0 and m["direct_downtime_ms"]["median"] > 0
+    assert m["drain_p2_wall_s"]["median"] > 0
+    text = (out / js.name.replace(".json", ".md")).read_text()
+    assert "live migration: worker ÷ libvirt direct" in text
+    assert "vmworker drain of 2 VMs, --parallel 2" in text
+
+
 @pytest.mark.timeout(120)
 def test_latency_breakdown_prints_every_stage(broker: None) -> None:
     from bench.breakdown import STAGES
