@@ -44,11 +44,12 @@ _OUTCOME_STYLE = {
 
 def watch_queue(topology: Topology, source: str, destinations: list[str]) -> Queue:
     """A private queue for everything a drain reads live: the hosts' inventories, the source's
-    state events and its migrations' events."""
+    state events and its migrations' events. Named as a tap: a control-plane identity may
+    declare those (docs/security.md)."""
     keys = [f"{source}.host.*", f"{source}.state.*", f"{source}.{MIGRATE}.*"]
     keys += [f"{d}.host.*" for d in destinations]
     return Queue(
-        f"{topology.prefix}.events.drain.{uuid.uuid4().hex[:12]}",
+        f"{topology.prefix}.events.tap.drain-{uuid.uuid4().hex[:12]}",
         bindings=[binding(topology.events, routing_key=k) for k in keys],
         exclusive=True,
         auto_delete=True,
