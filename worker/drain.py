@@ -356,7 +356,12 @@ def drain(
                 if run.failed:
                     raise SystemExit(1)
                 return
-            _run(reader, run, publish, timeout=timeout, console=err)
+            try:
+                _run(reader, run, publish, timeout=timeout, console=err)
+            except KeyboardInterrupt:  # what was sent goes on: say where each one stood
+                _report(out, host, run.moves, as_json=as_json, results=True, dry_run=False)
+                err.print("interrupted: migrations already sent go on (vmworker monitor)")
+                raise SystemExit(130) from None
         finally:
             reader.close()
     _report(out, host, run.moves, as_json=as_json, results=True, dry_run=False)

@@ -198,6 +198,8 @@ class DrainRun:
             move.ended_at = now
             move.error_code = str(err.get("code") or "unknown")
             move.error = str(err.get("message") or "")
+            if err.get("stderr"):  # a refusing hook says why there
+                move.error += f" | {err['stderr']}"
         else:
             return None
         return move

@@ -148,6 +148,16 @@ def _peers(uri: dict[str, str], host: str) -> dict[str, Any]:
     }
 
 
+def beat_lists(tap: Any, host: str, uuids: set[str]) -> bool:
+    """A heartbeat of `host` lists every VM of `uuids` running."""
+    return any(
+        e["type"] == "vmworker.host.heartbeat"
+        and e["source"] == f"vmworker://{host}"
+        and uuids <= {d["uuid"] for d in e["data"]["domains"] or [] if d["state"] == "running"}
+        for e in list(tap.events)
+    )
+
+
 @pytest.mark.qemu
 def test_drain_wait_moves_every_vm_to_the_other_host_parallel_2(env, tap, tmp_path, two_libvirtds):
     a, b = env.host, unique("hb")
@@ -167,15 +177,7 @@ def test_drain_wait_moves_every_vm_to_the_other_host_parallel_2(env, tap, tmp_pa
                 vms.append(vm)
             mine = {vm["uuid"] for vm in vms}
 
-            def beat_lists_all() -> bool:
-                return any(
-                    e["type"] == "vmworker.host.heartbeat"
-                    and e["source"] == f"vmworker://{a}"
-                    and mine <= {d["uuid"] for d in e["data"]["domains"] if d["state"] == "running"}
-                    for e in list(tap.events)
-                )
-
-            tap.wait(beat_lists_all, 20)
+            tap.wait(lambda: beat_lists(tap, a, mine), 20)
 
             res = drain_cli(env, a, "--to", b, "--parallel", "2", "--wait", timeout=300)
             assert res.returncode == 0, res.stdout + res.stderr
@@ -206,6 +208,50 @@ def test_drain_wait_moves_every_vm_to_the_other_host_parallel_2(env, tap, tmp_pa
             assert len(marks) == 6
             under_way = [sum(d for _, d in marks[: i + 1]) for i in range(len(marks))]
             assert max(under_way) <= 2
+        finally:
+            w_a.stop()
+            w_b.stop()
+
+
+@pytest.mark.qemu
+def test_a_vm_the_destination_refuses_stays_and_the_drain_says_so_and_fails(
+    env, tap, tmp_path, two_libvirtds
+):
+    a, b = env.host, unique("hb")
+    uri = {a: two_libvirtds[0].uri, b: two_libvirtds[1].uri}
+    vetoed, moved = small_vm("veto"), small_vm("fine")
+    point = tmp_path / f"hooks-{b}" / "before_vm_migrate_destination"
+    with libvirt_cleanup(uri[a]) as on_a, libvirt_cleanup(uri[b]) as on_b:
+        w_a = start_host(env, tmp_path, a, uri[a], peers=_peers(uri, a))
+        w_b = start_host(env, tmp_path, b, uri[b], peers=_peers(uri, b))
+        point.mkdir(mode=0o755)
+        veto = point / "10_policy"
+        veto.write_text(
+            f'#!/bin/sh\nif [ "$vmId" = "{vetoed["uuid"]}" ]; then\n'
+            '  echo "policy: not on this host" >&2; exit 2\nfi\n'
+        )
+        veto.chmod(0o755)
+        try:
+            for vm in (vetoed, moved):
+                on_a.append(vm["uuid"])
+                on_b.append(vm["uuid"])
+                assert (
+                    tap.wait_terminal(env.publish("start_vm", vm), 60)["data"]["phase"] == "after"
+                )
+            tap.wait(lambda: beat_lists(tap, a, {vetoed["uuid"], moved["uuid"]}), 20)
+            res = drain_cli(env, a, "--to", b, "--wait", "--json", timeout=300)
+            assert res.returncode == 1, res.stdout + res.stderr
+            rows = {m["vm"]: m for m in json.loads(res.stdout)["moves"]}
+            assert rows[moved["uuid"]]["outcome"] == "ok"
+            bad = rows[vetoed["uuid"]]
+            assert (bad["outcome"], bad["error_code"]) == ("failed", "hook_failed"), bad
+            assert "not on this host" in bad["error"]
+            conn_a = libvirt.open(uri[a])
+            try:  # the refused VM still runs where it was
+                dom = conn_a.lookupByUUIDString(vetoed["uuid"])
+                assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            finally:
+                conn_a.close()
         finally:
             w_a.stop()
             w_b.stop()

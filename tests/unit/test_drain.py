@@ -175,3 +175,13 @@ def test_a_vm_gone_from_the_source_since_the_inventory_does_not_fail_the_drain()
     run.sent(m, "r0", T0)
     run.apply(_mig("r0", "fail", error={"code": "no_domain", "message": "no domain"}), T0 + 1)
     assert m.status == "gone" and run.done and run.failed == []
+
+
+def test_a_refusing_hooks_stderr_is_part_of_the_error():
+    run = DrainRun(plan_round_robin(_vms(1), ["host-b"]), parallel=1)
+    m = run.to_send()[0]
+    run.sent(m, "r0", T0)
+    err = {"code": "hook_failed", "message": "10_policy failed (rc=2)",
+           "stderr": "[10_policy: rc=2] policy: not here"}  # fmt: skip
+    run.apply(_mig("r0", "fail", error=err), T0 + 1)
+    assert m.error == "10_policy failed (rc=2) | [10_policy: rc=2] policy: not here"
