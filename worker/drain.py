@@ -34,6 +34,7 @@ from worker.drainplan import MIGRATE, DrainRun, Inventory, Move, plan_by_memory,
 from worker.topology import Topology, stream
 
 _OUTCOME_STYLE = {
+    "not_sent": "red",
     "ok": "green",
     "gone": "yellow",
     "failed": "bold red",
@@ -210,11 +211,14 @@ def _run(
     reader: EventReader,
     run: DrainRun,
     publish: Any,
+    inv: Inventory,
+    source: str,
     *,
     timeout: float,
     console: Console,
 ) -> None:
-    """Publish `run`'s moves, `parallel` at a time, until each has ended."""
+    """Publish `run`'s moves, `parallel` at a time, until each has ended, or until the source
+    host is down (its worker runs the migrations: no outcome would come)."""
     bars: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.fields[vm]:<24} -> {task.fields[dest]:<12}"),
@@ -244,11 +248,17 @@ def _run(
                 run.sent(m, publish(m), time.monotonic())
                 show(m)
             for ev in reader.poll(0.2):
+                inv.apply(ev)
                 moved = run.apply(ev, time.monotonic())
                 if moved is not None:
                     show(moved)
             for m in run.expire(time.monotonic(), timeout):
                 show(m)
+            status = inv.status(source, time.time())
+            if status in ("down", "offline"):
+                run.abort(time.monotonic(), f"source_{status}", f"host {source} is {status}")
+                for m in run.moves:
+                    show(m)
 
 
 @click.command()
@@ -357,7 +367,7 @@ def drain(
                     raise SystemExit(1)
                 return
             try:
-                _run(reader, run, publish, timeout=timeout, console=err)
+                _run(reader, run, publish, inv, host, timeout=timeout, console=err)
             except KeyboardInterrupt:  # what was sent goes on: say where each one stood
                 _report(out, host, run.moves, as_json=as_json, results=True, dry_run=False)
                 err.print("interrupted: migrations already sent go on (vmworker monitor)")

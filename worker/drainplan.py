@@ -77,7 +77,7 @@ class Move:
 
     vm: Vm
     destination: str | None  # None: no destination could take it (by memory)
-    # pending | sent | running | ok | gone | failed | no_outcome | unplaced
+    # pending | sent | running | ok | gone | failed | no_outcome | unplaced | not_sent
     status: str = "pending"
     request_id: str | None = None
     percent: float | None = None
@@ -89,7 +89,7 @@ class Move:
 
     @property
     def ended(self) -> bool:
-        return self.status in ("ok", "gone", "failed", "no_outcome", "unplaced")
+        return self.status in ("ok", "gone", "failed", "no_outcome", "unplaced", "not_sent")
 
     @property
     def duration(self) -> float | None:
@@ -213,3 +213,15 @@ class DrainRun:
                 m.error = f"no outcome within {timeout:g} s (the migration may still run)"
                 out.append(m)
         return out
+
+    def abort(self, now: float, code: str, why: str) -> None:
+        """Give up (the source host went down): what is under way has no known outcome, what
+        is pending is not sent."""
+        for m in self.moves:
+            if m.status in ("sent", "running"):
+                m.status, m.ended_at = "no_outcome", now
+            elif m.status == "pending":
+                m.status = "not_sent"
+            else:
+                continue
+            m.error_code, m.error = code, why

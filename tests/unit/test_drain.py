@@ -185,3 +185,14 @@ def test_a_refusing_hooks_stderr_is_part_of_the_error():
            "stderr": "[10_policy: rc=2] policy: not here"}  # fmt: skip
     run.apply(_mig("r0", "fail", error=err), T0 + 1)
     assert m.error == "10_policy failed (rc=2) | [10_policy: rc=2] policy: not here"
+
+
+def test_when_the_source_goes_down_the_drain_gives_up_on_what_is_left():
+    run = DrainRun(plan_round_robin(_vms(1, 1, 1), ["host-b"]), parallel=1)
+    first, second = run.to_send()[0], run.moves[1]
+    run.sent(first, "r0", T0)
+    run.apply(_mig("r0", "after"), T0 + 1)
+    run.sent(run.to_send()[0], "r1", T0 + 1)
+    run.abort(T0 + 50, "source_down", "host host-a is down")
+    assert [m.status for m in run.moves] == ["ok", "no_outcome", "not_sent"]
+    assert run.done and run.failed == run.moves[1:] and second.error_code == "source_down"
