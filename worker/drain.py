@@ -33,6 +33,8 @@ from worker.cliopts import BrokerFailure, connect_or_exit, connection_options, s
 from worker.drainplan import MIGRATE, DrainRun, Inventory, Move, plan_by_memory, plan_round_robin
 from worker.topology import Topology, stream
 
+SILENT_BEATS = 3.5  # the source is taken as down after this many intervals of silence...
+SILENT_MIN_S = 60.0  # ...and never sooner than this
 _OUTCOME_STYLE = {
     "not_sent": "red",
     "ok": "green",
@@ -218,7 +220,10 @@ def _run(
     console: Console,
 ) -> None:
     """Publish `run`'s moves, `parallel` at a time, until each has ended, or until the source
-    host is down (its worker runs the migrations: no outcome would come)."""
+    host said it went offline or fell silent (its worker runs the migrations: no outcome would
+    come). Silent is nothing at all from it, heartbeat or migration news, for SILENT_BEATS of
+    its intervals and at least SILENT_MIN_S: a busy host's heartbeat may be late, its progress
+    events say it is alive."""
     bars: dict[str, TaskID] = {}
     with Progress(
         TextColumn("{task.fields[vm]:<24} -> {task.fields[dest]:<12}"),
@@ -243,20 +248,27 @@ def _run(
 
         for m in run.moves:
             show(m)
+        heard = time.monotonic()  # the inventory just heard from it
         while not run.done:
             for m in run.to_send():
                 run.sent(m, publish(m), time.monotonic())
                 show(m)
             for ev in reader.poll(0.2):
                 inv.apply(ev)
+                if ev.get("source") == f"vmworker://{source}":
+                    heard = time.monotonic()
                 moved = run.apply(ev, time.monotonic())
                 if moved is not None:
                     show(moved)
             for m in run.expire(time.monotonic(), timeout):
                 show(m)
-            status = inv.status(source, time.time())
-            if status in ("down", "offline"):
-                run.abort(time.monotonic(), f"source_{status}", f"host {source} is {status}")
+            row = inv.view.hosts.get(source)
+            silent = time.monotonic() - heard
+            limit = max(SILENT_MIN_S, SILENT_BEATS * ((row.interval if row else None) or 30.0))
+            offline = row is not None and row.status == "offline"
+            if offline or silent > limit:
+                why = "offline" if offline else "down"
+                run.abort(time.monotonic(), f"source_{why}", f"host {source} is {why}")
                 for m in run.moves:
                     show(m)
 
