@@ -179,14 +179,14 @@ class Heartbeat:
             domains = []
             for dom in conn.listAllDomains(0):
                 try:
-                    state, max_kib = dom.info()[:2]
                     domains.append(
                         {
                             "uuid": dom.UUIDString(),
                             "name": dom.name(),
-                            "state": STATE_NAMES.get(state, "unknown"),
+                            "state": STATE_NAMES.get(dom.state()[0], "unknown"),
                             "persistent": bool(dom.isPersistent()),
-                            "memory_mib": int(max_kib) // 1024,
+                            # from the definition: no query of a QEMU busy migrating
+                            "memory_mib": int(dom.maxMemory()) // 1024,
                         }
                     )
                 except libvirt.libvirtError:
