@@ -1,5 +1,5 @@
 """Live migration between two real libvirt hosts on this machine (two private libvirtds,
-tests/hosts.py), with real QEMU: `migrate_vm` through the workers against libvirt called
+tests/privatehosts.py), with real QEMU: `migrate_vm` through the workers against libvirt called
 directly (`virDomainMigrate3` with the flags and parameters the worker uses by default: live,
 persist on the destination, undefine the source, the domain's migratable XML, the migration
 stream to tcp://127.0.0.1).
@@ -124,9 +124,10 @@ class Hosts:
     """Two private libvirtds, a worker on each with the other as its peer, one event tap."""
 
     def __init__(self, tmp: Path) -> None:
-        from tests.hosts import SecondLibvirtd
+        from tests.privatehosts import PrivateLibvirtd
 
-        self.daemons = [SecondLibvirtd(tmp / f"lv-{n}") for n in "ab"]
+        # port blocks 2 and 3: the drain tests use 0 and 1
+        self.daemons = [PrivateLibvirtd(tmp / f"lv-{n}", 2 + i) for i, n in enumerate("ab")]
         self.prefix = unique("bench")
         self.a, self.b = unique("ha"), unique("hb")
         self.tmp = tmp

@@ -15,7 +15,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.hosts import SecondLibvirtd
+from tests.privatehosts import PrivateLibvirtd
 from tests.support import (
     BROKER,
     ThreadWorker,
@@ -124,11 +124,11 @@ def test_parallel_without_wait_is_a_usage_error(env):
 
 # -- two real libvirt hosts, two workers ------------------------------------------------------
 @pytest.fixture(scope="module")
-def two_libvirtds(qemu: str) -> Iterator[tuple[SecondLibvirtd, SecondLibvirtd]]:
-    """Two private libvirtds (tests/hosts.py): a drain of the shared qemu:///system would move
-    VMs that are not this test's."""
+def two_libvirtds(qemu: str) -> Iterator[tuple[PrivateLibvirtd, PrivateLibvirtd]]:
+    """Two private libvirtds (tests/privatehosts.py): a drain of the shared qemu:///system would
+    move VMs that are not this test's."""
     bases = [Path(tempfile.mkdtemp(prefix=f"vmw-drain{n}-", dir="/tmp")) for n in "ab"]
-    hosts = [SecondLibvirtd(b) for b in bases]
+    hosts = [PrivateLibvirtd(b, slot) for slot, b in enumerate(bases)]
     try:
         for h in hosts:
             h.start()
@@ -252,6 +252,43 @@ def test_a_vm_the_destination_refuses_stays_and_the_drain_says_so_and_fails(
                 assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
             finally:
                 conn_a.close()
+        finally:
+            w_a.stop()
+            w_b.stop()
+
+
+@pytest.mark.qemu
+def test_without_wait_every_migration_is_published_at_once_and_its_request_id_printed(
+    env, tap, tmp_path, two_libvirtds
+):
+    a, b = env.host, unique("hb")
+    uri = {a: two_libvirtds[0].uri, b: two_libvirtds[1].uri}
+    vms = [small_vm(f"nowait{i}") for i in range(2)]
+    with libvirt_cleanup(uri[a]) as on_a, libvirt_cleanup(uri[b]) as on_b:
+        w_a = start_host(env, tmp_path, a, uri[a], peers=_peers(uri, a))
+        w_b = start_host(env, tmp_path, b, uri[b], peers=_peers(uri, b))
+        try:
+            for vm in vms:
+                on_a.append(vm["uuid"])
+                on_b.append(vm["uuid"])
+                assert (
+                    tap.wait_terminal(env.publish("start_vm", vm), 60)["data"]["phase"] == "after"
+                )
+            tap.wait(lambda: beat_lists(tap, a, {vm["uuid"] for vm in vms}), 20)
+            res = drain_cli(env, a, "--to", b, "--json")
+            assert res.returncode == 0, res.stdout + res.stderr
+            sent = {m["vm"]: m["request_id"] for m in json.loads(res.stdout)["moves"]}
+            assert set(sent) == {vm["uuid"] for vm in vms} and all(sent.values())
+            for rid in sent.values():  # the command did not wait; the source's worker runs them
+                term = tap.wait_terminal(rid, 120)["data"]
+                assert term["phase"] == "after" and term["destination"] == b, term
+            conn_b = libvirt.open(uri[b])
+            try:
+                for vm in vms:
+                    dom = conn_b.lookupByUUIDString(vm["uuid"])
+                    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            finally:
+                conn_b.close()
         finally:
             w_a.stop()
             w_b.stop()
