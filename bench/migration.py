@@ -207,7 +207,10 @@ class Hosts:
         key = f"{host}.host.heartbeat"
         while not any(s.routing_key == key and s.at > after + 0.1 for s in list(self.tap.seen)):
             if time.monotonic() > end:
-                raise RuntimeError(f"no heartbeat of {host} in {timeout:g}s")
+                gone = [w.argv[-1] for w in self.workers if w.proc.poll() is not None]
+                raise RuntimeError(
+                    f"no heartbeat of {host} in {timeout:g}s (workers exited: {len(gone)})"
+                )
             time.sleep(0.05)
 
 
@@ -270,7 +273,8 @@ def run_once(tmp: Path, rounds: int, drain_vms: int, parallels: tuple[int, ...])
         if got["worker_down"] and got["direct_down"]:
             res["worker_downtime_ms"] = statistics.median(got["worker_down"])
             res["direct_downtime_ms"] = statistics.median(got["direct_down"])
-        say(f"migration: worker {w * 1e3:.0f} ms, direct {d * 1e3:.0f} ms, ratio {w / d:.3f}")
+        down = f", downtime {res.get('worker_downtime_ms')} / {res.get('direct_downtime_ms')} ms"
+        say(f"migration: worker {w * 1e3:.0f} ms, direct {d * 1e3:.0f} ms, ratio {w / d:.3f}{down}")
         for p in parallels:
             dr = _drain(h, drain_vms, p)
             say(f"drain of {drain_vms} VMs, --parallel {p}: {dr['wall_s']:.1f} s")
