@@ -20,6 +20,7 @@ _INT = {"type": "integer"}
 _NINT = {"type": ["integer", "null"]}
 _NUM = {"type": "number", "minimum": 0}
 _BOOL = {"type": "boolean"}
+_MIB = {"type": "integer", "minimum": 0}
 _TIME = {"type": "string", "pattern": TIME_PATTERN}
 _CUT = {"type": "array", "items": _STR, "maxItems": 20}
 _VM = {
@@ -178,6 +179,12 @@ _INVENTORY = {
                 "version": _STR,
                 "hypervisor": _STR,
                 "hypervisor_version": _STR,
+                "memory": {  # the node's, in MiB: what a drain places VMs by
+                    "type": "object",
+                    "properties": {"total_mib": _MIB, "free_mib": _MIB},
+                    "required": ["total_mib", "free_mib"],
+                    "additionalProperties": False,
+                },
                 "error": _STR,
             },
             "required": ["uri"],
@@ -192,6 +199,7 @@ _INVENTORY = {
                     "name": _STR,
                     "state": _STR,
                     "persistent": _BOOL,
+                    "memory_mib": _MIB,  # its maximum memory
                 },
                 "additionalProperties": False,
             },
