@@ -77,6 +77,7 @@ _ERROR = {
         "state": _STR,
         "allowed": {"type": "array", "items": _STR},
         "device": _STR,
+        "destination_error": {"type": "object"},  # migrate_vm: the destination's own error
     },
     "required": ["code", "message", "source", "libvirt_code", "hook"],
     "additionalProperties": False,
@@ -118,6 +119,36 @@ _OP_FIELDS: dict[str, Any] = {
     "state_file_kept": _STR,
     "graphics": {"type": "array", "items": _STR},
     "valid_to": {"type": ["string", "null"], "pattern": TIME_PATTERN},
+    # a migration's (migrate_vm on the source; prepare_ and finish_incoming on the destination)
+    "destination": _STR,
+    "destination_state": _STR,
+    "destination_told": _BOOL,
+    "duration_migration_s": _NUM,
+    "postcopy": _BOOL,
+    "resumed_source": _BOOL,
+    "waited_for_orphan_job": _BOOL,
+    "cancel_requested": _BOOL,
+    "source": _STR,
+    "migration_request": _STR,
+    "accepted_xml": _STR,
+    "storage_pools": {"type": "array", "items": _STR},
+}
+_PROGRESS = {  # `data.progress` of `<host>.migrate_vm.progress`: libvirt's job statistics
+    "type": "object",
+    "properties": {
+        k: _NUM
+        for k in (
+            "data_processed_bytes",
+            "data_remaining_bytes",
+            "data_total_bytes",
+            "bandwidth_mib_s",
+            "dirty_rate_pages_s",
+            "iteration",
+            "expected_downtime_ms",
+            "percent",
+        )
+    },
+    "additionalProperties": False,
 }
 _IDENTITY = ["op", "phase", "host", "vm", "request_id", "correlation_id"]
 _BEFORE = [*_IDENTITY, "redelivered", "recovered"]
@@ -144,6 +175,19 @@ def _op_data(phase: str, required: list[str], *, error: bool) -> dict[str, Any]:
     else:
         out["not"] = {"required": ["error"]}
     return out
+
+
+def _progress_data() -> dict[str, Any]:
+    """`data` of `<host>.<op>.progress`: a running operation's news, never terminal."""
+    fields = dict(_OP_FIELDS, phase={"const": "progress"}, progress=_PROGRESS)
+    return {
+        "type": "object",
+        "properties": fields,
+        "required": ["op", "phase", "host"],
+        "additionalProperties": False,
+        "not": {"required": ["error"]},
+        "allOf": [_whole([*_IDENTITY, "progress"])],
+    }
 
 
 _STATE_DATA = {
@@ -276,6 +320,7 @@ def event_schema() -> dict[str, Any]:
             _kind(rf"^vmworker\.{op}\.before$", _op_data("before", _BEFORE, error=False)),
             _kind(rf"^vmworker\.{op}\.after$", _op_data("after", _AFTER, error=False)),
             _kind(rf"^vmworker\.{op}\.fail$", _op_data("fail", _TERMINAL, error=True)),
+            _kind(rf"^vmworker\.{op}\.progress$", _progress_data()),
             _kind(r"^vmworker\.state\.[A-Za-z0-9_-]+$", _STATE_DATA),
             _kind(r"^vmworker\.host\.(online|heartbeat)$", _INVENTORY),
             _kind(r"^vmworker\.host\.offline$", _OFFLINE),
