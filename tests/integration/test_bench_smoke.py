@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -130,11 +131,19 @@ def _bench_names(kind: str) -> set[str]:
     return {line.strip() for line in out.splitlines() if line.startswith("bench")}
 
 
+# every process of the run under test inherits this variable: nothing else on the machine (another
+# benchmark, a developer's worker) is counted or killed
+RUN_TAG = f"BENCH_TEST_RUN={uuid.uuid4().hex}"
+
+
 def _bench_processes() -> dict[int, str]:
-    """The processes a benchmark starts (workers, bare loops, Celery): pid -> command line."""
+    """The processes the benchmark under test started (workers, bare loops, Celery): pid ->
+    command line."""
     found = {}
     for proc in Path("/proc").iterdir():
         try:
+            if RUN_TAG.encode() not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
@@ -152,9 +161,11 @@ def test_a_terminated_bench_run_stops_its_processes_and_deletes_its_queues(
     broker: None, tmp_path: Path
 ) -> None:
     before = {kind: _bench_names(kind) for kind in ("queues", "exchanges")}
+    key, _, value = RUN_TAG.partition("=")
     proc = subprocess.Popen(
         [*BENCH_CORE, "--out", str(tmp_path)],
         cwd=REPO,
+        env={**os.environ, key: value},
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
