@@ -99,6 +99,8 @@ class Ctx(Generic[M_co]):
     progress: Callable[[dict[str, Any]], None] = lambda _data: None
     # the worker's own, shared by every run (e.g. the migrations a cancel can reach)
     shared: dict[str, Any] = field(default_factory=dict)
+    # libvirt start flags as the before_* hooks left them (an op declaring `launch_flags`)
+    launch_flags: int | None = None
 
     @property
     def uuid(self) -> str:
@@ -170,7 +172,10 @@ class Operation(Generic[M]):
       spec), handed to its hooks over the message's `custom`;
     - `chains`: which of the point's three chains it runs (an op that is one half of a
       hook point, as the destination's parts of a migration, runs only its own);
-    - `control`: runs at once, outside its VM's queue (it acts on the job running there).
+    - `control`: runs at once, outside its VM's queue (it acts on the job running there);
+    - `launch_flags(ctx) -> int`: the libvirt start flags the op would use; the runner keeps
+      them in the hooks' launch-flags file around its chains (VDSM's) and hands what the
+      `before_*` chains left there to `execute` as `ctx.launch_flags`.
     """
 
     message: type[M]
@@ -184,6 +189,7 @@ class Operation(Generic[M]):
     device_custom: Callable[[M], Mapping[str, str]] = _no_device_custom
     chains: tuple[Chain, ...] = ALL_CHAINS
     control: bool = False
+    launch_flags: Callable[[Ctx[M]], int] | None = None
 
     @property
     def name(self) -> str:

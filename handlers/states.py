@@ -85,13 +85,19 @@ RULES: dict[str, Rule] = {
 LIVE_HINT = "a VM that is not running has only its persistent definition to change"
 
 
-def rule_key(op: Any) -> str:
-    """The RULES key for an operation message."""
+def rule_key(op: Any, launch_flags: int | None = None) -> str:
+    """The RULES key for an operation message; a start's `launch_flags` (as its before_* hooks
+    left them, None before they ran) decide whether it starts paused, over `params.paused`."""
     key: str = op.op
     params = op.params
     if key == "start_vm":
+        paused = (
+            params.paused
+            if launch_flags is None
+            else bool(launch_flags & libvirt.VIR_DOMAIN_START_PAUSED)
+        )
         key += "+spec" if hasattr(op.vm, "vcpus") else ""
-        key += "+paused" if params.paused else ""
+        key += "+paused" if paused else ""
     elif key == "undefine_vm" and params.destroy:
         key += "+destroy"
     return key
@@ -107,7 +113,7 @@ def wants_live(op: Any) -> bool:
 def require_state(ctx: Ctx[OpMessage], state: str | None = None) -> bool:
     """True when the op's effect is already there, False when it should run; raises
     `no_domain` or `bad_state` when the VM's state (`state`, else looked up) does not allow it."""
-    rule = RULES[rule_key(ctx.op)]
+    rule = RULES[rule_key(ctx.op, ctx.launch_flags)]
     found = ctx.state() if state is None else state
     if found in rule.already:
         return True

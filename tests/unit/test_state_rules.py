@@ -49,12 +49,14 @@ ROWS: dict[str, list[tuple[str, dict[str, Any], dict[str, Any] | None]]] = {
 
 
 class _Ctx:
-    """What require_state reads of a Ctx: the op message, its VM's uuid and state."""
+    """What require_state reads of a Ctx: the op message, its VM's uuid and state, the launch
+    flags its before_* hooks left."""
 
-    def __init__(self, op: Any, state: str) -> None:
+    def __init__(self, op: Any, state: str, launch_flags: int | None = None) -> None:
         self.op = op
         self.uuid = str(op.vm.uuid)
         self._state = state
+        self.launch_flags = launch_flags
 
     def state(self) -> str:
         return self._state
@@ -127,6 +129,30 @@ def test_a_refusal_carries_the_state_found_and_the_states_allowed() -> None:
 def test_start_with_a_full_spec_defines_an_undefined_vm_first() -> None:  # footnote 2
     for params in (None, {"paused": True}):
         assert _outcome(_message("start_vm", SPEC, params), "undefined") == "runs"
+
+
+def test_a_start_is_judged_by_the_launch_flags_its_before_hooks_left() -> None:
+    def judged(params: dict[str, Any] | None, flags: int | None, state: str) -> str:
+        try:
+            ctx = _Ctx(_message("start_vm", {"uuid": UUID}, params), state, flags)
+            return "noop" if require_state(ctx) else "runs"  # type: ignore[arg-type]
+        except OpError as err:
+            return err.code
+
+    # a hook asked for START_PAUSED (1): the start ends paused, as with params.paused
+    assert [judged(None, 1, s) for s in ("shutoff", "paused", "running")] == [
+        "runs",
+        "noop",
+        "bad_state",
+    ]
+    # a hook cleared it: the start ends running
+    assert [judged({"paused": True}, 0, s) for s in ("shutoff", "running", "paused")] == [
+        "runs",
+        "noop",
+        "bad_state",
+    ]
+    # before the hooks ran (no flags yet), params.paused decides
+    assert judged(None, None, "paused") == "bad_state"
 
 
 @pytest.mark.parametrize("op", list(DEVICE_OPS))
