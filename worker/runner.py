@@ -27,7 +27,7 @@ from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt
 from handlers.message import OpMessage
 from handlers.operations import OPERATIONS
-from worker import redact
+from worker import launchflags, redact
 from worker.config import Settings
 from worker.devicechains import DeviceChains, run_device_chains
 from worker.hooks import POINTS, ChainResult, HookEngine
@@ -223,8 +223,13 @@ class Runner:
         are those its declaration names (`Operation.chains`). Its secrets are scrubbed from the
         outcome (hooks' output, error, notes) and from every log line of the run."""
         secrets = _secrets(op)
+        flags_dir = self.hooks.state_dir if OPERATIONS[op.op].launch_flags else None
         with redact.holding(secrets):
-            out = self._run(op, request_id=request_id, context=context, progress=progress)
+            try:
+                out = self._run(op, request_id=request_id, context=context, progress=progress)
+            finally:  # after every chain of the run, as VDSM removes it after after_vm_start
+                if flags_dir is not None:
+                    launchflags.remove(flags_dir, str(op.vm.uuid))
         if secrets:
             out.hooks = redact.scrub(out.hooks, secrets)
             out.notes = redact.scrub(out.notes, secrets)
@@ -252,12 +257,19 @@ class Runner:
             # libvirtd being away at the start counts as attempts of this op, too
             ctx, opened = self._retried(op.op, lambda: self._ctx(op, request_id, progress))
             assert ctx is not None
+            flags_dir = self.hooks.state_dir if handler.launch_flags else None
+            vm_id = str(op.vm.uuid)
+            if flags_dir is not None and context.get("attempt", 1) > 1:
+                # a recovered run: the flags its first run's hooks left judge whether it is done
+                ctx.launch_flags = launchflags.load(flags_dir, vm_id)
             done, _ = self._retried(op.op, lambda: handler.done(ctx))
             if done:
                 notes = dict(ctx.notes)  # what `done` found (a stale file it removed, ...)
                 return Outcome(True, ctx.state(), _ms(t0), opened, noop=True, notes=notes)
             payload = handler.prepare(ctx)
             runs = handler.chains
+            if flags_dir is not None and handler.launch_flags:  # as VDSM: before every chain
+                launchflags.dump(flags_dir, vm_id, handler.launch_flags(ctx))
             if handler.devices and "before" in runs:  # as VDSM: the devices' chains first
                 devices = self._devices(f"before_{handler.devices}", payload, op, context)
                 hooks += devices.hooks
@@ -280,6 +292,8 @@ class Runner:
                     hook=first.name if first else None,
                     details={"stderr": before.failure_stderr()},
                 )
+            if flags_dir is not None:  # what the hooks left there is what libvirt gets
+                ctx.launch_flags = launchflags.load(flags_dir, vm_id)
 
             def call() -> None:
                 ctx.conn = self.lv.get()

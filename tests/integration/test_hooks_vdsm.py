@@ -457,24 +457,92 @@ def test_hooks_broken_upstream_pass_without_their_property_and_fail_with_it(
     assert res.exit_code == 1 and "rc=2" in res.output and says in res.output
 
 
-def test_launch_flags_a_hook_saves_are_a_file_under_the_workers_state_dir(
-    env, tap, start_worker, test_domains, hooks_root
-):
-    d = hooks_root / "before_vm_start"
-    d.mkdir(mode=0o755)
-    script = d / "50_start_paused"
+def hook_script(hooks_root: Path, point: str, name: str, body: str) -> None:
+    d = hooks_root / point
+    d.mkdir(mode=0o755, exist_ok=True)
+    script = d / name
     script.write_text(
-        "#!/usr/bin/python3\n"
-        "import os, libvirt\n"
-        "from vdsm.hook import hooking\n"
-        "vm = os.environ['vmId']\n"
-        "flags = hooking.load_vm_launch_flags_from_file(vm)\n"
-        "hooking.dump_vm_launch_flags_to_file(vm, flags | libvirt.VIR_DOMAIN_START_PAUSED)\n"
+        "#!/usr/bin/python3\nimport os\nimport hooking\nvm = os.environ['vmId']\n" + body
     )
     script.chmod(0o755)
+
+
+def domain_state(uri: str, vm_uuid: str) -> int:
+    conn = libvirt.open(uri)
+    try:
+        return int(conn.lookupByUUIDString(vm_uuid).state()[0])
+    finally:
+        conn.close()
+
+
+def test_a_before_vm_start_hook_that_sets_start_paused_starts_the_vm_paused(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    # VDSM's read-modify-write: the file holds the flags the worker would use (0) first
+    hook_script(
+        hooks_root,
+        "before_vm_start",
+        "50_start_paused",
+        "flags = hooking.load_vm_launch_flags_from_file(vm)\n"
+        "hooking.log(f'before: {flags}')\n"
+        "hooking.dump_vm_launch_flags_to_file(vm, flags | 1)  # VIR_DOMAIN_START_PAUSED\n",
+    )
+    # an after_vm_start hook still sees them (VDSM's openstacknet reads them there)
+    hook_script(
+        hooks_root,
+        "after_vm_start",
+        "50_flags",
+        "hooking.log(f'after: {hooking.load_vm_launch_flags_from_file(vm)}')\n",
+    )
     start_worker()
     vm = spec()
     test_domains.append(vm["uuid"])
-    assert run_op(env, tap, "start_vm", vm)["phase"] == "after"
-    saved = env.state_dir / "hooks" / vm["uuid"] / "launchflags"
-    assert saved.read_text() == str(libvirt.VIR_DOMAIN_START_PAUSED)
+    d = run_op(env, tap, "start_vm", vm)
+    assert (d["phase"], d["state"], d["noop"]) == ("after", "paused", False), d.get("error")
+    assert domain_state("test:///default", vm["uuid"]) == libvirt.VIR_DOMAIN_PAUSED
+    assert "before: 0" in hook_result(d, "before_vm_start", "50_start_paused")["stderr_tail"]
+    assert "after: 1" in hook_result(d, "after_vm_start", "50_flags")["stderr_tail"]
+    # removed once the start's chains have run, as VDSM does
+    assert not (env.state_dir / "hooks" / vm["uuid"] / "launchflags").exists()
+
+
+def test_a_hook_that_clears_start_paused_starts_a_paused_start_running(
+    env, tap, start_worker, test_domains, hooks_root
+):
+    hook_script(
+        hooks_root,
+        "before_vm_start",
+        "50_never_paused",
+        "flags = hooking.load_vm_launch_flags_from_file(vm)\n"
+        "hooking.log(f'before: {flags}')\n"
+        "hooking.dump_vm_launch_flags_to_file(vm, flags & ~1)\n",
+    )
+    start_worker()
+    vm = spec()
+    test_domains.append(vm["uuid"])
+    rid = env.publish("start_vm", vm, params={"paused": True})
+    d = tap.wait_terminal(rid, 60.0)["data"]
+    assert (d["phase"], d["state"]) == ("after", "running"), d.get("error")
+    assert "before: 1" in hook_result(d, "before_vm_start", "50_never_paused")["stderr_tail"]
+    assert domain_state("test:///default", vm["uuid"]) == libvirt.VIR_DOMAIN_RUNNING
+
+
+@pytest.mark.parametrize("flags", ["1 << 20", "-1", "'paused'"])
+def test_launch_flags_createwithflags_does_not_take_fail_the_start_before_libvirt(
+    env, tap, start_worker, test_domains, hooks_root, flags
+):
+    hook_script(
+        hooks_root,
+        "before_vm_start",
+        "50_bad_flags",
+        f"hooking.dump_vm_launch_flags_to_file(vm, {flags})\n",
+    )
+    start_worker()
+    vm = spec()
+    test_domains.append(vm["uuid"])
+    d = run_op(env, tap, "start_vm", vm)
+    assert d["phase"] == "fail"
+    err = d["error"]
+    assert (err["source"], err["code"]) == ("validation", "bad_launch_flags"), err
+    assert d["state"] == "undefined"  # libvirt never called: not even defined
+    assert not (env.state_dir / "hooks" / vm["uuid"] / "launchflags").exists()
