@@ -475,8 +475,11 @@ def domain_state(uri: str, vm_uuid: str) -> int:
         conn.close()
 
 
+@pytest.mark.parametrize(
+    ("uri", "domains"), [("test:///default", "test_domains"), (QEMU_URI, "qemu_domains")]
+)
 def test_a_before_vm_start_hook_that_sets_start_paused_starts_the_vm_paused(
-    env, tap, start_worker, test_domains, hooks_root
+    env, tap, start_worker, hooks_root, request, uri, domains
 ):
     # VDSM's read-modify-write: the file holds the flags the worker would use (0) first
     hook_script(
@@ -494,12 +497,13 @@ def test_a_before_vm_start_hook_that_sets_start_paused_starts_the_vm_paused(
         "50_flags",
         "hooking.log(f'after: {hooking.load_vm_launch_flags_from_file(vm)}')\n",
     )
+    env.libvirt_uri = uri
     start_worker()
-    vm = spec()
-    test_domains.append(vm["uuid"])
+    vm = small_vm("lf") if uri == QEMU_URI else spec()
+    request.getfixturevalue(domains).append(vm["uuid"])
     d = run_op(env, tap, "start_vm", vm)
     assert (d["phase"], d["state"], d["noop"]) == ("after", "paused", False), d.get("error")
-    assert domain_state("test:///default", vm["uuid"]) == libvirt.VIR_DOMAIN_PAUSED
+    assert domain_state(uri, vm["uuid"]) == libvirt.VIR_DOMAIN_PAUSED
     assert "before: 0" in hook_result(d, "before_vm_start", "50_start_paused")["stderr_tail"]
     assert "after: 1" in hook_result(d, "after_vm_start", "50_flags")["stderr_tail"]
     # removed once the start's chains have run, as VDSM does
