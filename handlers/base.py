@@ -94,6 +94,7 @@ class Ctx(Generic[M_co]):
     cache: dict[str, Any] = field(default_factory=dict)  # handler's own, for this one run
     host: str = ""  # this host's id
     request_id: str = ""
+    attempt: int = 1  # which run of this request here: 2 and up after the worker died in one
     peers: Peers | None = None
     # a non-terminal event of this run (`<host>.<op>.progress`), data as given
     progress: Callable[[dict[str, Any]], None] = lambda _data: None

@@ -155,22 +155,28 @@ def _wait_for_orphan_job(ctx: Ctx[MigrateVm]) -> None:
 
 def _migrated(ctx: Ctx[MigrateVm]) -> bool:
     """Gone from here (or stopped) and running on the destination: the migration happened
-    (a request recovered after the worker died in it, or sent again)."""
+    (a request recovered after the worker died in it, or sent again). A recovered one tells
+    the destination (`finish_incoming`) in case the dead run did not: a second copy of it is
+    a duplicate there, never a second run of its after chain."""
     _wait_for_orphan_job(ctx)
     if ctx.state() in ACTIVE:
         return False
+    peers = _peers(ctx)
     try:
-        dconn = _peers(ctx).connect(ctx.op.params.destination, ctx.op.params.destination_uri)
+        dconn = peers.connect(ctx.op.params.destination, ctx.op.params.destination_uri)
     except OpError:
         return False
     try:
-        dom = dconn.lookupByUUIDString(ctx.uuid)
-        return bool(dom.isActive())
+        moved = bool(dconn.lookupByUUIDString(ctx.uuid).isActive())
     except libvirt.libvirtError:
         return False
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             dconn.close()
+    # only this request's own later run: another request for a VM already moved moved nothing
+    if moved and ctx.attempt > 1 and "destination_told" not in ctx.notes:
+        ctx.notes["destination_told"] = _tell_destination(ctx, peers, "", True, "")
+    return moved
 
 
 def _prepare_on_destination(ctx: Ctx[MigrateVm], xml: str) -> str:

@@ -46,6 +46,13 @@ class SecondLibvirtd:
         return f"qemu:///system?socket={self.base}/sock/libvirt-sock"
 
     @property
+    def qemu_hook(self) -> Path:
+        """Where a test puts a libvirt qemu hook script of this host's (libvirtd's own, run
+        synchronously by the daemon: `$1` the domain's name, `$2` the operation, `$3` its
+        stage); absent, nothing runs."""
+        return self.base / "qemu-hook"
+
+    @property
     def images(self) -> Path:
         """Where this host's /var/lib/libvirt/images is, as the first host sees it."""
         return self.base / "lib" / "images"
@@ -55,6 +62,13 @@ class SecondLibvirtd:
         for sub in ("sock", "run", "lib", "cache", "log", "etc"):
             (b / sub).mkdir(parents=True, exist_ok=True)
         shutil.copytree("/etc/libvirt", b / "etc", dirs_exist_ok=True)
+        # libvirtd looks for its hook scripts only at start: one that runs a test's, if any
+        (b / "etc" / "hooks").mkdir(exist_ok=True)
+        hook = b / "etc" / "hooks" / "qemu"
+        hook.write_text(
+            f'#!/bin/sh\n[ -x {self.qemu_hook} ] && exec {self.qemu_hook} "$@"\nexit 0\n'
+        )
+        hook.chmod(0o755)
         (b / "etc" / "libvirtd.conf").write_text(
             f'unix_sock_dir = "{b}/sock"\nhost_uuid = "{self.host_uuid}"\n'
             "listen_tls = 0\nlisten_tcp = 0\n"

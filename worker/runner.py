@@ -114,7 +114,9 @@ class Runner:
         self.peers = peers
         self.shared: dict[str, Any] = {}  # every run's Ctx.shared (a cancel finds its migration)
 
-    def _ctx(self, op: OpMessage, request_id: str, progress: Progress) -> Ctx[OpMessage]:
+    def _ctx(
+        self, op: OpMessage, request_id: str, progress: Progress, attempt: int = 1
+    ) -> Ctx[OpMessage]:
         return Ctx(
             conn=self.lv.get(),
             op=op,
@@ -122,6 +124,7 @@ class Runner:
             allow_raw_xml=self.settings.allow_raw_xml,
             host=self.settings.host,
             request_id=request_id,
+            attempt=attempt,
             peers=self.peers,
             progress=progress,
             shared=self.shared,
@@ -255,7 +258,10 @@ class Runner:
         attempts = 1
         try:
             # libvirtd being away at the start counts as attempts of this op, too
-            ctx, opened = self._retried(op.op, lambda: self._ctx(op, request_id, progress))
+            run_no = int(context.get("attempt", 1))
+            ctx, opened = self._retried(
+                op.op, lambda: self._ctx(op, request_id, progress, attempt=run_no)
+            )
             assert ctx is not None
             flags_dir = self.hooks.state_dir if handler.launch_flags else None
             vm_id = str(op.vm.uuid)

@@ -4,12 +4,13 @@ and a migration that completed is never run again."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.hosts import TwoHosts
+from tests.hosts import SecondLibvirtd, TwoHosts
 from tests.integration.test_migration import (
     LOCAL,
     disk,
@@ -19,7 +20,7 @@ from tests.integration.test_migration import (
     running_vm,
     where,
 )
-from tests.support import Env, EventTap, wait_for
+from tests.support import Env, EventTap, small_vm, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.qemu, pytest.mark.migration]
 __all__ = ["disk"]  # the fixture, used here too
@@ -84,7 +85,9 @@ def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
 ) -> None:
     h = two_hosts
     mark = tmp_path / "in-after-hook"
+    arrived = tmp_path / "destination-after-chain"
     hook(h.hooks[h.a], "after_vm_migrate_source", "50_slow", f"touch {mark}; sleep 60")
+    hook(h.hooks[h.b], "after_vm_migrate_destination", "50_log", f"echo ran >> {arrived}")
     h.start(h.a, process=True)
     h.start(h.b)
     vm = running_vm(env, tap, h, "k9done")
@@ -97,3 +100,55 @@ def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
     assert term["phase"] == "after" and term["noop"] is True and term["recovered"] is True
     assert where(h, vm["uuid"]) == {h.a: "undefined", h.b: "running"}
     assert len(tap.terminal(rid)) == 1
+    # the dead run had told the destination: the recovered one's copy is a duplicate there
+    tap.wait(lambda: tap.terminal(f"{rid}.finish", include_duplicates=True)[1:], 30)
+    assert len(tap.terminal(f"{rid}.finish")) == 1
+    assert arrived.read_text().splitlines() == ["ran"]
+
+
+@pytest.fixture
+def libvirt_hook_b(second_libvirtd: SecondLibvirtd) -> Iterator[Path]:
+    """Host b's libvirt qemu hook script (tests/hosts.py), removed at the end."""
+    path = second_libvirtd.qemu_hook
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.mark.timeout(240)
+def test_kill9_of_the_source_worker_before_it_told_the_destination_tells_it_once_back(
+    env: Env, tap: EventTap, two_hosts: TwoHosts, tmp_path: Path, libvirt_hook_b: Path
+) -> None:
+    h = two_hosts
+    vm = small_vm("k9tell")
+    h.domains[0].append(vm["uuid"])
+    h.domains[1].append(vm["uuid"])
+    stopping, go = tmp_path / "source-qemu-stopping", tmp_path / "go"
+    # libvirtd b stops the source's QEMU once the VM runs on a, inside virDomainMigrate3: its
+    # hook holds the call there, before the worker can send finish_incoming (60 s at most)
+    libvirt_hook_b.write_text(
+        f'#!/bin/sh\n[ "$1" = "{vm["name"]}" ] && [ "$2" = stopped ] || exit 0\n'
+        f"touch {stopping}\n"
+        f"i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
+    )
+    libvirt_hook_b.chmod(0o755)
+    arrived = tmp_path / "destination-after-chain"
+    hook(h.hooks[h.a], "after_vm_migrate_destination", "50_log", f"echo ran >> {arrived}")
+    h.start(h.a)
+    h.start(h.b, process=True)
+    assert (
+        tap.wait_terminal(env.publish("start_vm", vm, routing_key=h.b), 60)["data"]["phase"]
+        == "after"
+    )
+    rid = migrate(env, h, vm, h.a)
+    wait_for(stopping.exists, 60, "libvirtd b stopping the source's QEMU")
+    h.workers[h.b].kill9()
+    go.touch()
+    h.start(h.b, process=True)
+    term = tap.wait_terminal(rid, 120)["data"]
+    assert term["phase"] == "after" and term["noop"] is True and term["recovered"] is True
+    assert where(h, vm["uuid"]) == {h.a: "running", h.b: "undefined"}
+    assert len(tap.terminal(rid)) == 1
+    # the destination's part ended: its after chain ran, once
+    tap.wait(lambda: of_type(tap, f"{h.a}.finish_incoming.after", rid), 30)
+    assert len(tap.terminal(f"{rid}.finish", include_duplicates=True)) == 1
+    assert arrived.read_text().splitlines() == ["ran"]
