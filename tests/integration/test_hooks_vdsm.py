@@ -2,7 +2,7 @@
 
 Each of the 16 VM- and device-level hooks of VDSM's vdsm_hooks/ that work under VDSM's own
 library on a host like this one runs here through the operation that runs its chain (or, for
-the migration points no operation runs yet, through the dry run, which runs the real chain),
+localdisk, whose LVM volumes this host has not, through the dry run, which runs the real chain),
 and does its job. The other 11 are in docs/hooks.md with the reason.
 """
 
@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from lxml import etree
 
+from tests.integration.test_migration import where
 from tests.support import QEMU_URI, small_vm, unique
 from tests.vdsmhooks import all_hooks, install
 from worker.cli import main
@@ -376,21 +377,53 @@ def test_extnet_moves_a_created_nic_to_a_libvirt_network(
     assert nic.get("type") == "network" and nic.find("source").get("network") == "default"
 
 
-# migrate_vm is not an operation yet: the dry run runs the source host's chain
-@pytest.mark.parametrize(
-    ("hook", "name", "custom", "says"),
-    [
-        ("scratchpad", "50_scratchpad", "scratchpad=1M,/x", "cannot migrate VM with scratchpad"),
-        ("localdisk", "localdisk", "localdisk=lvm", "Cannot migrate VM with local disk"),
-    ],
-)
-def test_hooks_refuse_to_migrate_a_vm_with_local_storage(
-    hooks_root, tmp_path, hook, name, custom, says
+@pytest.mark.qemu
+@pytest.mark.migration
+def test_scratchpad_refuses_to_migrate_a_vm_with_a_scratch_disk_and_lets_others_go(
+    env, tap, two_hosts, tmp_path
 ):
-    install(hooks_root, hook)
+    h = two_hosts
+    install(h.hooks[h.a], "scratchpad")
+    h.start(h.a)
+    h.start(h.b)
+    # the scratch disk where QEMU may open it; the VM's own custom properties go with each op
+    image = Path("/var/lib/libvirt/images") / f"vmw-test-scratch-{uuid.uuid4().hex[:10]}.img"
+    custom = {"scratchpad": f"1M,{image}"}
+    try:
+        scratch, plain = small_vm("scratch"), small_vm("plain")
+        for vm, with_custom in ((scratch, custom), (plain, None)):
+            h.domains[0].append(vm["uuid"])
+            h.domains[1].append(vm["uuid"])
+            d = run_op(env, tap, "start_vm", vm, with_custom)
+            assert d["phase"] == "after", d.get("error")
+        assert live(QEMU_URI, scratch["uuid"]).xpath("devices/disk/source/@file") == [str(image)]
+        params = {"destination": h.b}
+        rid = env.publish("migrate_vm", {"uuid": scratch["uuid"]}, params=params, custom=custom)
+        d = tap.wait_terminal(rid, 120)["data"]
+        assert d["phase"] == "fail" and d["error"]["code"] == "hook_failed"
+        assert d["error"]["hook"] == "50_scratchpad"
+        assert "cannot migrate VM with scratchpad devices" in d["error"]["stderr"]
+        assert hook_result(d, "before_vm_migrate_source", "50_scratchpad")["rc"] == 2
+        # refused before the destination was asked anything: the VM runs on, here only
+        assert not [e for e in tap.events if e["_routing_key"].startswith(f"{h.b}.prepare_")]
+        assert live(QEMU_URI, scratch["uuid"]).xpath("devices/disk/source/@file") == [str(image)]
+        assert where(h, scratch["uuid"]) == {h.a: "running", h.b: "undefined"}
+        rid = env.publish("migrate_vm", {"uuid": plain["uuid"]}, params=params)
+        d = tap.wait_terminal(rid, 120)["data"]
+        assert d["phase"] == "after", d.get("error")
+        assert hook_result(d, "before_vm_migrate_source", "50_scratchpad")["rc"] == 0
+        assert where(h, plain["uuid"]) == {h.a: "undefined", h.b: "running"}
+    finally:
+        image.unlink(missing_ok=True)
+
+
+# localdisk's LVM volumes are not on this host: the dry run runs the source host's chain
+def test_localdisk_refuses_to_migrate_a_vm_with_a_local_disk(hooks_root, tmp_path):
+    install(hooks_root, "localdisk")
     xml = f"<domain type='kvm'><name>v</name><uuid>{uuid.uuid4()}</uuid><devices/></domain>"
-    res, _ = dry_run(hooks_root, tmp_path, "before_vm_migrate_source", xml, custom)
-    assert res.exit_code == 1 and f"{name}: rc=2" in res.output and says in res.output
+    res, _ = dry_run(hooks_root, tmp_path, "before_vm_migrate_source", xml, "localdisk=lvm")
+    assert res.exit_code == 1 and "localdisk: rc=2" in res.output
+    assert "Cannot migrate VM with local disk" in res.output
     res, _ = dry_run(hooks_root, tmp_path, "before_vm_migrate_source", xml)
     assert res.exit_code == 0, res.output
 
