@@ -298,6 +298,10 @@ def test_a_finished_migration_delivered_again_is_its_recorded_outcome_marked_dup
     assert dup["phase"] == "after" and dup["original_event_id"] == first["id"]
     assert where(h, vm["uuid"]) == {h.a: "undefined", h.b: "running"}
     assert len([e for e in tap.of(rid) if e["data"]["phase"] == "before"]) == 1
+    # another request for the VM already moved: a noop, which tells the destination nothing
+    again = tap.wait_terminal(migrate(env, h, vm, h.b), 60)["data"]
+    assert again["phase"] == "after" and again["noop"] is True
+    assert "destination_told" not in again
 
 
 def test_cancel_aborts_a_running_migration_without_waiting_behind_it(
