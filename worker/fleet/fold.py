@@ -133,7 +133,7 @@ class _Batch:
                     host_keys.add(it.routing_key)
                 continue
             ev = it.event
-            data = ev.get("data") if isinstance(ev.get("data"), dict) else {}
+            data: dict[str, Any] = ev["data"] if isinstance(ev.get("data"), dict) else {}
             host = _host_of(ev, it.routing_key)
             if host:
                 host_keys.add(host)
