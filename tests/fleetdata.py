@@ -116,12 +116,15 @@ def op(
         "correlation_id": None,
         "redelivered": False,
     }
+    if phase == "before":
+        d["recovered"] = False
     if phase in ("after", "fail"):
         d |= {"attempt": 1, "duration_ms": 12.5, "state": state, "hooks": hooks or []}
     if phase == "after":
         d["noop"] = False
     if phase == "fail":
-        d["error"] = error or {"code": "bad_state", "source": "libvirt", "message": "no"}
+        err = error or {"code": "bad_state", "source": "libvirt", "message": "no"}
+        d["error"] = {"libvirt_code": None, "hook": None} | err
     return _ev(host, f"{op_}.{phase}", at, d | data, subject=vm, requestid=rid)
 
 
