@@ -45,7 +45,7 @@ def _count(engine: sa.Engine, table: sa.Table) -> int:
 def test_the_ingest_follows_a_real_worker_into_the_store(
     env, tap, start_worker, test_domains, store
 ):
-    url, engine = store
+    _, engine = store
     start_worker()
     committed: list[dict[str, Any]] = []
     ingest = Ingest(
@@ -121,10 +121,11 @@ def _publish_events(prefix: str, host: str, n: int) -> None:
 
 
 def _ingest_process(env: Any, url: str, log: Path) -> subprocess.Popen[bytes]:
+    args = ["--url", url, "--poll-interval", "60"]
+    args += ["--batch-size", "100"]  # many commits: the kill lands between two of them
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.fleet.ingest", "--url", url, "--poll-interval", "60"]
-            + ["--batch-size", "100"],  # many commits: the kill lands between two of them
+            [sys.executable, "-m", "worker.fleet.ingest", *args],
             env=env.env_vars() | {"VMWORKER_LOG_LEVEL": "info"},
             stdout=out,
             stderr=subprocess.STDOUT,
