@@ -280,7 +280,9 @@ def list_vms(
     return page
 
 
-def get_vm(conn: Connection, uuid: str, *, limit: int = HISTORY_MAX) -> dict[str, Any] | None:
+def get_vm(
+    conn: Connection, uuid: str, *, limit: int = HISTORY_MAX, now: float | None = None
+) -> dict[str, Any] | None:
     """One VM's whole history: its row, every request on it and every event about it (state
     and operation events, hooks and their output in `event`), oldest first."""
     row = conn.execute(sa.select(st.vms).where(st.vms.c.uuid == uuid)).mappings().first()
@@ -290,7 +292,7 @@ def get_vm(conn: Connection, uuid: str, *, limit: int = HISTORY_MAX) -> dict[str
     if row["host"]:
         hr = conn.execute(sa.select(st.hosts).where(st.hosts.c.host == row["host"])).mappings()
         host = hr.first()
-    out = _vm(row, host is not None and host_status(dict(host), time.time()) == "down")
+    out = _vm(row, host is not None and host_status(dict(host), now or time.time()) == "down")
     r = st.requests.c
     out["requests"] = [
         _request(x)
