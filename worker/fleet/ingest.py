@@ -192,8 +192,8 @@ class Ingest:
             live = apply_batch(conn, [item for _, _, item in pending])
             for name, off in last.items():
                 st.set_offset(conn, name, off)
-        for _, m, _ in pending:
-            m.ack()
+        # one ack for the batch: both consumers share a channel, whose delivery tags grow
+        max(pending, key=lambda x: x[1].delivery_tag)[1].ack(multiple=True)
         self.stored += len(pending)
         self.batches += 1
         newest = max((r["at"] for r in live if r.get("at")), default=None)
