@@ -666,15 +666,14 @@ def fleet_summary(conn: Connection, now: float | None = None, *, top: int = 20) 
     for s, n in conn.execute(sa.select(status, sa.func.count()).group_by(status)):
         by_status[s] = int(n)
     v = st.vms.c
-    down = sa.func.coalesce(status_expr(now) == "down", False).label("down")
+    # VMs by state and host (an index scan), then those of down hosts counted as unknown
+    down = {
+        h for (h,) in conn.execute(sa.select(st.hosts.c.host).where(status_expr(now) == "down"))
+    }
     by_state: dict[str, int] = {}
-    q = (
-        sa.select(v.state, down, sa.func.count())
-        .select_from(st.vms.outerjoin(st.hosts, st.hosts.c.host == v.host))
-        .group_by(v.state, down)
-    )
-    for s, is_down, n in conn.execute(q):
-        key = "unknown" if is_down else s
+    q = sa.select(v.state, v.host, sa.func.count()).group_by(v.state, v.host)
+    for s, host, n in conn.execute(q):
+        key = "unknown" if host in down else s
         by_state[key] = by_state.get(key, 0) + int(n)
     series = ops_per_minute(conn, now=now)
     hour_ago = now - 3600
