@@ -351,6 +351,17 @@ def test_heartbeats_keep_the_host_row_current_and_a_bounded_history_but_no_event
     assert host["hooks"] == {}  # the last heartbeat's (old shape: it carries them)
 
 
+def test_the_depths_the_broker_gave_survive_the_next_heartbeats(engine):
+    feed(engine, fd.online("h1", T0))
+    with engine.begin() as c:
+        c.execute(st.hosts.update().values(broker_depth=12, dead_depth=3, depth_at=T0 + 1))
+    feed(engine, fd.heartbeat("h1", T0 + 30, queue_depth=4))
+    with engine.connect() as c:
+        host = q.get_host(c, "h1", now=T0 + 31)
+    assert host is not None and host["queue_depth_heartbeat"] == 4
+    assert (host["queue_depth"], host["queue_depth_broker"], host["dead_letters"]) == (12, 12, 3)
+
+
 def test_an_old_heartbeat_seen_late_changes_nothing(engine):
     feed(engine, fd.heartbeat("h1", T0 + 30, queue_depth=7), fd.heartbeat("h1", T0, queue_depth=1))
     with engine.connect() as c:

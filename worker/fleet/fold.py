@@ -42,6 +42,8 @@ _HOST_KEYS = {
     "stopped_at",
 }
 _CHUNK = 500  # keys per IN (...) when reading the rows a batch touches
+# what the broker says of a host's queues: written by the ingest's poller, never by a batch
+_NOT_OURS = ("broker_depth", "dead_depth", "depth_at")
 
 
 @dataclass
@@ -249,7 +251,7 @@ class _Batch:
             self.conn.execute(table.insert(), [rows[k] for k in sorted(new)])
         changed = sorted(dirty - new)
         if changed:
-            cols = [c.name for c in table.columns if c.name not in (key, "id")]
+            cols = [c.name for c in table.columns if c.name not in (key, "id", *_NOT_OURS)]
             stmt = (
                 table.update()
                 .where(table.c[key] == sa.bindparam("_key"))
