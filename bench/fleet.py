@@ -578,9 +578,10 @@ def build_big_store(
                         },
                     }
                 )
-            m = minutes.setdefault((host, int((at + 0.04) // 60)), [0, 0])
-            m[0] += 1
-            m[1] += fail
+            for key in (host, st.FLEET):
+                m = minutes.setdefault((key, int((at + 0.04) // 60)), [0, 0])
+                m[0] += 1
+                m[1] += fail
         with engine.begin() as c:
             st.bulk_insert(c, st.requests, reqs)
             st.bulk_insert(c, st.events, evs)

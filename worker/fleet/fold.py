@@ -550,9 +550,10 @@ def _op_event(
     duplicate = bool(data.get("duplicate"))
     terminal = phase in ("after", "fail")
     if terminal and not duplicate and host:
-        m = b.minutes.setdefault((host, int(at // 60)), [0, 0])
-        m[0] += 1
-        m[1] += phase == "fail"
+        for key in (host, st.FLEET):  # the host's counters and the whole fleet's
+            m = b.minutes.setdefault((key, int(at // 60)), [0, 0])
+            m[0] += 1
+            m[1] += phase == "fail"
     rid = ev.get("requestid") or data.get("request_id")
     if rid:
         _request(b, str(rid), host, uuid, vm_data, data, error, at, duplicate)

@@ -620,8 +620,7 @@ def ops_per_minute(
         .where(m.minute >= first, m.minute <= last)
         .group_by(m.minute)
     )
-    if host:
-        sel = sel.where(m.host == host)
+    sel = sel.where(m.host == (host or st.FLEET))
     got = {int(k): (int(a or 0), int(b or 0)) for k, a, b in conn.execute(sel)}
     return [
         {"minute": iso(k * 60.0), "ops": got.get(k, (0, 0))[0], "failed": got.get(k, (0, 0))[1]}
@@ -640,7 +639,7 @@ def failure_rate(
     ops, failed = sa.func.sum(m.ops).label("ops"), sa.func.sum(m.failed).label("failed")
     sel = (
         sa.select(m.host, ops, failed)
-        .where(m.minute >= first)
+        .where(m.minute >= first, m.host != st.FLEET)
         .group_by(m.host)
         .order_by(failed.desc(), ops.desc(), m.host)
     )
@@ -666,15 +665,16 @@ def fleet_summary(conn: Connection, now: float | None = None, *, top: int = 20) 
     for s, n in conn.execute(sa.select(status, sa.func.count()).group_by(status)):
         by_status[s] = int(n)
     v = st.vms.c
-    # VMs by state and host (an index scan), then those of down hosts counted as unknown
-    down = {
-        h for (h,) in conn.execute(sa.select(st.hosts.c.host).where(status_expr(now) == "down"))
+    # VMs by state; those of down hosts count as unknown
+    by_state = {
+        s: int(n) for s, n in conn.execute(sa.select(v.state, sa.func.count()).group_by(v.state))
     }
-    by_state: dict[str, int] = {}
-    q = sa.select(v.state, v.host, sa.func.count()).group_by(v.state, v.host)
-    for s, host, n in conn.execute(q):
-        key = "unknown" if host in down else s
-        by_state[key] = by_state.get(key, 0) + int(n)
+    down = sa.select(st.hosts.c.host).where(status_expr(now) == "down").scalar_subquery()
+    q = sa.select(v.state, sa.func.count()).where(v.host.in_(down)).group_by(v.state)
+    for s, n in conn.execute(q):
+        by_state[s] -= int(n)
+        by_state["unknown"] = by_state.get("unknown", 0) + int(n)
+    by_state = {k: n for k, n in by_state.items() if n}
     series = ops_per_minute(conn, now=now)
     # from the per-minute counters: the last 60 minutes, the current one included
     failed_hour = sum(p["failed"] for p in series)

@@ -226,10 +226,11 @@ heartbeats = sa.Table(
     sa.Column("uptime_s", sa.Double()),
 )
 
+FLEET = ""  # the `op_minutes` rows of the whole fleet: no host has an empty name
 op_minutes = sa.Table(
     "op_minutes",
     metadata,
-    sa.Column("host", Name, primary_key=True),
+    sa.Column("host", Name, primary_key=True),  # FLEET: every host's together
     sa.Column("minute", sa.Integer(), primary_key=True),  # epoch seconds // 60
     sa.Column("ops", sa.Integer(), nullable=False, default=0),  # terminal outcomes
     sa.Column("failed", sa.Integer(), nullable=False, default=0),
