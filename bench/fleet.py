@@ -676,10 +676,14 @@ def big_once(tmp: Path, kind: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def section(
-    tmp: Path, smoke: bool, res: dict[str, Any], kinds: tuple[str, ...] = ("sqlite", "postgresql")
+    tmp: Path,
+    smoke: bool,
+    res: dict[str, Any],
+    kinds: tuple[str, ...] = ("sqlite", "postgresql"),
+    changes: dict[str, Any] | None = None,
 ) -> None:
     """The `fleet` part of bench.run: ingest and big-store queries, per backend."""
-    p = params(smoke)
+    p = params(smoke) | (changes or {})
     res["params"]["fleet"] = p
     why = postgres_available()
     out: dict[str, Any] = {}
@@ -768,6 +772,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     ap.add_argument("--smoke", action="store_true", help="small counts: seconds, not minutes")
     ap.add_argument("--only", choices=["sqlite", "postgresql"], help="one backend")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"change a parameter (repeatable): {', '.join(_KEYS)}",
+    )
     ap.add_argument("--query", metavar="URL", help=argparse.SUPPRESS)  # the query process
     ap.add_argument(
         "--build", metavar="URL", help="only build the big store at URL (for timing pages)"
@@ -777,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(query_times(args.query, json.loads(sys.stdin.read()))))
         return 0
     p = params(args.smoke)
+    changes = {k: type(p[k])(float(v)) for k, _, v in (c.partition("=") for c in args.set)}
+    p |= changes
     if args.build:
         s = build_big_store(
             args.build,
@@ -789,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     res: dict[str, Any] = {"params": {}, "sections": {}, "smoke": args.smoke}
     with tempfile.TemporaryDirectory(prefix="vmworker-fleet-") as tmp:
-        section(Path(tmp), args.smoke, res, (args.only,) if args.only else ("sqlite", "postgresql"))
+        kinds = (args.only,) if args.only else ("sqlite", "postgresql")
+        section(Path(tmp), args.smoke, res, kinds, changes)
     print(json.dumps(res["sections"]["fleet"], indent=2))
     return 0
 
