@@ -5,12 +5,14 @@ replay, a reconnect after the broker closed the client's connection, and the asy
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from tests.support import BROKER, broker_conn, read_stream, small_vm, unique, wait_for
 from vmworker.client import (
@@ -22,6 +24,7 @@ from vmworker.client import (
     RequestTimeout,
 )
 from worker import logs
+from worker.cli import main
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -251,3 +254,25 @@ def test_the_asyncio_client(env, start_worker, test_domains, hooks_root, tmp_pat
     assert got["ev"].data["correlation_id"] == "async-1"
     assert got["code"] == "no_domain"
     assert got["watched"] == ["before", "after"]
+
+
+def test_publish_wait_prints_the_terminal_event_and_exits_1_on_fail(
+    env, start_worker, test_domains
+):
+    start_worker()
+    vm = small_vm("cli")
+    test_domains.append(vm["uuid"])
+    cli_env = {"VMWORKER_BROKER": BROKER, "VMWORKER_PREFIX": env.prefix}
+    args = ["publish", "--host", env.host, "start_vm", "--vm-uuid", vm["uuid"], "--spec", "-"]
+    res = CliRunner().invoke(main, [*args, "--wait", "20"], input=json.dumps(vm), env=cli_env)
+    assert res.exit_code == 0, res.output
+    rid, line = res.stdout.strip().splitlines()
+    ev = json.loads(line)
+    assert ev["requestid"] == rid and ev["data"]["phase"] == "after"
+
+    args = ["publish", "--host", env.host, "pause_vm", "--vm-uuid", small_vm()["uuid"]]
+    res = CliRunner().invoke(main, [*args, "--wait", "20"], env=cli_env)
+    assert res.exit_code == 1, res.output
+    rid, line = res.stdout.strip().splitlines()
+    ev = json.loads(line)
+    assert ev["requestid"] == rid and ev["data"]["error"]["code"] == "no_domain"
