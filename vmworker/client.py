@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from amqp.exceptions import ChannelError
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.message import Message
 from pydantic import SecretStr
@@ -69,7 +68,6 @@ __all__ = [
 log = structlog.get_logger()
 
 TERMINAL = ("after", "fail")
-_NO_ROUTE = 312
 _SEEN_MAX = 100_000  # event ids remembered, to give each event once across a reconnect
 _RECOVER_MARGIN = timedelta(seconds=5)  # the events log is read from this long before a loss
 
@@ -602,8 +600,10 @@ class Client:
         props: dict[str, Any] = {"user_id": user} if user else {}
         if self._pub is None:
             self._pub = self.conn.channel()
+        returned: list[Any] = []
         try:
-            Producer(self._pub).publish(
+            # a mandatory message no queue takes comes back (basic.return) before its ack
+            Producer(self._pub, on_return=lambda *a: returned.append(a)).publish(
                 raw,
                 exchange=self.topology.ops.name,
                 routing_key=host,
@@ -618,15 +618,18 @@ class Client:
                 retry=False,
                 **props,
             )
-        except ChannelError as exc:
-            self._requests.pop(req.request_id, None)
-            self._pub = None  # closed by the broker
-            if getattr(exc, "code", None) == _NO_ROUTE:  # no queue took it, not even a stream
-                raise NoWorkerQueue(host, Topology(self.prefix, host).host_queue.name) from None
-            raise
         except BaseException:
             self._requests.pop(req.request_id, None)
+            pub, self._pub = self._pub, None  # a fresh channel for the next publish
+            with contextlib.suppress(Exception):
+                pub.close()
             raise
+        finally:
+            with contextlib.suppress(Exception):
+                self._pub.events["basic_return"].clear()
+        if returned:  # no queue took it, not even the ops log stream
+            self._requests.pop(req.request_id, None)
+            raise NoWorkerQueue(host, Topology(self.prefix, host).host_queue.name)
 
     def _default_user(self) -> str | None:
         if self.settings.login_method == "EXTERNAL":

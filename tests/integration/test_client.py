@@ -26,6 +26,7 @@ from vmworker.client import (
 from worker import logs
 from worker.cli import main
 
+HOLD = {"hook_timeout": 90}
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -42,12 +43,13 @@ def client(env: Any) -> Any:
 
 
 def _gate_hook(hooks_root: Path, gate: Path) -> None:
-    """A before_vm_start hook that holds the start until `gate` exists (10 s at most)."""
+    """A before_vm_start hook that holds the start until `gate` exists (60 s at most: start the
+    worker with HOLD, a hook timeout above that)."""
     point = hooks_root / "before_vm_start"
     point.mkdir(mode=0o755)
     hook = point / "50_hold"
     hook.write_text(
-        f'#!/bin/sh\ni=0\nwhile [ ! -e "{gate}" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1));'
+        f'#!/bin/sh\ni=0\nwhile [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1));'
         " done\n"
     )
     hook.chmod(0o755)
@@ -109,7 +111,7 @@ def test_a_timeout_leaves_the_request_alone_and_it_still_completes(
 ):
     gate = tmp_path / "gate"
     _gate_hook(hooks_root, gate)
-    start_worker()
+    start_worker(**HOLD)
     vm = small_vm("slow")
     test_domains.append(vm["uuid"])
     req = client.submit(env.host, "start_vm", vm)
@@ -204,7 +206,7 @@ def test_the_client_reconnects_and_gets_an_outcome_published_while_it_was_away(
 ):
     gate = tmp_path / "gate"
     _gate_hook(hooks_root, gate)
-    start_worker()
+    start_worker(**HOLD)
     vm = small_vm("away")
     test_domains.append(vm["uuid"])
     req = client.submit(env.host, "start_vm", vm)
@@ -225,7 +227,7 @@ def test_the_client_reconnects_and_gets_an_outcome_published_while_it_was_away(
 def test_the_asyncio_client(env, start_worker, test_domains, hooks_root, tmp_path):
     gate = tmp_path / "gate"
     _gate_hook(hooks_root, gate)
-    start_worker()
+    start_worker(**HOLD)
     vm = small_vm("async")
     test_domains.append(vm["uuid"])
 
@@ -276,3 +278,18 @@ def test_publish_wait_prints_the_terminal_event_and_exits_1_on_fail(
     rid, line = res.stdout.strip().splitlines()
     ev = json.loads(line)
     assert ev["requestid"] == rid and ev["data"]["error"]["code"] == "no_domain"
+
+
+def test_a_message_no_queue_takes_comes_back_and_is_an_error(env):
+    """Without the ops log stream (bound with `#`), `mandatory` is what tells: the broker
+    returns the message before its confirm."""
+    from kombu import Exchange
+
+    with broker_conn() as c, c.channel() as ch:
+        for name in (f"{env.prefix}.ops", f"{env.prefix}.events"):
+            Exchange(name, "topic", durable=True)(ch).declare()
+    with Client(BROKER, prefix=env.prefix) as client:
+        for _ in range(2):  # the channel is good for the next publish
+            with pytest.raises(NoWorkerQueue, match="vmworker broker setup --host"):
+                client.submit(env.host, "pause_vm", {"uuid": small_vm()["uuid"]}, check_queue=False)
+        assert client.reconnects == 0
