@@ -138,6 +138,8 @@ class AsyncClient:
         self._thread: threading.Thread | None = None
         self._client: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # why the client's thread stopped (reconnecting gave up): raised by every later call
+        self.error: Exception | None = None
 
     @property
     def client(self) -> Client:
@@ -177,7 +179,7 @@ class AsyncClient:
             return
         started.set_result(client)
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self.error is None:
                 while True:
                     try:
                         fn, fut = self._calls.get_nowait()
@@ -188,7 +190,10 @@ class AsyncClient:
                             fut.set_result(fn())
                         except BaseException as exc:
                             fut.set_exception(exc)
-                client.poll(self.poll_interval)
+                try:
+                    client.poll(self.poll_interval)
+                except Exception as exc:  # reconnecting gave up: the client is done
+                    self.error = exc
         finally:
             client.close()
             while True:  # calls that came too late
@@ -196,10 +201,15 @@ class AsyncClient:
                     _, fut = self._calls.get_nowait()
                 except queue.Empty:
                     break
-                fut.cancel()
+                if self.error is not None and fut.set_running_or_notify_cancel():
+                    fut.set_exception(self.error)
+                else:
+                    fut.cancel()
 
     async def _call(self, fn: Callable[[], T]) -> T:
         """`fn()` run in the client's thread."""
+        if self.error is not None:
+            raise self.error
         if self._thread is None or self._stop.is_set():
             raise RuntimeError("the client is not running (use `async with AsyncClient(...)`)")
         fut: Future[T] = Future()
