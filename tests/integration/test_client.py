@@ -201,7 +201,7 @@ def _gone(queue: str) -> bool:
     return False
 
 
-def test_the_client_reconnects_and_gets_an_outcome_published_while_it_was_away(
+def test_the_client_reconnects_and_gets_an_outcome_published_while_it_was_away_and_publishes_on(
     env, start_worker, tap, test_domains, client, hooks_root, tmp_path
 ):
     gate = tmp_path / "gate"
@@ -222,6 +222,12 @@ def test_the_client_reconnects_and_gets_an_outcome_published_while_it_was_away(
     again = client.submit(env.host, "pause_vm", {"uuid": vm["uuid"]})
     assert again.result(20).data["state"] == "paused"
     assert [e.request_id for e in watch.poll(0) if e.terminal] == [again.request_id]
+    # lost again, noticed by a publish this time: it reconnects and sends it then
+    _close_connection_of(client)
+    wait_for(lambda: _gone(client.queue_name), 10, "the client's queue deleted with its connection")
+    resumed = client.submit(env.host, "resume_vm", {"uuid": vm["uuid"]})
+    assert client.reconnects == 2
+    assert resumed.result(20).data["state"] == "running"
 
 
 def test_the_asyncio_client(env, start_worker, test_domains, hooks_root, tmp_path):
@@ -249,13 +255,19 @@ def test_the_asyncio_client(env, start_worker, test_domains, hooks_root, tmp_pat
                 if w.terminal:
                     break
             await events.close()
-            return {"phases": phases, "ev": ev, "code": caught.value.code, "watched": watched}
+            [again] = await client.replay(request_ids=[req.request_id], idle=0.3)
+            dup = await again.request.result(20)
+            return {
+                "phases": phases, "ev": ev, "code": caught.value.code, "watched": watched,
+                "dup": dup.duplicate and dup.request_id == req.request_id,
+            }  # fmt: skip
 
     got = asyncio.run(asyncio.wait_for(main(), 60))
     assert got["phases"] == ["before", "after"]
     assert got["ev"].data["correlation_id"] == "async-1"
     assert got["code"] == "no_domain"
     assert got["watched"] == ["before", "after"]
+    assert got["dup"]  # a replay through the asyncio client, resolved by its duplicate
 
 
 def test_publish_wait_prints_the_terminal_event_and_exits_1_on_fail(
