@@ -328,7 +328,7 @@ class Client:
         self.user_id = user_id
         self.queue_name = f"{self.prefix}.events.tap.client-{uuid.uuid4().hex[:12]}"
         self._keys: set[str] = set()
-        self._requests: dict[str, Request] = {}
+        self._requests: dict[str, list[Request]] = {}  # by request id: handles waiting
         self._watches: list[Watch] = []
         self._seen: set[str] = set()
         self._seen_order: collections.deque[str] = collections.deque()
@@ -415,7 +415,14 @@ class Client:
 
     def forget(self, request: Request) -> None:
         """Stop tracking a request that will not be waited for any more."""
-        self._requests.pop(request.request_id, None)
+        self._untrack(request)
+
+    def _untrack(self, request: Request) -> None:
+        waiting = self._requests.get(request.request_id, [])
+        if request in waiting:
+            waiting.remove(request)
+        if not waiting:
+            self._requests.pop(request.request_id, None)
 
     def watch(
         self,
@@ -595,7 +602,8 @@ class Client:
             require_host_queue(self.conn, self.topology, host)
         # bound before publishing: none of its events can pass unseen
         self._bind(f"{host}.{req.op}.*" if req.op else f"{host}.*.*", f"{host}.invalid.fail")
-        self._requests[req.request_id] = req  # before: events may come while the confirm does
+        # before publishing: its events may come while the confirm does
+        self._requests.setdefault(req.request_id, []).append(req)
         user = user_id or self.user_id or self._default_user()
         props: dict[str, Any] = {"user_id": user} if user else {}
         if self._pub is None:
@@ -619,7 +627,7 @@ class Client:
                 **props,
             )
         except BaseException:
-            self._requests.pop(req.request_id, None)
+            self._untrack(req)
             pub, self._pub = self._pub, None  # a fresh channel for the next publish
             with contextlib.suppress(Exception):
                 pub.close()
@@ -628,7 +636,7 @@ class Client:
             with contextlib.suppress(Exception):
                 self._pub.events["basic_return"].clear()
         if returned:  # no queue took it, not even the ops log stream
-            self._requests.pop(req.request_id, None)
+            self._untrack(req)
             raise NoWorkerQueue(host, Topology(self.prefix, host).host_queue.name)
 
     def _default_user(self) -> str | None:
@@ -678,11 +686,10 @@ class Client:
                 self._seen.discard(self._seen_order.popleft())
         ev = Event(doc)
         rid = ev.request_id
-        req = self._requests.get(rid) if rid else None
-        if req is not None:
-            req._feed(ev)
+        for req in list(self._requests.get(rid, [])) if rid else []:
+            req._feed(ev)  # each handle of the id: a resubmit may be waiting beside the first
             if req.terminal is not None:
-                self._requests.pop(req.request_id, None)
+                self._untrack(req)
         for w in list(self._watches):
             if w.matches(ev, routing_key):
                 w._feed(ev)
