@@ -207,6 +207,21 @@ def _queue_binding(queue: Any) -> dict[str, Any]:
     }
 
 
+# what docs/protocol.md's Events table says of each routing key (a kind not listed gets a
+# generic description: it still appears)
+_EVENT_CHANNELS = {
+    "{op}.{phase}": "An operation's events: `before` when an accepted operation starts (once per"
+    " request id, even across crashes), `after` or `fail` its terminal outcome (exactly one per"
+    " request id; a re-sent copy has `data.duplicate: true`), `progress` news of a running one"
+    " (`migrate_vm`, never terminal). A message whose `op` is not known fails as"
+    " `<host>.invalid.fail`; a message refused before it could run gets only a `fail`.",
+    "state.{state}": "A change libvirt reports that no operation asked for.",
+    "host.online": "The first event of a worker's run, before any operation's: the host's"
+    " inventory, with the queue depth found waiting.",
+    "host.heartbeat": "Every `heartbeat_interval`: the host's inventory.",
+    "host.offline": "A clean stop.",
+}
+
 _PARAMS: dict[str, dict[str, Any]] = {
     "host": {
         "description": "A host id (`[A-Za-z0-9_-]+`, no dots): the routing key of its queue.",
@@ -538,6 +553,9 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
         channels[cid] = {
             "address": address,
             "title": f"{t.events.name}: {address}",
+            "description": _EVENT_CHANNELS.get(
+                address.removeprefix("{host}."), "Events of this kind (docs/protocol.md, Events)."
+            ),
             "parameters": _params(address, op=[*ops, "invalid"], phase=phases),
             "messages": _msgs(names),
             "bindings": _exchange_binding(t.events),
