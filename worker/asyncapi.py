@@ -23,6 +23,8 @@ import json
 import re
 from typing import Any
 
+from handlers.message import MESSAGE_VERSION
+from handlers.operations import OPERATIONS
 from worker import events
 from worker.config import Settings
 from worker.eventschema import event_schema
@@ -343,11 +345,17 @@ def _op_messages(schemas: dict[str, Any]) -> dict[str, Any]:
         if title in schemas and schemas[title] != payload:
             raise SchemaConversionError(f"two different schemas named {title!r}")
         schemas[title] = payload
-        doc = (OP_MODELS[op].__doc__ or "").strip()
+        declared = OPERATIONS[op]
+        chains = ", ".join(_chain(c, declared.point) for c in declared.chains)
+        summary = f"Hook point `{declared.point}` (chains: {chains})." if chains else "No hooks."
+        if op in _PEER_OPS:
+            summary += " Sent by a migration's source worker, never by a control plane."
+        if declared.control:
+            summary += " A control operation: it runs at once, not behind the VM's queue."
         out[op] = {
             "name": op,
             "title": f"operation {op}",
-            "summary": doc.split("\n\n")[0].replace("\n", " ") if doc else op,
+            "summary": summary,
             "description": "Published to the operations exchange with the host id as routing"
             f" key (docs/protocol.md, Operation messages). {HOST_CHECKS}",
             "contentType": "application/json",
@@ -357,6 +365,12 @@ def _op_messages(schemas: dict[str, Any]) -> dict[str, Any]:
             "x-amqp-properties": _ref("components", "schemas", "OperationProperties"),
         }
     return out
+
+
+def _chain(chain: str, point: str) -> str:
+    """("after_fail", "vm_start") -> after_vm_start_fail, as docs/hooks.md names chains."""
+    when, _, fail = chain.partition("_")
+    return f"{when}_{point}" + (f"_{fail}" if fail else "")
 
 
 def _envelope() -> dict[str, Any]:
@@ -436,7 +450,9 @@ def _dead_letter_messages() -> dict[str, Any]:
             "name": "dead_letter",
             "title": "dead letter (refused by the worker)",
             "summary": "An operation message that ended in `fail` (not `expired`), as published.",
-            "description": "Republished by the worker to the dead-letter exchange." + common,
+            "description": "Republished by the worker to the dead-letter exchange."
+            + common
+            + _ANY_CONTENT,
             "correlationId": _ref("components", "correlationIds", "request"),
             "headers": {
                 "type": "object",
@@ -457,7 +473,7 @@ def _dead_letter_messages() -> dict[str, Any]:
             "summary": "A message that made the worker die more than `x-delivery-limit` times.",
             "description": "Dead-lettered by RabbitMQ itself (an `x-death` header, no"
             " `x-vmworker-*` header); at its next start the worker publishes the request's"
-            " `fail` with `error.code: delivery_limit`.",
+            " `fail` with `error.code: delivery_limit`." + _ANY_CONTENT,
             "correlationId": _ref("components", "correlationIds", "request"),
             "headers": {
                 "type": "object",
@@ -468,6 +484,11 @@ def _dead_letter_messages() -> dict[str, Any]:
             "payload": body,
         },
     }
+
+
+# what one worker sends another's queue (docs/protocol.md, Migration)
+_PEER_OPS = ("prepare_incoming", "finish_incoming")
+_ANY_CONTENT = " Its content type is the original's (`content_type` property), often none."
 
 
 def _msgs(names: list[str]) -> dict[str, Any]:
@@ -560,6 +581,22 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
             "messages": _msgs(names),
             "bindings": _exchange_binding(t.events),
         }
+    channels["peerAnswers"] = {
+        "address": None,  # <prefix>.peer.<host>.<random>: one per request asked
+        "title": f"{prefix}.peer.<host>.<id>: another host's answer (migration)",
+        "description": "A private queue (exclusive, auto-delete) the source of a migrate_vm binds"
+        " to the events exchange with `<destination>.<op>.*` before it publishes"
+        " prepare_incoming, to read the destination's terminal event.",
+        "messages": _msgs(["event_operation_after", "event_operation_fail"]),
+        "bindings": {
+            "amqp": {
+                "is": "queue",
+                "queue": {"exclusive": True, "autoDelete": True, "durable": False, "vhost": "/"},
+                "x-bindings": [{"exchange": t.events.name, "routingKey": "<destination>.<op>.*"}],
+                "bindingVersion": AMQP_BINDING,
+            }
+        },
+    }
     channels["eventsLog"] = {
         "address": t.events_log.name,
         "title": f"{t.events_log.name}: every event (stream)",
@@ -597,8 +634,14 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
             "summary": "The source of a migrate_vm publishes prepare_incoming and"
             " finish_incoming to the destination's queue (docs/protocol.md, Migration).",
             "channel": _ref("channels", "operations"),
-            "messages": _op_refs("operations", ["prepare_incoming", "finish_incoming"]),
+            "messages": _op_refs("operations", list(_PEER_OPS)),
             "bindings": {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}},
+        },
+        "receivePeerAnswer": {
+            "action": "receive",
+            "title": "Read another host's answer (migration)",
+            "channel": _ref("channels", "peerAnswers"),
+            "messages": _op_refs("peerAnswers", ["event_operation_after", "event_operation_fail"]),
         },
     }
     for cid, address in event_channels.items():
@@ -615,12 +658,11 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
         "id": "urn:vmworker:asyncapi:1",
         "info": {
             "title": "vmworker",
-            "version": "1",
+            "version": str(MESSAGE_VERSION),  # the messages' `version`
             "description": _INFO,
             "license": {"name": "Apache-2.0"},
             "tags": [{"name": "kvm"}, {"name": "libvirt"}, {"name": "cloudevents"}],
         },
-        "defaultContentType": "application/json",
         "servers": {
             "rabbitmq": _server("amqp", 5672, "RabbitMQ (the `broker` setting)", "user"),
             "rabbitmqTls": _server(
