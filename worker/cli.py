@@ -220,6 +220,17 @@ def schema(op: str | None, events_: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+@click.option("--prefix", help="name prefix of exchanges and queues (default: vm)")
+def asyncapi(as_json: bool, prefix: str | None) -> None:
+    """Print the AsyncAPI 3.0 document of the wire contract (docs/asyncapi.yaml)."""
+    from worker.asyncapi import asyncapi_document, to_json, to_yaml
+
+    doc = asyncapi_document(prefix)
+    click.echo(to_json(doc) if as_json else to_yaml(doc), nl=False)
+
+
+@main.command()
 @click.option("--slow", type=float, default=0.0, help="pause between steps (seconds)")
 def demo(slow: float) -> None:
     """The whole path in one process, no services: kombu memory:// and libvirt test:///default."""
