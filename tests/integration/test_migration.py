@@ -148,9 +148,9 @@ def of_type(tap: EventTap, rk: str, rid: str) -> list[dict[str, Any]]:
 
 
 def inventory(tap: EventTap, host: str, uuid: str, *, after: int) -> str | None:
-    """The VM's state in `host`'s newest heartbeat among the events after index `after`
-    ('absent' when it is not listed; None before any heartbeat)."""
-    beats = [e for e in list(tap.events)[after:] if e["_routing_key"] == f"{host}.host.heartbeat"]
+    """The VM's state in `host`'s newest inventory among the events after index `after`
+    ('absent' when it is not listed; None before any inventory)."""
+    beats = [e for e in list(tap.events)[after:] if e["_routing_key"] == f"{host}.host.inventory"]
     if not beats:
         return None
     listed = {d["uuid"]: d["state"] for d in beats[-1]["data"].get("domains") or []}

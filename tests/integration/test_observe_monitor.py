@@ -107,10 +107,9 @@ def test_a_host_killed_without_a_goodbye_becomes_down_its_vms_unknown_its_queue_
 ):
     w = ProcessWorker(env, tmp_path / "worker.log", heartbeat_interval=0.5).start()
     try:
-        beat = tap.wait(
-            lambda: [e for e in tap.events if e["type"] == "vmworker.host.heartbeat"], 30
-        )[0]
-        [vm] = [d for d in beat["data"]["domains"] if d["state"] == "running"]  # the test driver's
+        tap.wait(lambda: [e for e in tap.events if e["type"] == "vmworker.host.heartbeat"], 30)
+        inv = next(e for e in tap.events if e["type"] == "vmworker.host.inventory")
+        [vm] = [d for d in inv["data"]["domains"] if d["state"] == "running"]  # the test driver's
     finally:
         w.kill9()
     for _ in range(3):  # nobody takes them now
