@@ -35,6 +35,7 @@ DOWN_MISSED = 3  # a host is down once this many heartbeats in a row did not com
 DOWN_FACTOR = DOWN_MISSED + 0.5  # ... each given half an interval of slack, as LATE_FACTOR is
 TEXT_CELL_MAX = 400  # characters of a stderr cell
 TEXT_CELL_LINES = 6  # lines of a stderr cell
+LIVE_FAILURES = 5  # failures a live view shows (each up to TEXT_CELL_LINES tall); --once: 10
 _STATE_OF_EVENT = {  # state event word -> domain state, when the event carries none
     "defined": "shutoff",
     "undefined": "undefined",
@@ -738,9 +739,9 @@ def monitor(
                 stale = view.stale_depth_hosts(now)
             known = depths(stale)  # outside the lock: the broker may be slow to answer
             # what fits: the terminal less the head, the hosts and the failures shown
-            rows = max_vms or max(5, console.height - 20 - len(view.hosts))
+            rows = max_vms or max(5, console.height - 20 - LIVE_FAILURES - len(view.hosts))
             with lock:
-                return draw(view, now, depths=known, max_vms=rows)
+                return draw(view, now, depths=known, max_vms=rows, max_failures=LIVE_FAILURES)
 
         try:
             with Live(
