@@ -92,3 +92,19 @@ def test_heartbeats_arrive_on_schedule_and_the_inventory_with_domains_and_hooks_
     # nothing from this host after it said goodbye
     last = [e for e in tap.events if e["source"] == f"vmworker://{env.host}"][-1]
     assert last["id"] == offline["id"]
+
+
+def test_an_unchanged_inventory_is_sent_again_every_inventory_interval(env, tap, start_worker):
+    start_worker(heartbeat_interval=0.5, inventory_interval=1.5)
+
+    def snapshots() -> list[dict[str, Any]] | None:
+        got = [e for e in _host_events(tap, "inventory") if e["data"]["reason"] == "snapshot"]
+        return got if len(got) >= 2 else None
+
+    first, second = tap.wait(snapshots, timeout=10)[:2]
+    assert 1.3 <= _t(second) - _t(first) <= 2.2
+    assert first["data"]["inventory_digest"] == second["data"]["inventory_digest"]
+    assert isinstance(second["data"]["domains"], list)
+    # between them only heartbeats: nothing changed
+    between = [e for e in tap.events if _t(first) < _t(e) < _t(second)]
+    assert between and {e["type"] for e in between} == {"vmworker.host.heartbeat"}
