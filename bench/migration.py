@@ -201,7 +201,8 @@ class Hosts:
         return s.at - t0
 
     def wait_beat(self, host: str, after: float, timeout: float = 30.0) -> None:
-        """Until `host` sent a heartbeat taken after `after` (monotonic): it lists what runs."""
+        """Until `host` sent a heartbeat taken after `after` (monotonic): what runs there is
+        known then (an inventory that changed is sent just before its heartbeat)."""
         assert self.tap is not None
         end = time.monotonic() + timeout
         key = f"{host}.host.heartbeat"

@@ -22,7 +22,9 @@ XML_KEYS = frozenset({"accepted_xml"})
 TAIL_KEYS = frozenset({"stderr_tail", "stdout_tail"})  # the end of an output is what tells
 _BUILT = frozenset({"specversion", "id", "source", "type", "time", "datacontenttype"})
 # the identity of an event: never cut when shrinking (each is within FIELD_MAX already)
-_KEEP = frozenset({"op", "phase", "host", "request_id", "correlation_id", "replay_of", "cut"})
+_KEEP = frozenset(
+    {"op", "phase", "host", "request_id", "correlation_id", "replay_of", "cut", "inventory_digest"}
+)
 _ESSENTIAL = (
     *sorted(_KEEP),
     "vm",
@@ -41,6 +43,9 @@ _ESSENTIAL = (
     "worker",
     "queue_depth",
     "outbox",
+    "operations_in_flight",
+    "vms",
+    "memory",
     "stopped_at",
 )
 

@@ -83,10 +83,28 @@ class Settings(BaseSettings):
         default_factory=list, description="user_id values accepted; empty accepts any"
     )
     heartbeat_interval: float = Field(30.0, gt=0, description="seconds between host heartbeats")
+    inventory_interval: float = Field(
+        3600.0, gt=0, description="seconds between full inventory snapshots (host.inventory)"
+    )
     amqp_heartbeat: int = Field(30, ge=0, description="AMQP heartbeat (seconds)")
     ops_log_max_age: str = Field("7D", description="retention of the vm.ops.log stream")
     events_log_max_age: str = Field("7D", description="retention of the vm.events.log stream")
+    ops_log_max_bytes: int = Field(
+        5 * 10**9, ge=1, description="size limit of the vm.ops.log stream (bytes)"
+    )
+    events_log_max_bytes: int = Field(
+        20 * 10**9, ge=1, description="size limit of the vm.events.log stream (bytes)"
+    )
+    stream_max_segment_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="segment size of both streams (bytes); the broker's default (500 MB) "
+        "when unset; old data goes a whole segment at a time",
+    )
     journal_retention_days: float = Field(7.0, gt=0)
+    monitor_offline_after: float = Field(
+        3600.0, ge=0, description="`vmworker monitor` hides hosts offline longer (seconds)"
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = off")
     metrics_address: str = Field(
         "127.0.0.1", description="address the metrics port listens on; 0.0.0.0 = all"

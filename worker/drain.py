@@ -30,7 +30,7 @@ from rich.table import Table
 from worker.bounds import cell
 from worker.cliopts import BrokerFailure, connect_or_exit, connection_options, settings_or_exit
 from worker.drainplan import MIGRATE, DrainRun, Inventory, Move, plan_by_memory, plan_round_robin
-from worker.topology import Topology, stream
+from worker.topology import Topology
 
 if TYPE_CHECKING:
     from vmworker.client import Watch
@@ -60,7 +60,7 @@ def read_log_since(conn: Connection, topology: Topology, since: datetime) -> lis
     from worker.history import read_messages
     from worker.subscribe import vouched
 
-    q = stream(topology.events_log.name, topology.events, topology.events_max_age, since)
+    q = topology.events_log_from(since)
     out = []
     for m in read_messages(conn, q, idle=0.5):
         try:
@@ -81,8 +81,9 @@ def learn(
     lookback: float,
     wait: float,
 ) -> Inventory:
-    """The inventory of `hosts` from the events log, then live events until each of them has
-    sent a heartbeat (at most `wait` seconds more)."""
+    """The inventory of `hosts` (the source first) from the events log, then live events until
+    each of them has sent a heartbeat and the source its inventory (at most `wait` seconds
+    more)."""
     inv = Inventory()
     for ev in read_log_since(conn, topology, datetime.now(UTC) - timedelta(seconds=lookback)):
         inv.apply(ev)
@@ -90,7 +91,7 @@ def learn(
     while True:
         for ev in reader.poll(0.2):
             inv.apply(ev)
-        if all(h in inv.beats for h in hosts) or time.monotonic() > end:
+        if all(inv.known(h, source=h == hosts[0]) for h in hosts) or time.monotonic() > end:
             return inv
 
 
@@ -250,9 +251,8 @@ def _run(
 @click.option(
     "--lookback",
     type=float,
-    default=600.0,
-    show_default=True,
-    help="read the events log from this many seconds ago",
+    help="read the events log from this many seconds ago (default: the inventory_interval "
+    "setting and 10 minutes: the last inventory snapshot is in it)",
 )
 @click.option(
     "--inventory-wait",
@@ -272,7 +272,7 @@ def drain(
     dry_run: bool,
     params: tuple[str, ...],
     timeout: float,
-    lookback: float,
+    lookback: float | None,
     inventory_wait: float,
     as_json: bool,
     broker: str | None,
@@ -313,7 +313,8 @@ def drain(
         reader = client.watch(keys=watch_keys(host, dests))
         try:
             need = [host, *dests]
-            inv = learn(conn, topo, reader, need, lookback=lookback, wait=inventory_wait)
+            back = s.inventory_interval + 600.0 if lookback is None else lookback
+            inv = learn(conn, topo, reader, need, lookback=back, wait=inventory_wait)
             _check_hosts(inv, host, dests)
             moves = _plan(inv, host, dests, by_memory)
             if dry_run or not moves:

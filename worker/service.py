@@ -227,6 +227,7 @@ class Service:
         self._heartbeat = Heartbeat(
             host=self.host,
             interval=s.heartbeat_interval,
+            inventory_interval=s.inventory_interval,
             sink=self.journal.enqueue,
             libvirt_conn=self.lv,
             hooks=self.hooks,

@@ -149,9 +149,9 @@ def _peers(uri: dict[str, str], host: str) -> dict[str, Any]:
 
 
 def beat_lists(tap: Any, host: str, uuids: set[str]) -> bool:
-    """A heartbeat of `host` lists every VM of `uuids` running."""
+    """An inventory of `host` lists every VM of `uuids` running."""
     return any(
-        e["type"] == "vmworker.host.heartbeat"
+        e["type"] == "vmworker.host.inventory"
         and e["source"] == f"vmworker://{host}"
         and uuids <= {d["uuid"] for d in e["data"]["domains"] or [] if d["state"] == "running"}
         for e in list(tap.events)
