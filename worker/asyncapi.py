@@ -218,9 +218,12 @@ _EVENT_CHANNELS = {
     " (`migrate_vm`, never terminal). A message whose `op` is not known fails as"
     " `<host>.invalid.fail`; a message refused before it could run gets only a `fail`.",
     "state.{state}": "A change libvirt reports that no operation asked for.",
-    "host.online": "The first event of a worker's run, before any operation's: the host's"
-    " inventory, with the queue depth found waiting.",
-    "host.heartbeat": "Every `heartbeat_interval`: the host's inventory.",
+    "host.online": "The first event of a worker's run, before any operation's: liveness and"
+    " counters as in a heartbeat, with the queue depth found waiting.",
+    "host.inventory": "The host's inventory (libvirt, memory, domains, hooks): right after"
+    " `host.online`, whenever its digest changes, and every `inventory_interval` as a snapshot.",
+    "host.heartbeat": "Every `heartbeat_interval`: liveness and counters, with the digest of"
+    " the current inventory.",
     "host.offline": "A clean stop.",
 }
 
