@@ -26,6 +26,7 @@ from worker.asyncapi import SchemaConversionError, asyncapi_document, to_draft07
 from worker.cli import main
 from worker.eventschema import event_schema
 from worker.messages import OP_MODELS, message_schema
+from worker.topology import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "asyncapi.yaml"
@@ -96,9 +97,17 @@ def test_queues_carry_the_topology_s_arguments() -> None:
         "x-dead-letter-routing-key": "{host}",
     }
     assert host_q["x-bindings"] == [{"exchange": "vm.ops", "routingKey": "{host}"}]
-    for stream, exchange in (("operationsLog", "vm.ops"), ("eventsLog", "vm.events")):
+    topo = Topology(prefix="vm", host="{host}")
+    for stream, exchange, max_bytes in (
+        ("operationsLog", "vm.ops", topo.ops_max_bytes),
+        ("eventsLog", "vm.events", topo.events_max_bytes),
+    ):
         b = ch[stream]["bindings"]["amqp"]
-        assert b["queue"]["x-arguments"] == {"x-queue-type": "stream", "x-max-age": "7D"}
+        assert b["queue"]["x-arguments"] == {
+            "x-queue-type": "stream",
+            "x-max-age": "7D",
+            "x-max-length-bytes": max_bytes,
+        }
         assert b["x-bindings"] == [{"exchange": exchange, "routingKey": "#"}]
     assert ch["deadLetterQueue"]["bindings"]["amqp"]["queue"]["name"] == "vm.ops.{host}.dead"
     assert ch["operations"]["bindings"]["amqp"]["exchange"]["type"] == "topic"
