@@ -66,6 +66,7 @@ class Service:
         self.host = settings.host
         self.topology = Topology.from_settings(settings)
         self.lv = libvirt or LibvirtConnection(settings.libvirt_uri)
+        self._own_hooks = hooks is None  # an engine made here is stopped here, in run()
         self.hooks = hooks or HookEngine(
             settings.hooks_root,
             timeout=settings.hook_timeout,
@@ -157,6 +158,8 @@ class Service:
             self.journal.close()
             self.lv.close()
             self.link.close()
+            if self._own_hooks:
+                self.hooks.close()  # its fork servers (hook_prewarm), after the last chain
             log.info("worker.stopped", host=self.host)
 
     # -- the connection thread -------------------------------------------------------------

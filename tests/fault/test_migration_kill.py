@@ -10,24 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.hosts import SecondLibvirtd, TwoHosts
-from tests.integration.test_migration import (
-    LOCAL,
-    disk,
-    hook,
-    migrate,
-    of_type,
-    running_vm,
-    where,
-)
-from tests.support import Env, EventTap, small_vm, wait_for
+from tests.hosts import PrivateLibvirtd, TwoHosts, where
+from tests.integration.test_migration import LOCAL, disk, hook, migrate, of_type
+from tests.support import Env, EventTap, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.qemu, pytest.mark.migration]
 __all__ = ["disk"]  # the fixture, used here too
 
 
 def _slow_migration(env: Env, tap: EventTap, h: TwoHosts, disk: Any, tag: str) -> tuple[Any, str]:
-    vm = running_vm(env, tap, h, tag, disks=[{"path": disk(LOCAL, 12)}])
+    vm = h.running_vm(tap, tag, disks=[{"path": disk(LOCAL, 12)}])
     # 1 MiB/s: the 12 MiB disk copy takes ~12 s: the kill lands in the middle of it
     rid = migrate(env, h, vm, h.b, bandwidth_mib_s=1, copy_storage="all")
     tap.wait(
@@ -90,7 +82,7 @@ def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
     hook(h.hooks[h.b], "after_vm_migrate_destination", "50_log", f"echo ran >> {arrived}")
     h.start(h.a, process=True)
     h.start(h.b)
-    vm = running_vm(env, tap, h, "k9done")
+    vm = h.running_vm(tap, "k9done")
     rid = migrate(env, h, vm, h.b)
     wait_for(mark.exists, 60, "the source's after chain")  # libvirt's part is over
     h.workers[h.a].kill9()
@@ -107,7 +99,7 @@ def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
 
 
 @pytest.fixture
-def libvirt_hook_b(second_libvirtd: SecondLibvirtd) -> Iterator[Path]:
+def libvirt_hook_b(second_libvirtd: PrivateLibvirtd) -> Iterator[Path]:
     """Host b's libvirt qemu hook script (tests/hosts.py), removed at the end."""
     path = second_libvirtd.qemu_hook
     yield path
@@ -119,9 +111,9 @@ def test_kill9_of_the_source_worker_before_it_told_the_destination_tells_it_once
     env: Env, tap: EventTap, two_hosts: TwoHosts, tmp_path: Path, libvirt_hook_b: Path
 ) -> None:
     h = two_hosts
-    vm = small_vm("k9tell")
-    h.domains[0].append(vm["uuid"])
-    h.domains[1].append(vm["uuid"])
+    h.start(h.a)
+    h.start(h.b, process=True)
+    vm = h.running_vm(tap, "k9tell", on=h.b)
     stopping, go = tmp_path / "source-qemu-stopping", tmp_path / "go"
     # libvirtd b stops the source's QEMU once the VM runs on a, inside virDomainMigrate3: its
     # hook holds the call there, before the worker can send finish_incoming (60 s at most)
@@ -133,12 +125,6 @@ def test_kill9_of_the_source_worker_before_it_told_the_destination_tells_it_once
     libvirt_hook_b.chmod(0o755)
     arrived = tmp_path / "destination-after-chain"
     hook(h.hooks[h.a], "after_vm_migrate_destination", "50_log", f"echo ran >> {arrived}")
-    h.start(h.a)
-    h.start(h.b, process=True)
-    assert (
-        tap.wait_terminal(env.publish("start_vm", vm, routing_key=h.b), 60)["data"]["phase"]
-        == "after"
-    )
     rid = migrate(env, h, vm, h.a)
     wait_for(stopping.exists, 60, "libvirtd b stopping the source's QEMU")
     h.workers[h.b].kill9()
