@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.support import wait_for
+from tests.support import wait_for, write_hook
 
 # A hook that marks its run in $mark_dir/<point>-<vmId> (custom properties are the hook's
 # environment) and, the first time only, sleeps `$slow_<point>` seconds with its pid in the mark
@@ -59,16 +59,6 @@ if [ "$poison" = "1" ]; then
 fi
 exit 0
 """
-
-
-def write_hook(root: Path, point: str, name: str, text: str) -> Path:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    path = d / name
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
 
 
 def journal_rows(state_dir: Path) -> dict[str, dict[str, Any]]:

@@ -374,3 +374,15 @@ def small_vm(name_tag: str = "vm") -> dict[str, Any]:
         "vcpus": 1,
         "memory_mib": 64,
     }
+
+
+def write_hook(root: Path, point: str, name: str, text: str, mode: int = 0o755) -> Path:
+    """Hook script `name` of `point`'s chain under hooks root `root` (its directory made, mode
+    0755 as the engine wants it), holding `text`, with `mode`."""
+    d = root / point
+    d.mkdir(mode=0o755, exist_ok=True)
+    d.chmod(0o755)
+    path = d / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path

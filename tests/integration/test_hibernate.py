@@ -11,8 +11,7 @@ import libvirt
 import pytest
 
 from handlers.base import domain_state
-from tests.reliability import write_hook
-from tests.support import broker_conn, wait_depth
+from tests.support import broker_conn, wait_depth, write_hook
 from worker import events
 from worker.journal import Journal
 

@@ -15,19 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support import QEMU_URI, REPO, small_vm, wait_for
+from tests.support import write_hook as hook
 from worker.journal import Journal
 
 SHEBANG = f"#!{sys.executable}\n"
-
-
-def hook(root: Path, point: str, name: str, body: str, mode: int = 0o755) -> Path:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text(body)
-    p.chmod(mode)
-    return p
 
 
 def sh(text: str) -> str:

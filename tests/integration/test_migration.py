@@ -17,7 +17,7 @@ import libvirt
 import pytest
 
 from tests.hosts import TwoHosts, private_libvirtds, where
-from tests.support import Env, EventTap
+from tests.support import Env, EventTap, write_hook
 
 pytestmark = [pytest.mark.qemu, pytest.mark.migration]
 
@@ -94,12 +94,7 @@ def dirty_guest_memory(name: str, mib: int) -> None:
 
 
 def hook(root: Path, point: str, name: str, body: str) -> None:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text("#!/bin/sh\n" + body + "\n")
-    p.chmod(0o755)
+    write_hook(root, point, name, "#!/bin/sh\n" + body + "\n")
 
 
 def log_hooks(h: TwoHosts, log: Path) -> None:

@@ -13,8 +13,8 @@ import libvirt
 import pytest
 
 from handlers.base import domain_state
-from tests.reliability import SLEEP_HOOK, journal_rows, write_hook
-from tests.support import broker_conn, drain_queue, queue_depth, wait_depth, wait_for
+from tests.reliability import SLEEP_HOOK, journal_rows
+from tests.support import broker_conn, drain_queue, queue_depth, wait_depth, wait_for, write_hook
 from worker import events
 from worker.journal import FINISHED, STARTED, Journal
 
