@@ -15,7 +15,9 @@ import pytest
 import structlog
 
 from tests.hosts import PrivateLibvirtd, TwoHosts, private_libvirtds, two_workers
+from tests.identities import Identities
 from tests.support import (
+    BROKER,
     QEMU_URI,
     Env,
     EventTap,
@@ -164,6 +166,16 @@ def rabbit_node(tmp_path: Path) -> Iterator[Any]:
     finally:
         for node in reversed(nodes):
             node.stop()
+
+
+@pytest.fixture
+def identities() -> Iterator[Identities]:
+    """The broker identities (tests/identities.py) a test grants; every one revoked at the end."""
+    ids = Identities(BROKER)
+    try:
+        yield ids
+    finally:
+        ids.revoke_all()
 
 
 @pytest.fixture(scope="session")

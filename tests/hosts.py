@@ -232,10 +232,11 @@ class TwoHosts:
         self.workers[host] = w
         return w
 
-    def start_both(self, **kw: Any) -> None:
-        """A worker on each host, as threads, both with settings `kw`."""
+    def start_both(self, *, process: str | None = None, **kw: Any) -> None:
+        """A worker on each host, both with settings `kw`: threads, but host `process`'s a
+        process (to kill -9)."""
         for host in (self.a, self.b):
-            self.start(host, **kw)
+            self.start(host, process=host == process, **kw)
 
     def running_vm(
         self, tap: EventTap, tag: str, *, on: str | None = None, **spec: Any

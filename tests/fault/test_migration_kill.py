@@ -14,13 +14,24 @@ from tests.hosts import PrivateLibvirtd, TwoHosts, where
 from tests.integration.test_migration import LOCAL, disk, hook, migrate, of_type
 from tests.support import Env, EventTap, wait_for
 
-pytestmark = [pytest.mark.fault, pytest.mark.qemu, pytest.mark.migration]
+pytestmark = [
+    pytest.mark.fault,
+    pytest.mark.qemu,
+    pytest.mark.migration,
+    pytest.mark.timeout(240),
+]
 __all__ = ["disk"]  # the fixture, used here too
 
 
-def _slow_migration(env: Env, tap: EventTap, h: TwoHosts, disk: Any, tag: str) -> tuple[Any, str]:
+def _kill9_mid_migration(
+    env: Env, tap: EventTap, h: TwoHosts, disk: Any, victim: str
+) -> tuple[Any, str]:
+    """Both workers up (host `victim`'s a process), a VM with a 12 MiB local disk migrating
+    a → b at 1 MiB/s, `victim`'s worker killed -9 once the copy is under way (~12 s, the kill
+    lands in the middle of it): the VM and the migration's request id."""
+    h.start_both(process=victim)
+    tag = "k9src" if victim == h.a else "k9dst"
     vm = h.running_vm(tap, tag, disks=[{"path": disk(LOCAL, 12)}])
-    # 1 MiB/s: the 12 MiB disk copy takes ~12 s: the kill lands in the middle of it
     rid = migrate(env, h, vm, h.b, bandwidth_mib_s=1, copy_storage="all")
     tap.wait(
         lambda: [
@@ -30,18 +41,15 @@ def _slow_migration(env: Env, tap: EventTap, h: TwoHosts, disk: Any, tag: str) -
         ],
         60,
     )
+    h.workers[victim].kill9()
     return vm, rid
 
 
-@pytest.mark.timeout(240)
 def test_kill9_of_the_source_worker_mid_migration_ends_it_once(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any, tmp_path: Path
+    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any
 ) -> None:
     h = two_hosts
-    h.start(h.a, process=True)
-    h.start(h.b)
-    vm, rid = _slow_migration(env, tap, h, disk, "k9src")
-    h.workers[h.a].kill9()
+    vm, rid = _kill9_mid_migration(env, tap, h, disk, h.a)
     h.start(h.a, process=True)
     term = tap.wait_terminal(rid, 120)["data"]
     # libvirt ends the dead worker's migration (the destination drops a half-received VM
@@ -53,15 +61,12 @@ def test_kill9_of_the_source_worker_mid_migration_ends_it_once(
     assert len([e for e in tap.of(rid) if e["data"]["phase"] == "before"]) == 1
 
 
-@pytest.mark.timeout(240)
 def test_kill9_of_the_destination_worker_mid_migration_does_not_stop_it(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any, tmp_path: Path
+    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any
 ) -> None:
     h = two_hosts
-    h.start(h.a)
-    h.start(h.b, process=True)
-    vm, rid = _slow_migration(env, tap, h, disk, "k9dst")
-    h.workers[h.b].kill9()  # its part (prepare_incoming) is done; libvirt moves the VM
+    # its part (prepare_incoming) is done when it dies; libvirt moves the VM
+    vm, rid = _kill9_mid_migration(env, tap, h, disk, h.b)
     term = tap.wait_terminal(rid, 120)["data"]
     assert term["phase"] == "after", term.get("error")
     assert where(h, vm["uuid"]) == {h.a: "undefined", h.b: "running"}
@@ -71,7 +76,6 @@ def test_kill9_of_the_destination_worker_mid_migration_does_not_stop_it(
     assert len(tap.terminal(f"{rid}.finish")) == 1
 
 
-@pytest.mark.timeout(240)
 def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
     env: Env, tap: EventTap, two_hosts: TwoHosts, tmp_path: Path
 ) -> None:
@@ -80,8 +84,7 @@ def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
     arrived = tmp_path / "destination-after-chain"
     hook(h.hooks[h.a], "after_vm_migrate_source", "50_slow", f"touch {mark}; sleep 60")
     hook(h.hooks[h.b], "after_vm_migrate_destination", "50_log", f"echo ran >> {arrived}")
-    h.start(h.a, process=True)
-    h.start(h.b)
+    h.start_both(process=h.a)
     vm = h.running_vm(tap, "k9done")
     rid = migrate(env, h, vm, h.b)
     wait_for(mark.exists, 60, "the source's after chain")  # libvirt's part is over
@@ -106,13 +109,11 @@ def libvirt_hook_b(second_libvirtd: PrivateLibvirtd) -> Iterator[Path]:
     path.unlink(missing_ok=True)
 
 
-@pytest.mark.timeout(240)
 def test_kill9_of_the_source_worker_before_it_told_the_destination_tells_it_once_back(
     env: Env, tap: EventTap, two_hosts: TwoHosts, tmp_path: Path, libvirt_hook_b: Path
 ) -> None:
     h = two_hosts
-    h.start(h.a)
-    h.start(h.b, process=True)
+    h.start_both(process=h.b)
     vm = h.running_vm(tap, "k9tell", on=h.b)
     stopping, go = tmp_path / "source-qemu-stopping", tmp_path / "go"
     # libvirtd b stops the source's QEMU once the VM runs on a, inside virDomainMigrate3: its

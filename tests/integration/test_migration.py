@@ -97,6 +97,11 @@ def hook(root: Path, point: str, name: str, body: str) -> None:
     write_hook(root, point, name, "#!/bin/sh\n" + body + "\n")
 
 
+def destination_hook(h: TwoHosts, name: str, body: str) -> None:
+    """A shell script of host b's before_vm_migrate_destination chain."""
+    hook(h.hooks[h.b], "before_vm_migrate_destination", name, body)
+
+
 def log_hooks(h: TwoHosts, log: Path) -> None:
     """Every migration chain of both hosts appends `<host> <point>` to `log`."""
     for host in (h.a, h.b):
@@ -196,12 +201,7 @@ def test_the_destinations_veto_leaves_the_vm_running_untouched_on_the_source(
     env: Env, tap: EventTap, hosts_up: TwoHosts
 ) -> None:
     h = hosts_up
-    hook(
-        h.hooks[h.b],
-        "before_vm_migrate_destination",
-        "10_policy",
-        'echo "policy: host is full" >&2; exit 2',
-    )
+    destination_hook(h, "10_policy", 'echo "policy: host is full" >&2; exit 2')
     vm = h.running_vm(tap, "veto")
     conn = libvirt.open(h.uri[h.a])
     qemu_id = conn.lookupByUUIDString(vm["uuid"]).ID()
@@ -382,12 +382,8 @@ def test_params_and_the_destinations_edit_reach_libvirt(
     env: Env, tap: EventTap, hosts_up: TwoHosts
 ) -> None:
     h = hosts_up
-    hook(
-        h.hooks[h.b],
-        "before_vm_migrate_destination",
-        "50_describe",
-        "sed -i 's#</name>#</name><description>placed by host b</description>#' \"$_hook_domxml\"",
-    )
+    edit = "sed -i 's#</name>#</name><description>placed by host b</description>#'"
+    destination_hook(h, "50_describe", f'{edit} "$_hook_domxml"')
     vm = h.running_vm(tap, "params")
     rid = migrate(
         env,

@@ -6,14 +6,12 @@ and never run."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import libvirt
 import pytest
 from kombu import Connection
 
-from tests.identities import Identities
-from tests.support import BROKER, broker_conn, drain_queue, unique, wait_depth
+from tests.support import broker_conn, drain_queue, unique, wait_depth
 from worker.publish import build_body, publish_op
 from worker.topology import Topology
 
@@ -22,15 +20,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def _vm() -> dict[str, object]:
     return {"uuid": str(uuid.uuid4()), "name": unique("vmw-allow-"), "vcpus": 1, "memory_mib": 64}
-
-
-@pytest.fixture
-def identities() -> Iterator[Identities]:
-    ids = Identities(BROKER)
-    try:
-        yield ids
-    finally:
-        ids.revoke_all()
 
 
 def test_operations_from_publishers_not_allowed_are_dead_lettered_and_never_run(
