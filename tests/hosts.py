@@ -243,7 +243,7 @@ class TwoHosts:
     ) -> dict[str, Any]:
         """A small VM (`spec` on top) started through the worker of host `on` (a), removed
         from both hosts at the end."""
-        vm = {**small_vm(tag), **spec}
+        vm = small_vm(tag, **spec)
         self.domains[0].append(vm["uuid"])
         self.domains[1].append(vm["uuid"])
         rid = self.env.publish("start_vm", vm, routing_key=on or self.a)

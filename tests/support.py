@@ -366,13 +366,15 @@ def libvirt_cleanup(uri: str) -> Iterator[list[str]]:
         conn.close()
 
 
-def small_vm(name_tag: str = "vm") -> dict[str, Any]:
-    """The smallest spec a real QEMU boots (no disk): 64 MiB, 1 vcpu, serial pty, VNC local."""
+def small_vm(name_tag: str = "vm", **spec: Any) -> dict[str, Any]:
+    """The smallest spec a real QEMU boots (no disk): 64 MiB, 1 vcpu, serial pty, VNC local;
+    `spec` on top (`memory_mib=128`, `disks=[...]`)."""
     return {
         "uuid": str(uuid.uuid4()),
         "name": unique(f"vmw-test-{name_tag}-"),
         "vcpus": 1,
         "memory_mib": 64,
+        **spec,
     }
 
 

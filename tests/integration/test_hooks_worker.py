@@ -25,16 +25,6 @@ def sh(text: str) -> str:
     return "#!/bin/sh\n" + text + "\n"
 
 
-def spec(**kw: object) -> dict:
-    return {
-        "uuid": str(uuid.uuid4()),
-        "name": f"vmw-h-{uuid.uuid4().hex[:8]}",
-        "vcpus": 1,
-        "memory_mib": 64,
-        **kw,
-    }
-
-
 def start(env, tap, vm, custom=None, timeout=30.0):  # type: ignore[no-untyped-def]
     rid = env.publish("start_vm", vm, custom=custom)
     return tap.wait_terminal(rid, timeout)["data"]
@@ -43,10 +33,10 @@ def start(env, tap, vm, custom=None, timeout=30.0):  # type: ignore[no-untyped-d
 @pytest.fixture
 def start_new(env, tap, test_domains):  # type: ignore[no-untyped-def]
     """start_new(custom=None, **spec) -> (vm, its start_vm's terminal event data): a new VM of
-    `spec(**spec)` started through the worker, removed at the end."""
+    `small_vm(**spec)` started through the worker, removed at the end."""
 
     def go(custom=None, **kw):  # type: ignore[no-untyped-def]
-        vm = spec(**kw)
+        vm = small_vm("h", **kw)
         test_domains.append(vm["uuid"])
         return vm, start(env, tap, vm, custom)
 
@@ -156,7 +146,7 @@ def test_hanging_hook_is_killed_with_its_children_and_the_op_fails_in_about_the_
     pidfile = tmp_path / "child.pid"
     hook(hooks_root, "before_vm_start", "10_hang", sh(f"sleep 300 & echo $! > {pidfile}; wait"))
     start_worker(hook_timeout=2)
-    vm = spec()
+    vm = small_vm("h")
     test_domains.append(vm["uuid"])
     t0 = time.monotonic()
     d = start(env, tap, vm)
@@ -248,7 +238,7 @@ def test_scripts_see_the_requests_correlation_id_and_attempt(
     dumps = tmp_path / "dumps"
     dumps.mkdir()
     custom = {"dump_dir": str(dumps)}
-    first, again = spec(), spec()
+    first, again = small_vm("h"), small_vm("h")
     test_domains += [first["uuid"], again["uuid"]]
     # `again` was started by a worker that died in it: its redelivery is the second run
     rerun = str(uuid.uuid4())
@@ -285,7 +275,7 @@ def test_hostile_custom_property_names_are_a_validation_failure(
     marker = tmp_path / "ran"
     hook(hooks_root, "before_vm_start", "10_any", sh(f"touch {marker}"))
     start_worker()
-    d = start(env, tap, spec(), custom={name: "x"})
+    d = start(env, tap, small_vm("h"), custom={name: "x"})
     assert d["phase"] == "fail" and d["error"]["source"] == "validation"
     assert name in d["error"]["message"]
     assert not marker.exists()
