@@ -23,6 +23,7 @@ from tests.reliability import (
     kill_sleepers,
     tally,
     window_hooks,
+    write_hook,
 )
 from tests.support import (
     QEMU_URI,
@@ -33,7 +34,6 @@ from tests.support import (
     small_vm,
     wait_depth,
     wait_for,
-    write_hook,
 )
 
 pytestmark = [pytest.mark.fault]

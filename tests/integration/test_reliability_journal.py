@@ -13,16 +13,8 @@ import libvirt
 import pytest
 
 from handlers.base import domain_state
-from tests.reliability import SLEEP_HOOK, journal_rows
-from tests.support import (
-    broker_conn,
-    drain_queue,
-    queue_depth,
-    small_vm,
-    wait_depth,
-    wait_for,
-    write_hook,
-)
+from tests.reliability import SLEEP_HOOK, journal_rows, write_hook
+from tests.support import broker_conn, drain_queue, queue_depth, small_vm, wait_depth, wait_for
 from worker import events
 from worker.journal import FINISHED, STARTED, Journal
 
