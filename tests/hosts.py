@@ -82,11 +82,6 @@ class PrivateLibvirtd:
         stage); absent, nothing runs."""
         return self.base / "qemu-hook"
 
-    @property
-    def images(self) -> Path:
-        """Where this host's /var/lib/libvirt/images is, as the first host sees it."""
-        return self.base / "lib" / "images"
-
     def start(self, timeout: float = 30.0) -> PrivateLibvirtd:
         b = self.base
         for sub in ("sock", "run", "lib", "cache", "log", "etc"):

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.support import wait_for, write_hook
+from tests.support import ProcessWorker, wait_for, write_hook
 
 # A hook that marks its run in $mark_dir/<point>-<vmId> (custom properties are the hook's
 # environment) and, the first time only, sleeps `$slow_<point>` seconds with its pid in the mark
@@ -41,6 +41,19 @@ def kill_sleepers(mark_dir: Path) -> None:
         if text.isdigit():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(text), signal.SIGKILL)
+
+
+def finish_after_restart(env: Any, tap: Any, log: Path, rids: list[str], **settings: Any) -> None:
+    """A worker process started again (after a kill -9) finishes every request of `rids` (60 s
+    each at most), then stops; it is killed -9 at once if it does not."""
+    w = ProcessWorker(env, log, **settings).start()
+    try:
+        for r in rids:
+            tap.wait_terminal(r, timeout=60)
+    except BaseException:
+        w.kill9()
+        raise
+    w.stop()
 
 
 # Sleeps `$sleep_s` seconds on every run (ordering and parallelism tests).

@@ -154,12 +154,12 @@ class Service:
             self.scheduler.shutdown()
             self._goodbye()  # if not said on a connection, host.offline waits in the outbox
             self._host_chain("after_vmworker_stop")
+            if self._own_hooks:
+                self.hooks.close()  # its fork servers (hook_prewarm), after the last chain
             self.metrics.close()
             self.journal.close()
             self.lv.close()
             self.link.close()
-            if self._own_hooks:
-                self.hooks.close()  # its fork servers (hook_prewarm), after the last chain
             log.info("worker.stopped", host=self.host)
 
     # -- the connection thread -------------------------------------------------------------
