@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from lxml import etree
 
-from tests.integration.test_migration import where
+from tests.hosts import where
 from tests.support import QEMU_URI, small_vm, unique
 from tests.vdsmhooks import all_hooks, install
 from worker.cli import main
@@ -375,8 +375,7 @@ def test_scratchpad_refuses_to_migrate_a_vm_with_a_scratch_disk_and_lets_others_
 ):
     h = two_hosts
     install(h.hooks[h.a], "scratchpad")
-    h.start(h.a)
-    h.start(h.b)
+    h.start_both()
     # the scratch disk where QEMU may open it; the VM's own custom properties go with each op
     image = Path("/var/lib/libvirt/images") / f"vmw-test-scratch-{uuid.uuid4().hex[:10]}.img"
     custom = {"scratchpad": f"1M,{image}"}
