@@ -14,7 +14,7 @@ import libvirt
 import pytest
 
 from tests.hosts import PrivateLibvirtd, TwoHosts, private_libvirtds, two_workers, where
-from tests.support import BROKER, broker_conn, read_stream, small_vm, unique
+from tests.support import BROKER, broker_conn, read_stream, small_vm, unique, write_hook
 from worker import logs
 
 
@@ -148,14 +148,11 @@ def test_drain_wait_moves_every_vm_to_the_other_host_parallel_2(env, tap, hosts)
 def test_a_vm_the_destination_refuses_stays_and_the_drain_says_so_and_fails(env, tap, hosts):
     a, b = hosts.a, hosts.b
     vetoed, moved = hosts.running_vm(tap, "veto"), hosts.running_vm(tap, "fine")
-    point = hosts.hooks[b] / "before_vm_migrate_destination"
-    point.mkdir(mode=0o755)
-    veto = point / "10_policy"
-    veto.write_text(
+    veto = (
         f'#!/bin/sh\nif [ "$vmId" = "{vetoed["uuid"]}" ]; then\n'
         '  echo "policy: not on this host" >&2; exit 2\nfi\n'
     )
-    veto.chmod(0o755)
+    write_hook(hosts.hooks[b], "before_vm_migrate_destination", "10_policy", veto)
     tap.wait(lambda: beat_lists(tap, a, {vetoed["uuid"], moved["uuid"]}), 20)
     res = drain_cli(env, a, "--to", b, "--wait", "--json", timeout=300)
     assert res.returncode == 1, res.stdout + res.stderr
