@@ -66,6 +66,7 @@ class Service:
         self.host = settings.host
         self.topology = Topology.from_settings(settings)
         self.lv = libvirt or LibvirtConnection(settings.libvirt_uri)
+        self._own_hooks = hooks is None  # an engine made here is stopped here, in run()
         self.hooks = hooks or HookEngine(
             settings.hooks_root,
             timeout=settings.hook_timeout,
@@ -153,6 +154,8 @@ class Service:
             self.scheduler.shutdown()
             self._goodbye()  # if not said on a connection, host.offline waits in the outbox
             self._host_chain("after_vmworker_stop")
+            if self._own_hooks:
+                self.hooks.close()  # its fork servers (hook_prewarm), after the last chain
             self.metrics.close()
             self.journal.close()
             self.lv.close()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.support import BROKER, broker_conn, read_stream, small_vm, unique, wait_for
+from tests.support import BROKER, broker_conn, read_stream, small_vm, unique, wait_for, write_hook
 from vmworker.client import (
     AsyncClient,
     Client,
@@ -45,14 +45,8 @@ def client(env: Any) -> Any:
 def _gate_hook(hooks_root: Path, gate: Path) -> None:
     """A before_vm_start hook that holds the start until `gate` exists (60 s at most: start the
     worker with HOLD, a hook timeout above that)."""
-    point = hooks_root / "before_vm_start"
-    point.mkdir(mode=0o755)
-    hook = point / "50_hold"
-    hook.write_text(
-        f'#!/bin/sh\ni=0\nwhile [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1));'
-        " done\n"
-    )
-    hook.chmod(0o755)
+    hold = f'i=0\nwhile [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n'
+    write_hook(hooks_root, "before_vm_start", "50_hold", "#!/bin/sh\n" + hold)
 
 
 def test_submit_is_confirmed_with_its_properties_and_result_is_the_after_event(
