@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -57,6 +57,8 @@ class TracingSettings(BaseModel):
     OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _PROTOCOL, OTEL_SERVICE_NAME,
     OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*) apply where these leave a
     value unset."""
+
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, description="make spans and export them over OTLP")
     otlp_endpoint: str | None = Field(

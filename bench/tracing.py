@@ -1,0 +1,153 @@
+"""What tracing costs: CPU time per `start_vm` with tracing off, on, and (optionally) with the
+code of another checkout, interleaved: `python -m bench.tracing [--ops N] [--runs R]
+[--baseline DIR]`.
+
+Each measurement is a fresh process: N+W `start_vm` messages, each with a `traceparent` and a
+`tracestate` header, are put in a host queue first; then a worker starts in that process
+(test:///default, empty hook directories, journal on), and the process's CPU time is read once
+the first W are done and again once all are: (CPU after - CPU before) / N. The publisher has
+finished by then; what runs is the worker and an event tap (the same in every mode).
+
+Modes: `off` (the default settings), `on` (an SDK provider with a batch processor and the
+in-memory exporter: every span is made, processed and kept), `base` (`--baseline DIR`: the
+worker of another checkout, e.g. `git worktree add /tmp/base <commit>`, with the default
+settings). Runs alternate the modes, so load from elsewhere on the machine falls on each alike.
+Prints the median and range of each mode's CPU ms/op. docs/performance.md has figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _child(mode: str, n: int, warm: int) -> float:
+    """One measurement in this process: CPU seconds per operation."""
+    import structlog
+
+    from bench.common import (
+        BROKER,
+        EventTap,
+        OpPublisher,
+        check_ok,
+        hooks_root,
+        start_body,
+        topology,
+        unique,
+        wait_depth,
+    )
+    from worker.config import Settings
+    from worker.service import Service
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    kw: dict[str, Any] = {}
+    if mode == "on":
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+        kw["tracer_provider"] = provider
+    prefix, host = unique("benchtr"), unique("h")
+    with tempfile.TemporaryDirectory() as tmp, topology(prefix, host) as topo:
+        pub = OpPublisher(topo.ops, host)
+        rids = []
+        try:
+            for _ in range(n + warm):
+                rid = str(secrets.token_hex(16))
+                pub.producer.publish(
+                    start_body(),
+                    exchange=topo.ops,
+                    routing_key=host,
+                    content_type="application/json",
+                    delivery_mode=2,
+                    message_id=rid,
+                    headers={
+                        "traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
+                        "tracestate": "ctl=1",
+                    },
+                    retry=False,
+                )
+                rids.append(rid)
+        finally:
+            pub.close()
+        wait_depth(topo.host_queue.name, n + warm)
+        tap = EventTap(topo.events).start()
+        settings = Settings(
+            host=host,
+            broker=BROKER,
+            prefix=prefix,
+            libvirt_uri="test:///default",
+            state_dir=Path(tmp) / "state",
+            hooks_root=hooks_root(Path(tmp)),
+        )
+        svc = Service(settings, freeze_gc=True, **kw)
+        thread = threading.Thread(target=svc.run, daemon=True)
+        thread.start()
+        try:
+            check_ok(tap.wait_all(rids[:warm]))
+            c0 = time.process_time()
+            check_ok(tap.wait_all(rids[warm:]))
+            c1 = time.process_time()
+        finally:
+            svc.stop()
+            thread.join(60)
+            tap.stop()
+    return (c1 - c0) / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ops", type=int, default=300, help="measured operations per run")
+    ap.add_argument("--warm", type=int, default=30, help="operations before measuring")
+    ap.add_argument("--runs", type=int, default=5, help="runs of each mode, interleaved")
+    ap.add_argument("--baseline", type=Path, help="another checkout: also measure its worker")
+    ap.add_argument("--child", choices=["off", "on", "base"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps({"cpu_s_per_op": _child(args.child, args.ops, args.warm)}))
+        return 0
+    modes = ["off", "on"] + (["base"] if args.baseline else [])
+    got: dict[str, list[float]] = {m: [] for m in modes}
+    for run in range(args.runs):
+        for mode in modes if run % 2 == 0 else modes[::-1]:
+            tree = args.baseline.resolve() if mode == "base" else REPO
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode]
+            cmd += ["--ops", str(args.ops), "--warm", str(args.warm)]
+            out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr[-3000:], file=sys.stderr)
+                return 1
+            ms = json.loads(out.stdout.strip().splitlines()[-1])["cpu_s_per_op"] * 1000
+            got[mode].append(ms)
+            print(f"run {run + 1} {mode:>4}: {ms:.3f} ms CPU/op", flush=True)
+    print(f"\n{args.ops} start_vm per run, {args.runs} runs per mode (CPU ms per operation)")
+    for mode, vals in got.items():
+        print(
+            f"{mode:>4}: median {statistics.median(vals):.3f}"
+            f"  range {min(vals):.3f}-{max(vals):.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):  # run as a file (the children): the tree's root, not bench/
+        sys.path[0] = os.environ.get("PYTHONPATH") or str(REPO)
+    raise SystemExit(main())
