@@ -39,17 +39,15 @@ def _child(mode: str, n: int, warm: int) -> float:
     import structlog
 
     from bench.common import (
-        BROKER,
         EventTap,
         OpPublisher,
         check_ok,
-        hooks_root,
+        in_process_settings,
         start_body,
         topology,
         unique,
         wait_depth,
     )
-    from worker.config import Settings
     from worker.service import Service
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -89,15 +87,7 @@ def _child(mode: str, n: int, warm: int) -> float:
             pub.close()
         wait_depth(topo.host_queue.name, n + warm)
         tap = EventTap(topo.events).start()
-        settings = Settings(
-            host=host,
-            broker=BROKER,
-            prefix=prefix,
-            libvirt_uri="test:///default",
-            state_dir=Path(tmp) / "state",
-            hooks_root=hooks_root(Path(tmp)),
-        )
-        svc = Service(settings, freeze_gc=True, **kw)
+        svc = Service(in_process_settings(prefix, host, Path(tmp)), freeze_gc=True, **kw)
         thread = threading.Thread(target=svc.run, daemon=True)
         thread.start()
         try:
@@ -121,13 +111,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child", choices=["off", "on", "base"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps({"cpu_s_per_op": _child(args.child, args.ops, args.warm)}))
+        import worker
+
+        per_op = _child(args.child, args.ops, args.warm)
+        print(json.dumps({"cpu_s_per_op": per_op, "worker": str(Path(worker.__file__).parent)}))
         return 0
+    from bench.common import exit_on_sigterm
+
+    exit_on_sigterm()
     modes = ["off", "on"] + (["base"] if args.baseline else [])
     got: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as mixed:
+        # the baseline's worker and handlers packages, with this tree's benchmark code
+        for pkg, tree in (("worker", args.baseline), ("handlers", args.baseline), ("bench", REPO)):
+            if tree is not None:
+                os.symlink(Path(tree).resolve() / pkg, Path(mixed) / pkg)
+        return _runs(args, modes, got, Path(mixed))
+
+
+def _runs(
+    args: argparse.Namespace, modes: list[str], got: dict[str, list[float]], mixed: Path
+) -> int:
     for run in range(args.runs):
         for mode in modes if run % 2 == 0 else modes[::-1]:
-            tree = args.baseline.resolve() if mode == "base" else REPO
+            tree = mixed if mode == "base" else REPO
             env = {**os.environ, "PYTHONPATH": str(tree)}
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode]
             cmd += ["--ops", str(args.ops), "--warm", str(args.warm)]
@@ -135,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
-            ms = json.loads(out.stdout.strip().splitlines()[-1])["cpu_s_per_op"] * 1000
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            ms = res["cpu_s_per_op"] * 1000
             got[mode].append(ms)
-            print(f"run {run + 1} {mode:>4}: {ms:.3f} ms CPU/op", flush=True)
+            print(f"run {run + 1} {mode:>4}: {ms:.3f} ms CPU/op ({res['worker']})", flush=True)
     print(f"\n{args.ops} start_vm per run, {args.runs} runs per mode (CPU ms per operation)")
     for mode, vals in got.items():
         print(

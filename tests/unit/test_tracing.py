@@ -81,7 +81,7 @@ def test_an_unknown_protocol_or_key_is_refused() -> None:
         (
             {"traceparent": TP.encode(), "tracestate": b"a=1"},
             {"traceparent": TP, "tracestate": "a=1"},
-        ),  # noqa: E501
+        ),
         ({"traceparent": TP, "tracestate": "x" * 513}, {"traceparent": TP}),
         ({"traceparent": TP.upper()}, {}),
         ({"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"}, {}),
