@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import secrets
 import statistics
 import subprocess
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=int, default=30, help="operations before measuring")
     ap.add_argument("--runs", type=int, default=5, help="runs of each mode, interleaved")
     ap.add_argument("--baseline", type=Path, help="another checkout: also measure its worker")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions (valgrind callgrind) instead of CPU time: steady on a busy"
+        " machine, about 50 times slower",
+    )
     ap.add_argument("--child", choices=["off", "on", "base"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -132,27 +139,45 @@ def main(argv: list[str] | None = None) -> int:
 def _runs(
     args: argparse.Namespace, modes: list[str], got: dict[str, list[float]], mixed: Path
 ) -> int:
+    unit = "M instructions" if args.instructions else "ms CPU"
     for run in range(args.runs):
         for mode in modes if run % 2 == 0 else modes[::-1]:
             tree = mixed if mode == "base" else REPO
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode]
-            cmd += ["--ops", str(args.ops), "--warm", str(args.warm)]
-            out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(out.stderr[-3000:], file=sys.stderr)
-                return 1
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            ms = res["cpu_s_per_op"] * 1000
-            got[mode].append(ms)
-            print(f"run {run + 1} {mode:>4}: {ms:.3f} ms CPU/op ({res['worker']})", flush=True)
-    print(f"\n{args.ops} start_vm per run, {args.runs} runs per mode (CPU ms per operation)")
+            res = _measure(args, mode, tree, args.ops)
+            if args.instructions:  # the same with twice the operations: the difference is theirs
+                res2 = _measure(args, mode, tree, 2 * args.ops)
+                value = (res2["instructions"] - res["instructions"]) / args.ops / 1e6
+            else:
+                value = res["cpu_s_per_op"] * 1000
+            got[mode].append(value)
+            print(f"run {run + 1} {mode:>4}: {value:.3f} {unit}/op ({res['worker']})", flush=True)
+    print(f"\n{args.ops} start_vm per run, {args.runs} runs per mode ({unit} per operation)")
     for mode, vals in got.items():
         print(
             f"{mode:>4}: median {statistics.median(vals):.3f}"
             f"  range {min(vals):.3f}-{max(vals):.3f}"
         )
     return 0
+
+
+def _measure(args: argparse.Namespace, mode: str, tree: Path, ops: int) -> dict[str, Any]:
+    """One child process's result; with --instructions, run under callgrind (the whole
+    process's instruction count, every thread)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode]
+    cmd += ["--ops", str(ops), "--warm", str(args.warm)]
+    if args.instructions:
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={os.devnull}", *cmd]
+    out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{mode} run failed: {out.stderr[-3000:]}")
+    res: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if args.instructions:
+        found = re.search(r"Collected : (\d+)", out.stderr)
+        if found is None:
+            raise RuntimeError(f"no instruction count from callgrind: {out.stderr[-1000:]}")
+        res["instructions"] = int(found[1])
+    return res
 
 
 if __name__ == "__main__":
