@@ -193,3 +193,53 @@ def test_spans_are_exported_over_otlp_http_when_enabled(collector: Any) -> None:
     [span] = [sp for ss in rs.scope_spans for sp in ss.spans]
     assert span.name == "start_vm process"
     assert span.trace_id.hex() == TP.split("-")[1] and span.parent_span_id.hex() == TP.split("-")[2]
+
+
+def test_a_retried_libvirt_step_is_one_span_with_an_event_per_retry() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from handlers.errors import OpError
+    from worker.runner import Runner
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    fast = {"attempts": 3, "initial_s": 0.001, "max_backoff_s": 0.001}
+    runner = Runner(Settings(retry={"default": fast}), lv=None, hooks=None)  # type: ignore[arg-type]
+    tr = tracing.Tracing("h1", provider).receive(
+        {"traceparent": TP},
+        op="start_vm",
+        request_id="r-5",
+        correlation_id=None,
+        vm_uuid="u",
+        destination="vm.ops",
+    )
+    calls: list[int] = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OpError("timeout", "libvirtd busy", "libvirt", transient=True)
+
+    def broken() -> None:
+        raise OpError("no_domain", "gone", "libvirt")
+
+    tracing.enter(tr)
+    try:
+        assert runner._libvirt("start_vm", flaky, step="start_vm") == 3
+        with pytest.raises(OpError):
+            runner._libvirt("start_vm", broken, step="done")
+    finally:
+        tracing.leave(tr)
+    ok, failed = exporter.get_finished_spans()
+    assert ok.name == "libvirt start_vm" and ok.status.status_code != StatusCode.ERROR
+    assert (ok.attributes or {})["vmworker.libvirt.attempts"] == 3
+    retries = [e for e in ok.events if e.name == "retry"]
+    assert [(e.attributes or {})["vmworker.retry.attempt"] for e in retries] == [1, 2]
+    assert all((e.attributes or {})["error.type"] == "timeout" for e in retries)
+    assert (ok.attributes or {})["vmworker.request_id"] == "r-5"
+    assert failed.name == "libvirt done" and failed.status.status_code == StatusCode.ERROR
+    assert (failed.attributes or {})["error.type"] == "no_domain"
