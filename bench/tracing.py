@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         " machine, about 50 times slower",
     )
     ap.add_argument("--child", choices=["off", "on", "base"], help=argparse.SUPPRESS)
+    ap.add_argument("--modes", default="off,on,base", help="which modes, comma-separated")
     ap.add_argument("--micro", action="store_true", help="only the tracing code, no worker")
     args = ap.parse_args(argv)
     if args.micro:
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import exit_on_sigterm
 
     exit_on_sigterm()
-    modes = ["off", "on"] + (["base"] if args.baseline else [])
+    modes = [m for m in args.modes.split(",") if m != "base" or args.baseline]
     got: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as mixed:
         # the baseline's worker and handlers packages, with this tree's benchmark code
