@@ -103,7 +103,7 @@ def _child(mode: str, n: int, warm: int) -> float:
     return (c1 - c0) / n
 
 
-def micro(n: int = 20000) -> dict[str, float]:
+def micro(n: int = 20000, modes: tuple[str, ...] = ("off", "on")) -> dict[str, float]:
     """Microseconds of CPU per request spent in worker/tracing.py itself, off and on, for what
     one `start_vm` with no hooks does: its trace made from the message's headers, made the
     thread's, three libvirt steps asking for it, two events taking their headers (on: with a
@@ -119,6 +119,8 @@ def micro(n: int = 20000) -> dict[str, float]:
     headers = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01", "tracestate": "ctl=1"}
     out = {}
     for mode, t in (("off", tracing.Tracing("h")), ("on", tracing.Tracing("h", provider))):
+        if mode not in modes:
+            continue
         c0 = time.process_time()
         for i in range(n):
             tr = t.receive(
@@ -162,10 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--child", choices=["off", "on", "base"], help=argparse.SUPPRESS)
     ap.add_argument("--modes", default="off,on,base", help="which modes, comma-separated")
-    ap.add_argument("--micro", action="store_true", help="only the tracing code, no worker")
+    ap.add_argument(
+        "--micro",
+        type=int,
+        nargs="?",
+        const=20000,
+        metavar="N",
+        help="only the tracing code, N requests (default 20000), no worker",
+    )
     args = ap.parse_args(argv)
     if args.micro:
-        for mode, us in micro().items():
+        for mode, us in micro(args.micro, tuple(args.modes.split(","))).items():
             print(f"{mode:>4}: {us:.2f} us CPU per request in worker/tracing.py")
         return 0
     if args.child:
