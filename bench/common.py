@@ -472,6 +472,21 @@ def hooks_root(base: Path) -> Path:
     return root
 
 
+def in_process_settings(prefix: str, host: str, base: Path) -> Any:
+    """The settings of a worker run in the benchmark's own process: test:///default, an empty
+    hooks root and the journal under `base`."""
+    from worker.config import Settings
+
+    return Settings(
+        host=host,
+        broker=BROKER,
+        prefix=prefix,
+        libvirt_uri="test:///default",
+        state_dir=base / "state",
+        hooks_root=hooks_root(base),
+    )
+
+
 def write_hook(root: Path, point: str, name: str, text: str) -> Path:
     d = root / point
     d.mkdir(exist_ok=True)

@@ -12,6 +12,7 @@ import click
 
 from worker import logs
 from worker.cliopts import (
+    BrokerFailure,
     BrokerGroup,
     broker_option,
     config_option,
@@ -50,8 +51,12 @@ def run(config: Path | None, **flags: Any) -> None:
     hooks_root_or_exit(s.hooks_root)  # before connecting to anything: exit 2, naming it
     logs.configure(s.log_level, host=s.host)
     from worker.service import Service
+    from worker.tracing import TracingUnavailable
 
-    svc = Service(s, freeze_gc=True)  # this process is the worker: nothing else to collect
+    try:
+        svc = Service(s, freeze_gc=True)  # this process is the worker: nothing else to collect
+    except TracingUnavailable as exc:
+        raise BrokerFailure(f"bad configuration: {exc}") from None
     svc.install_signal_handlers()
     svc.run()
 

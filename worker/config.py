@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -50,6 +50,26 @@ class Peer(BaseModel):
         None, description="where the migration stream goes (tcp://10.0.0.2); None: libvirt's"
     )
     tls: bool = Field(False, description="QEMU's native TLS for the migration stream")
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing (docs/operations.md, Tracing): off by default. The standard
+    OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _PROTOCOL, OTEL_SERVICE_NAME,
+    OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*) apply where these leave a
+    value unset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="make spans and export them over OTLP")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="collector URL (grpc: http://collector:4317; http/protobuf:"
+        " http://collector:4318, /v1/traces added); None: OTEL_EXPORTER_OTLP_* or the default",
+    )
+    protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        None, description="OTLP transport; None: OTEL_EXPORTER_OTLP_PROTOCOL or http/protobuf"
+    )
+    service_name: str = Field("vmworker", description="resource service.name")
 
 
 class Settings(BaseSettings):
@@ -124,6 +144,7 @@ class Settings(BaseSettings):
     peers: dict[str, Peer] = Field(
         default_factory=dict, description="host id -> how a migration reaches it"
     )
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     log_level: str = "info"
 
     @field_validator("host")

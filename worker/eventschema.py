@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.messages import JSON_SCHEMA_DIALECT
+from worker.tracing import TRACEPARENT_PATTERN, TRACESTATE_MAX
 
 EVENT_SCHEMA_ID = "urn:vmworker:schema:event:1"
 # every timestamp of an event: RFC 3339, UTC, milliseconds (events.now_iso)
@@ -346,6 +347,9 @@ def event_schema() -> dict[str, Any]:
             "time": _TIME,
             "datacontenttype": {"const": "application/json"},
             "requestid": _STR,
+            # CloudEvents distributed-tracing extension: W3C Trace Context (worker/tracing.py)
+            "traceparent": {"type": "string", "pattern": TRACEPARENT_PATTERN},
+            "tracestate": {"type": "string", "maxLength": TRACESTATE_MAX},
             "data": {"type": "object"},
         },
         "required": ["specversion", "id", "source", "type", "time", "datacontenttype", "data"],

@@ -12,6 +12,10 @@ queue (`--from-dead HOST`). Ids:
   the cause is fixed, a replay from the dead queue runs again. `--keep-id` keeps the original
   id (for a message the broker dead-lettered before the worker finished it).
 
+A replay keeps the original's headers but those of a past delivery (`_DROP_HEADERS`), so its
+W3C `traceparent`/`tracestate` too: the worker starts a new trace for it, linked to the
+original's (docs/operations.md, Tracing).
+
 `--from-queue HOST` takes the messages still waiting in a stopped host's own queue (original ids
 by default): with `--to-host` it drains that host.
 
