@@ -18,6 +18,7 @@ every call site checks `Trace.span` (or `active()`) before doing any tracing wor
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import time
@@ -350,15 +351,14 @@ def make_exporter(cfg: TracingSettings) -> Any:
     """The OTLP span exporter (package `vmworker[otlp]`); TracingUnavailable if it is not
     installed or the protocol is unknown."""
     protocol = protocol_of(cfg)
+    modules = {
+        "grpc": "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "http/protobuf": "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    }
+    if protocol not in modules:
+        raise TracingUnavailable(f"tracing: unknown OTLP protocol {protocol!r}")
     try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        elif protocol == "http/protobuf":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
-                OTLPSpanExporter,
-            )
-        else:
-            raise TracingUnavailable(f"tracing: unknown OTLP protocol {protocol!r}")
+        exporter_class: Any = importlib.import_module(modules[protocol]).OTLPSpanExporter
     except ImportError as exc:
         raise TracingUnavailable(
             f"tracing.enabled needs the OTLP exporter for {protocol} ({exc.name} is missing):"
@@ -367,4 +367,4 @@ def make_exporter(cfg: TracingSettings) -> Any:
     endpoint = cfg.otlp_endpoint
     if endpoint and protocol == "http/protobuf" and urlsplit(endpoint).path in ("", "/"):
         endpoint = endpoint.rstrip("/") + "/v1/traces"  # the collector's base URL was given
-    return OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
+    return exporter_class(endpoint=endpoint) if endpoint else exporter_class()
