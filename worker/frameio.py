@@ -90,13 +90,14 @@ class FrameIO:
         sock = getattr(connection, "sock", None)
         return isinstance(sock, socket.socket) and not hasattr(sock, "pending")
 
-    def receive(self, connection: Any) -> int:
-        """Handle every frame the socket holds now, without waiting for more (only for the rest
-        of a frame already begun); returns the frames handled. Raises as py-amqp's read would:
-        `ConnectionError` when the broker closed, the dispatch's errors as they come."""
+    def receive(self, connection: Any, max_reads: int = 4) -> int:
+        """Handle every frame the socket holds now (up to `max_reads` reads of 64 KiB), without
+        waiting for more (only for the rest of a frame already begun); returns the frames
+        handled. Raises as py-amqp's read would: `ConnectionError` when the broker closed, the
+        dispatch's errors as they come."""
         sock = connection.sock
         handled = 0
-        while True:
+        for _ in range(max_reads):
             try:
                 data = sock.recv(_CHUNK, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -111,7 +112,8 @@ class FrameIO:
                 self._complete(sock)
                 handled += self._dispatch(connection)
             if len(data) < _CHUNK:
-                return handled  # what the socket held is all read
+                break  # what the socket held is all read
+        return handled
 
     def _complete(self, sock: Any) -> None:
         """Read the rest of the frame begun in the buffer."""

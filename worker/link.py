@@ -47,7 +47,6 @@ from worker.topology import Topology
 log = structlog.get_logger()
 
 _MAX_METHODS_PER_DRAIN = 256  # then the loop publishes and acks before reading more
-_CHUNK_READS_PER_DRAIN = 4  # FrameIO: 64 KiB each, then the loop publishes and acks
 
 
 class Link:
@@ -263,10 +262,8 @@ class Link:
                     os.read(self._wake_r, 4096)
             if sock not in readable:
                 return
-        if self._own_reads:  # each read takes all the socket holds, up to 64 KiB
-            for _ in range(_CHUNK_READS_PER_DRAIN):
-                if not self._io.receive(conn.connection):
-                    return
+        if self._own_reads:  # all the socket holds, in one read (up to 256 KiB in 4)
+            self._io.receive(conn.connection)
             return
         for _ in range(_MAX_METHODS_PER_DRAIN):  # every method already received, no waiting
             try:
