@@ -14,9 +14,9 @@ setup:
 
 lint: 
 	@scripts/bootstrap venv
-	$(VENV)/bin/ruff check worker handlers tests bench
-	$(VENV)/bin/ruff format --check worker handlers tests bench
-	$(VENV)/bin/mypy worker handlers bench
+	$(VENV)/bin/ruff check worker handlers vmworker tests bench
+	$(VENV)/bin/ruff format --check worker handlers vmworker tests bench
+	$(VENV)/bin/mypy worker handlers vmworker bench
 
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -21,9 +21,8 @@ from typing import Any
 
 import structlog
 
-from bench.common import BROKER, EventTap, OpPublisher, hooks_root, start_body, topology, unique
+from bench.common import EventTap, OpPublisher, in_process_settings, start_body, topology, unique
 from worker.admission import Admission
-from worker.config import Settings
 from worker.execute import Executor
 from worker.journal import Journal
 from worker.runner import Runner
@@ -86,15 +85,7 @@ def measure(n: int) -> list[dict[str, float]]:
     prefix, host = unique("brk"), unique("h")
     with tempfile.TemporaryDirectory() as tmp, topology(prefix, host) as topo:
         tap = EventTap(topo.events).start()
-        settings = Settings(
-            host=host,
-            broker=BROKER,
-            prefix=prefix,
-            libvirt_uri="test:///default",
-            state_dir=Path(tmp) / "state",
-            hooks_root=hooks_root(Path(tmp)),
-        )
-        svc = Service(settings, freeze_gc=True)
+        svc = Service(in_process_settings(prefix, host, Path(tmp)), freeze_gc=True)
         thread = threading.Thread(target=svc.run, daemon=True)
         thread.start()
         svc.ready.wait(30)

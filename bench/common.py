@@ -358,8 +358,14 @@ class Process:
     it is ready when `ready_text` appears there."""
 
     def __init__(
-        self, argv: list[str], log_path: Path, env: dict[str, str], ready_text: str
+        self,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str],
+        ready_text: str,
+        cwd: Path = REPO,
     ) -> None:
+        self.cwd = cwd  # `python -m` imports from here first
         self.argv = argv
         self.log_path = log_path
         self.env = env
@@ -376,7 +382,7 @@ class Process:
             self.proc = subprocess.Popen(
                 self.argv,
                 env=self.env,
-                cwd=REPO,
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -432,9 +438,11 @@ def worker_process(
     hooks_root: Path,
     libvirt_uri: str = "test:///default",
     pythonpath: Sequence[str] = (),
+    cwd: Path = REPO,
     **settings: Any,
 ) -> Process:
-    """`python -m worker run` with default settings but for the names and paths given."""
+    """`python -m worker run` with default settings but for the names and paths given; `cwd`:
+    the checkout whose worker runs (`python -m` imports from there first)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMWORKER_")}
     values = {
         "host": host,
@@ -451,7 +459,9 @@ def worker_process(
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         )
-    return Process([sys.executable, "-m", "worker", "run"], log_path, env, '"worker.consuming"')
+    return Process(
+        [sys.executable, "-m", "worker", "run"], log_path, env, '"worker.consuming"', cwd
+    )
 
 
 def hooks_root(base: Path) -> Path:
@@ -460,6 +470,21 @@ def hooks_root(base: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
     return root
+
+
+def in_process_settings(prefix: str, host: str, base: Path) -> Any:
+    """The settings of a worker run in the benchmark's own process: test:///default, an empty
+    hooks root and the journal under `base`."""
+    from worker.config import Settings
+
+    return Settings(
+        host=host,
+        broker=BROKER,
+        prefix=prefix,
+        libvirt_uri="test:///default",
+        state_dir=base / "state",
+        hooks_root=hooks_root(base),
+    )
 
 
 def write_hook(root: Path, point: str, name: str, text: str) -> Path:

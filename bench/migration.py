@@ -1,5 +1,5 @@
 """Live migration between two real libvirt hosts on this machine (two private libvirtds,
-tests/privatehosts.py), with real QEMU: `migrate_vm` through the workers against libvirt called
+tests/hosts.py), with real QEMU: `migrate_vm` through the workers against libvirt called
 directly (`virDomainMigrate3` with the flags and parameters the worker uses by default: live,
 persist on the destination, undefine the source, the domain's migratable XML, the migration
 stream to tcp://127.0.0.1).
@@ -124,10 +124,8 @@ class Hosts:
     """Two private libvirtds, a worker on each with the other as its peer, one event tap."""
 
     def __init__(self, tmp: Path) -> None:
-        from tests.privatehosts import PrivateLibvirtd
-
-        # port blocks 2 and 3: the drain tests use 0 and 1
-        self.daemons = [PrivateLibvirtd(tmp / f"lv-{n}", 2 + i) for i, n in enumerate("ab")]
+        self.daemons: list[Any] = []
+        self._stack = contextlib.ExitStack()  # the daemons, stopped and removed last
         self.prefix = unique("bench")
         self.a, self.b = unique("ha"), unique("hb")
         self.tmp = tmp
@@ -140,9 +138,11 @@ class Hosts:
     def __enter__(self) -> Hosts:
         import libvirt
 
+        from tests.hosts import private_libvirtds
+
         try:
-            for d in self.daemons:
-                d.start()
+            # port blocks 2 and 3: the drain tests use 0 and 1
+            self.daemons = self._stack.enter_context(private_libvirtds("bench", 2, 3))
             uri = {self.a: self.daemons[0].uri, self.b: self.daemons[1].uri}
             self.conns = [libvirt.open(uri[self.a]), libvirt.open(uri[self.b])]
             topo = Topology(self.prefix, self.a)
@@ -183,8 +183,7 @@ class Hosts:
         for c in self.conns:
             with contextlib.suppress(Exception):
                 c.close()
-        for d in self.daemons:
-            d.stop()
+        self._stack.close()
         delete_topology(self.prefix, [self.a, self.b])
 
     def conn(self, host: str) -> Any:
@@ -201,7 +200,8 @@ class Hosts:
         return s.at - t0
 
     def wait_beat(self, host: str, after: float, timeout: float = 30.0) -> None:
-        """Until `host` sent a heartbeat taken after `after` (monotonic): it lists what runs."""
+        """Until `host` sent a heartbeat taken after `after` (monotonic): what runs there is
+        known then (an inventory that changed is sent just before its heartbeat)."""
         assert self.tap is not None
         end = time.monotonic() + timeout
         key = f"{host}.host.heartbeat"

@@ -11,12 +11,13 @@ again just before the libvirt call.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import libvirt
 from pydantic import Field
 
-from handlers.base import Ctx, Operation, declare
+from handlers.base import Ctx, M, Operation, declare
 from handlers.domxml import build_domain_xml
 from handlers.errors import OpError
 from handlers.message import OpMessage, Strict, VmRefOrSpec
@@ -295,52 +296,33 @@ declare(
 
 
 # -- pause / resume --------------------------------------------------------------------
-def _pause(ctx: Ctx[PauseVm], _xml: str) -> None:
-    if require_state(ctx):  # got there while the before_* hooks ran
-        ctx.notes["noop"] = True
-        return
-    ctx.domain().suspend()
+def _declare_cpu_switch(
+    message: type[M], point: str, expects: str, act: Callable[[libvirt.virDomain], object]
+) -> Operation[M]:
+    """Pause or resume: `act` on the domain (`suspend`, `resume`) unless the domain got to the
+    state it asks for while the before_* hooks ran (a no-op); done when it is already there."""
 
+    def execute(ctx: Ctx[M], _xml: str) -> None:
+        if require_state(ctx):  # got there while the before_* hooks ran
+            ctx.notes["noop"] = True
+            return
+        act(ctx.domain())
 
-def _paused(ctx: Ctx[PauseVm]) -> bool:
-    return require_state(ctx)
-
-
-declare(
-    Operation(
-        PauseVm,
-        point="vm_pause",
-        payload="domxml",
-        expects=("paused",),
-        prepare=_domain_xml,
-        execute=_pause,
-        done=_paused,
+    return declare(
+        Operation(
+            message,
+            point=point,
+            payload="domxml",
+            expects=(expects,),
+            prepare=_domain_xml,
+            execute=execute,
+            done=require_state,
+        )
     )
-)
 
 
-def _resume(ctx: Ctx[ResumeVm], _xml: str) -> None:
-    if require_state(ctx):  # got there while the before_* hooks ran
-        ctx.notes["noop"] = True
-        return
-    ctx.domain().resume()
-
-
-def _running(ctx: Ctx[ResumeVm]) -> bool:
-    return require_state(ctx)
-
-
-declare(
-    Operation(
-        ResumeVm,
-        point="vm_cont",
-        payload="domxml",
-        expects=("resumed",),
-        prepare=_domain_xml,
-        execute=_resume,
-        done=_running,
-    )
-)
+_declare_cpu_switch(PauseVm, "vm_pause", "paused", libvirt.virDomain.suspend)
+_declare_cpu_switch(ResumeVm, "vm_cont", "resumed", libvirt.virDomain.resume)
 
 
 # -- undefine --------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,10 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.hosts import SecondLibvirtd, TwoHosts
+from tests.hosts import PrivateLibvirtd, TwoHosts, private_libvirtds, two_workers
+from tests.identities import Identities
 from tests.support import (
+    BROKER,
     QEMU_URI,
     Env,
     EventTap,
@@ -30,6 +34,36 @@ def _fresh_structlog() -> Iterator[None]:
     """CLI commands configure structlog globally; no test may inherit another's set-up."""
     yield
     structlog.reset_defaults()
+
+
+def forkservers() -> list[int]:
+    """The hook fork servers (worker/hooks/forkserver.py) this process started and that still
+    run: what an engine (a worker's, a test's) leaves behind when nobody stops it."""
+    me, found = os.getpid(), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == me and b"forkserver.py" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_forkserver_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each module stops every hook engine and worker it starts: none of its fork servers may
+    outlive it (they are ended here, so that the next module is judged on its own)."""
+    yield
+    left = forkservers()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    assert not left, f"{request.module.__name__} left {len(left)} hook fork server(s) running"
 
 
 @pytest.fixture(scope="session")
@@ -134,36 +168,36 @@ def rabbit_node(tmp_path: Path) -> Iterator[Any]:
             node.stop()
 
 
+@pytest.fixture
+def identities() -> Iterator[Identities]:
+    """The broker identities (tests/identities.py) a test grants; every one revoked at the end."""
+    ids = Identities(BROKER)
+    try:
+        yield ids
+    finally:
+        ids.revoke_all()
+
+
 @pytest.fixture(scope="session")
-def second_libvirtd(qemu: str) -> Iterator[SecondLibvirtd]:
+def second_libvirtd(qemu: str) -> Iterator[PrivateLibvirtd]:
     """A second libvirt host on this machine (tests/hosts.py), for the tests marked
     `migration`; stopped at the end with every domain it ran, even when a test failed."""
-    # short: the daemon's socket path must fit a sockaddr_un (108 bytes)
-    base = Path(tempfile.mkdtemp(prefix="vmw-hostb-", dir="/tmp"))
-    host = SecondLibvirtd(base)
-    try:
-        host.start()
+    with private_libvirtds("hostb", None) as (host,):
         yield host
-    finally:
-        host.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
-def host_b_uri(second_libvirtd: SecondLibvirtd) -> str:
+def host_b_uri(second_libvirtd: PrivateLibvirtd) -> str:
     return second_libvirtd.uri
 
 
 @pytest.fixture
 def two_hosts(
-    env: Env, tmp_path: Path, qemu: str, second_libvirtd: SecondLibvirtd
+    env: Env, tmp_path: Path, qemu: str, second_libvirtd: PrivateLibvirtd
 ) -> Iterator[TwoHosts]:
     """Workers `a` (qemu:///system) and `b` (the second libvirtd), not started: `start(host)`.
     Every domain either host runs at the end is destroyed; both workers are stopped."""
-    hosts = TwoHosts(env, tmp_path, qemu, second_libvirtd.uri, second_libvirtd.base / "lib")
-    with libvirt_cleanup(qemu) as on_a, libvirt_cleanup(second_libvirtd.uri) as on_b:
-        hosts.domains = (on_a, on_b)
-        try:
-            yield hosts
-        finally:
-            hosts.stop()
+    with two_workers(
+        env, tmp_path, qemu, second_libvirtd.uri, second_libvirtd.base / "lib"
+    ) as hosts:
+        yield hosts

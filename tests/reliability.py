@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.support import wait_for
+from tests.support import ProcessWorker, wait_for, write_hook
 
 # A hook that marks its run in $mark_dir/<point>-<vmId> (custom properties are the hook's
 # environment) and, the first time only, sleeps `$slow_<point>` seconds with its pid in the mark
@@ -43,6 +43,19 @@ def kill_sleepers(mark_dir: Path) -> None:
                 os.kill(int(text), signal.SIGKILL)
 
 
+def finish_after_restart(env: Any, tap: Any, log: Path, rids: list[str], **settings: Any) -> None:
+    """A worker process started again (after a kill -9) finishes every request of `rids` (60 s
+    each at most), then stops; it is killed -9 at once if it does not."""
+    w = ProcessWorker(env, log, **settings).start()
+    try:
+        for r in rids:
+            tap.wait_terminal(r, timeout=60)
+    except BaseException:
+        w.kill9()
+        raise
+    w.stop()
+
+
 # Sleeps `$sleep_s` seconds on every run (ordering and parallelism tests).
 SLEEP_HOOK = """#!/bin/sh
 [ -n "$sleep_s" ] && sleep "$sleep_s"
@@ -59,16 +72,6 @@ if [ "$poison" = "1" ]; then
 fi
 exit 0
 """
-
-
-def write_hook(root: Path, point: str, name: str, text: str) -> Path:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    path = d / name
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
 
 
 def journal_rows(state_dir: Path) -> dict[str, dict[str, Any]]:

@@ -366,11 +366,25 @@ def libvirt_cleanup(uri: str) -> Iterator[list[str]]:
         conn.close()
 
 
-def small_vm(name_tag: str = "vm") -> dict[str, Any]:
-    """The smallest spec a real QEMU boots (no disk): 64 MiB, 1 vcpu, serial pty, VNC local."""
+def small_vm(name_tag: str = "vm", **spec: Any) -> dict[str, Any]:
+    """The smallest spec a real QEMU boots (no disk): 64 MiB, 1 vcpu, serial pty, VNC local;
+    `spec` on top (`memory_mib=128`, `disks=[...]`)."""
     return {
         "uuid": str(uuid.uuid4()),
         "name": unique(f"vmw-test-{name_tag}-"),
         "vcpus": 1,
         "memory_mib": 64,
+        **spec,
     }
+
+
+def write_hook(root: Path, point: str, name: str, text: str, mode: int = 0o755) -> Path:
+    """Hook script `name` of `point`'s chain under hooks root `root` (its directory made, mode
+    0755 as the engine wants it), holding `text`, with `mode`."""
+    d = root / point
+    d.mkdir(mode=0o755, exist_ok=True)
+    d.chmod(0o755)
+    path = d / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path

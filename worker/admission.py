@@ -9,9 +9,9 @@ terminal records are written here too, so one object holds a request's whole jou
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from kombu.message import Message
@@ -25,8 +25,10 @@ from worker.journal import FINISHED, STARTED, Journal
 from worker.messages import parse_operation, peek
 from worker.metrics import Metrics
 from worker.runner import Outcome
+from worker.tracing import Trace, Tracing
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 class Admission:
@@ -41,9 +43,13 @@ class Admission:
         stats: Stats,
         metrics: Metrics,
         in_flight: Callable[[str], Job | None],
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.host = settings.host
+        self.tracing = tracing or Tracing(settings.host)
+        self.ops_exchange = f"{settings.prefix}.ops"
+        self.events_exchange = f"{settings.prefix}.events"
         self.journal = journal
         self.stats = stats
         self.metrics = metrics
@@ -55,6 +61,7 @@ class Admission:
         """A new job; or a Settle for a refused message or a finished request (its `fail` or
         recorded terminal event is in the outbox); or None: a copy of a job already here,
         acked with it."""
+        t0 = time.time_ns() if self.tracing.enabled else None
         delivery = Delivery(message, generation)
         self.stats.received += 1
         if delivery.redelivered:
@@ -75,10 +82,11 @@ class Admission:
             op = _parse(body, self.settings.max_body_bytes)
             deadline = _deadline(headers)
         except OpError as err:
-            return self.reject(delivery, body, request_id, correlation_id, err)
+            return self.reject(delivery, body, request_id, correlation_id, err, t0)
         req = self.journal.receive(request_id, op.op, str(op.vm.uuid))
         if req.state == FINISHED:  # the journal first: a job may be done but not yet collected
-            return self._duplicate(delivery, req)
+            trace = self._trace(headers, op.op, request_id, correlation_id, str(op.vm.uuid), t0)
+            return self._duplicate(delivery, req, trace)
         job = self.in_flight(request_id)
         if job is not None:  # a redelivery (or a second copy) of something we are on
             log.info(
@@ -97,6 +105,7 @@ class Admission:
         job.attempt = req.runs + 1
         job.replay_of = headers.get("x-replay-of")
         job.deadline = deadline
+        job.trace = self._trace(headers, op.op, request_id, correlation_id, job.vm, t0)
         if job.recovered:
             log.info(
                 "op.recovering",
@@ -116,6 +125,25 @@ class Admission:
             delivery, body, props.get("message_id"), props.get("correlation_id"), err
         )
 
+    def _trace(
+        self,
+        headers: Mapping[str, Any],
+        op: str,
+        request_id: str | None,
+        correlation_id: str | None,
+        vm_uuid: str | None,
+        t0: int | None,
+    ) -> Trace:
+        return self.tracing.receive(
+            headers,
+            op=op,
+            request_id=request_id,
+            correlation_id=correlation_id,
+            vm_uuid=vm_uuid,
+            destination=self.ops_exchange,
+            start_time=t0,
+        )
+
     def _authorize(self, props: dict[str, Any]) -> None:
         allowed = self.settings.allowed_publishers
         if allowed and props.get("user_id") not in allowed:
@@ -133,35 +161,47 @@ class Admission:
         request_id: str | None,
         correlation_id: str | None,
         err: OpError,
+        t0: int | None = None,
     ) -> Settle:
         seen = _peek(body)
         log.warning("message.rejected", request_id=request_id, **logs.error_fields(err))
+        headers = d.message.headers or {}
+        op, vm_uuid = seen.get("op") or "invalid", seen.get("vm_uuid")
+        trace = self._trace(headers, op, request_id, correlation_id, vm_uuid, t0)
         rk, ev = events.op_event(
             self.host,
-            seen.get("op") or "invalid",
+            op,
             "fail",
             request_id=request_id,
             correlation_id=correlation_id,
-            vm_uuid=seen.get("vm_uuid"),
+            vm_uuid=vm_uuid,
             vm_name=seen.get("vm_name"),
+            trace=trace.event_headers(),
             redelivered=d.redelivered,
             attempt=0,
             duration_ms=0,
             state="unknown",
             hooks=[],
             error=err.to_event(),
-            **_replay_fields(d.message.headers or {}),
+            **_replay_fields(headers),
         )
         seq = self.journal.enqueue(rk, ev)
+        if trace.span is not None:
+            trace.failed(None, err.code, err.message)
+            trace.span.end()
         self.metrics.rejected.labels(err.code).inc()
         self.stats.count("fail")
         return Settle(seq, [d], reason(err))
 
-    def _duplicate(self, d: Delivery, req: Any) -> Settle:
+    def _duplicate(self, d: Delivery, req: Any, trace: Trace) -> Settle:
         recorded = self.journal.terminal_of(req)
         assert recorded is not None
         rk, ev = recorded
-        seq = self.journal.enqueue(rk, events.as_duplicate(ev, redelivered=d.redelivered))
+        dup = events.as_duplicate(ev, redelivered=d.redelivered, trace=trace.event_headers())
+        seq = self.journal.enqueue(rk, dup)
+        if trace.span is not None:
+            trace.span.set_attribute("vmworker.duplicate", True)
+            trace.span.end()
         err = ev["data"].get("error")
         dead = None
         if ev["data"].get("phase") == "fail" and err and err.get("source") != "expired":
@@ -189,14 +229,25 @@ class Admission:
 
     def start(self, job: Job) -> None:
         """The `started` record and the `before` event, on disk before libvirt is called."""
-        self.journal.start(job.request_id, self._event(job, "before", recovered=job.recovered))
+        self._journaled(
+            job,
+            "before",
+            lambda event: self.journal.start(job.request_id, event),
+            recovered=job.recovered,
+        )
 
     def finish(
         self, job: Job, outcome: Outcome, *, dead_letter: bool
     ) -> tuple[Settle, dict[str, Any]]:
         """Record and queue the terminal event; returns when to ack, and the event's data."""
-        rk, ev = self._event(job, outcome.phase, recovered=job.recovered, **outcome.event_fields())
-        seq = self.journal.finish(job.request_id, outcome.phase, (rk, ev), outcome.attempts)
+
+        def record(event: tuple[str, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+            seq = self.journal.finish(job.request_id, outcome.phase, event, outcome.attempts)
+            return seq, event[1]["data"]
+
+        seq, data = self._journaled(
+            job, outcome.phase, record, recovered=job.recovered, **outcome.event_fields()
+        )
         logs.operation_finished(
             log,
             outcome.error,
@@ -209,9 +260,34 @@ class Admission:
             duration_ms=round(outcome.duration_ms, 1),
         )
         dead = reason(outcome.error) if (dead_letter and outcome.error) else None
-        return Settle(seq, job.deliveries, dead), ev["data"]
+        return Settle(seq, job.deliveries, dead), data
 
-    def _event(self, job: Job, phase: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+    def _journaled(
+        self,
+        job: Job,
+        phase: str,
+        write: Callable[[tuple[str, dict[str, Any]]], T],
+        **fields: Any,
+    ) -> T:
+        """`write` one event of `job` (into the journal); with tracing on, under a publish
+        span whose context the event carries."""
+        tr = job.trace
+        if tr.span is None:
+            return write(self._event(job, phase, tr.headers, **fields))
+        rk = events.routing_key(self.host, job.op.op, phase)
+        span = tr.publish_span(self.events_exchange, rk)
+        event = self._event(job, phase, tr.event_headers(span), **fields)
+        if span is None:
+            return write(event)
+        span.set_attribute("messaging.message.id", event[1]["id"])
+        try:
+            return write(event)
+        finally:
+            span.end()
+
+    def _event(
+        self, job: Job, phase: str, trace: Mapping[str, str], **fields: Any
+    ) -> tuple[str, dict[str, Any]]:
         return events.op_event(
             self.host,
             job.op.op,
@@ -220,6 +296,7 @@ class Admission:
             correlation_id=job.correlation_id,
             vm_uuid=job.vm,
             vm_name=job.op.vm_name,
+            trace=trace,
             redelivered=any(d.redelivered for d in job.deliveries),
             **({"replay_of": job.replay_of} if job.replay_of else {}),
             **job.op.event_data(),
@@ -228,8 +305,7 @@ class Admission:
 
     def progress(self, job: Job, data: dict[str, Any]) -> None:
         """A non-terminal event of a running job (`<host>.<op>.progress`), through the outbox."""
-        rk, ev = self._event(job, "progress", **data)
-        self.journal.enqueue(rk, ev)
+        self._journaled(job, "progress", lambda event: self.journal.enqueue(*event), **data)
 
     # -- the journal at start-up and every hour ------------------------------------------
     def reconcile(self) -> None:

@@ -22,7 +22,9 @@ XML_KEYS = frozenset({"accepted_xml"})
 TAIL_KEYS = frozenset({"stderr_tail", "stdout_tail"})  # the end of an output is what tells
 _BUILT = frozenset({"specversion", "id", "source", "type", "time", "datacontenttype"})
 # the identity of an event: never cut when shrinking (each is within FIELD_MAX already)
-_KEEP = frozenset({"op", "phase", "host", "request_id", "correlation_id", "replay_of", "cut"})
+_KEEP = frozenset(
+    {"op", "phase", "host", "request_id", "correlation_id", "replay_of", "cut", "inventory_digest"}
+)
 _ESSENTIAL = (
     *sorted(_KEEP),
     "vm",
@@ -41,6 +43,9 @@ _ESSENTIAL = (
     "worker",
     "queue_depth",
     "outbox",
+    "operations_in_flight",
+    "vms",
+    "memory",
     "stopped_at",
 )
 
@@ -110,26 +115,43 @@ def _cap(node: Any, key: str, path: str, cuts: list[str]) -> tuple[Any, int]:
         out: Any = node
         size = 2
         for k, v in node.items():
-            nv, n = _cap(v, str(k), f"{path}.{k}", cuts)
-            size += 12 * len(str(k)) + n + 4
-            if nv is not v:
-                if out is node:
-                    out = dict(node)
-                out[k] = nv
+            sk = k if type(k) is str else str(k)
+            n = _leaf(v)  # most values: no call, no path made
+            if n < 0:
+                nv, n = _cap(v, sk, f"{path}.{k}", cuts)
+                if nv is not v:
+                    if out is node:
+                        out = dict(node)
+                    out[k] = nv
+            size += 12 * len(sk) + n + 4
         return out, size
     if isinstance(node, list | tuple):
         items = list(node)
         size = 2
         changed = False
+        inner = f"{path}.*"
         for i, v in enumerate(items):
-            nv, n = _cap(v, key, f"{path}.*", cuts)
+            n = _leaf(v)
+            if n < 0:
+                nv, n = _cap(v, key, inner, cuts)
+                if nv is not v:
+                    items[i], changed = nv, True
             size += n + 1
-            if nv is not v:
-                items[i], changed = nv, True
         return (items if changed else node), size
     if isinstance(node, int) and not -(10**18) < node < 10**18:
         return node, len(str(node))
     return node, 32  # a number, a bool, null, or what default=str makes of an object
+
+
+def _leaf(v: Any) -> int:
+    """What `_cap` would count for `v` when it certainly leaves `v` as it is (a string no limit
+    cuts, null, a bool, a float, an int of up to 18 digits); -1 for anything else."""
+    t = type(v)
+    if t is str:
+        return (6 if v.isascii() else 12) * len(v) + 2 if len(v) <= FIELD_MAX else -1
+    if v is None or t is bool or t is float or (t is int and -(10**18) < v < 10**18):
+        return 32
+    return -1
 
 
 # -- the whole event within EVENT_MAX ------------------------------------------------------------

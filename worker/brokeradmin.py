@@ -339,13 +339,7 @@ def definitions(
     queues, bindings = [], []
     host_queues = []
     for h in hosts:
-        t = Topology(
-            topology.prefix,
-            h,
-            topology.delivery_limit,
-            topology.ops_max_age,
-            topology.events_max_age,
-        )
+        t = replace(topology, host=h)
         host_queues += [t.host_queue, t.dead_queue]
     for q in (topology.ops_log, topology.events_log, *host_queues):
         queues.append(
@@ -508,23 +502,62 @@ def revoke(
     click.echo(f"{'deleted' if existed else 'no such'} user {names[0]!r}", err=True)
 
 
+def stream_policy(name: str, limits: dict[str, object]) -> tuple[str, str, str]:
+    """(policy name, pattern, definition) giving one stream its limits: what `broker setup`
+    applies to a stream made before they were its arguments."""
+    return f"{name}-limits", f"^{re.escape(name)}$", json.dumps(limits, sort_keys=True)
+
+
+def apply_stream_policies(
+    topology: Topology, names: list[str], ctl: Rabbitmqctl, vhost: str = "/"
+) -> list[str]:
+    """Set the limits policy of each stream in `names`; the policies' names. BrokerAdminError
+    naming the commands to run when rabbitmqctl is missing or refuses."""
+    limits = topology.stream_limits()
+    done = []
+    for name in names:
+        policy, pattern, definition = stream_policy(name, limits[name])
+        args = ["set_policy", "-p", vhost, "--apply-to", "queues", "--priority", "10"]
+        args += [policy, pattern, definition]
+        try:
+            ok, out = ctl.attempt(*args)
+        except BrokerAdminError as exc:
+            ok, out = False, str(exc)
+        if not ok:
+            line = " ".join(f"'{a}'" if a[:1] in "^{" else a for a in args)
+            raise BrokerAdminError(
+                f"stream {name} exists without its limits ({out.strip()}); on a broker node, "
+                f"run: rabbitmqctl {line} (docs/deploy.md, Stream limits)"
+            )
+        done.append(policy)
+    return done
+
+
 @broker.command()
 @click.option("--host", "hosts", multiple=True, help="also declare this host's queues")
 @click.option("--broker", help="an administrator's broker URL")
 @click.option("--prefix", help="name prefix (default: from the config)")
 @click.option("--config", type=click.Path(path_type=Path), help="TOML config file")
+@click.option("--vhost", default="/", show_default=True, help="the vhost of a limits policy")
+@click.option("--node", help="rabbitmqctl -n NODE for a limits policy (default: the local node)")
 def setup(
-    hosts: tuple[str, ...], broker: str | None, prefix: str | None, config: Path | None
+    hosts: tuple[str, ...],
+    broker: str | None,
+    prefix: str | None,
+    config: Path | None,
+    vhost: str,
+    node: str | None,
 ) -> None:
     """Declare the shared exchanges and streams (and the queues of --host hosts, so that their
-    operations are kept before their workers first start), as an administrator."""
+    operations are kept before their workers first start), as an administrator. A stream made
+    before its size limit was an argument gets its limits as a policy (with rabbitmqctl)."""
     for h in hosts:
         if not HOST_RE.match(h):
             raise click.BadParameter(f"not a host id: {h!r}", param_hint="--host")
     s = _load(config, broker=broker, prefix=prefix)
     shared = replace(Topology.from_settings(s), passive=False)
     with connect_or_exit(s) as conn:
-        shared.declare_shared(conn)
+        differ = shared.declare_shared(conn)
         for h in hosts:
             replace(shared, host=h).declare_host(conn)
     click.echo(
@@ -533,6 +566,12 @@ def setup(
         + "".join(f", {replace(shared, host=h).host_queue.name}" for h in hosts),
         err=True,
     )
+    if differ:
+        try:
+            policies = apply_stream_policies(shared, differ, Rabbitmqctl(node), vhost)
+        except BrokerAdminError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"applied the limits as policies: {', '.join(policies)}", err=True)
 
 
 @broker.command("definitions")

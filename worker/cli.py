@@ -12,6 +12,7 @@ import click
 
 from worker import logs
 from worker.cliopts import (
+    BrokerFailure,
     BrokerGroup,
     broker_option,
     config_option,
@@ -50,8 +51,12 @@ def run(config: Path | None, **flags: Any) -> None:
     hooks_root_or_exit(s.hooks_root)  # before connecting to anything: exit 2, naming it
     logs.configure(s.log_level, host=s.host)
     from worker.service import Service
+    from worker.tracing import TracingUnavailable
 
-    svc = Service(s, freeze_gc=True)  # this process is the worker: nothing else to collect
+    try:
+        svc = Service(s, freeze_gc=True)  # this process is the worker: nothing else to collect
+    except TracingUnavailable as exc:
+        raise BrokerFailure(f"bad configuration: {exc}") from None
     svc.install_signal_handlers()
     svc.run()
 
@@ -72,6 +77,13 @@ def run(config: Path | None, **flags: Any) -> None:
     help="ISO 8601: not run after this time",
 )
 @click.option("--user-id", help="user_id property (default: the broker URL's user)")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=0.0,
+    help="wait this many seconds for the outcome and print its event (exit 1 on fail or none)",
+)
 @_broker
 @_config
 def publish(
@@ -86,11 +98,14 @@ def publish(
     correlation_id: str | None,
     deadline: datetime | None,
     user_id: str | None,
+    wait_s: float,
     broker: str | None,
     config: Path | None,
 ) -> None:
-    """Publish one operation message to HOST; prints its request id."""
-    from worker.publish import build_body, parse_kv, publish_op
+    """Publish one operation message to HOST; prints its request id (and, with --wait, its
+    terminal event as one JSON line)."""
+    from vmworker.client import Client, OperationFailed, RequestTimeout
+    from worker.publish import build_body, parse_kv
 
     s = _settings(config, broker=broker, host=host)
     vm: dict[str, Any] = json.load(spec) if spec else {}
@@ -108,16 +123,29 @@ def publish(
     with _connect(s) as conn:
         if s.declare_shared:
             topo.declare_shared(conn)
-        rid = publish_op(
-            conn,
-            topo,
+        client = Client(settings=s, connection=conn)
+        req = client.submit(
+            host,
             body,
             request_id=request_id,
             correlation_id=correlation_id,
             deadline=deadline,
             user_id=user_id or broker_user(s),  # checked by the broker, then by the worker
+            validate=False,  # checked above, before connecting
         )
-    click.echo(rid)
+        click.echo(req.request_id)
+        if wait_s <= 0:
+            return
+        sys.stdout.flush()
+        try:
+            ev = req.result(wait_s)
+        except OperationFailed as exc:
+            click.echo(json.dumps(exc.event, separators=(",", ":")))
+            raise SystemExit(1) from None
+        except RequestTimeout as exc:
+            click.echo(str(exc), err=True)
+            raise SystemExit(1) from None
+        click.echo(json.dumps(ev, separators=(",", ":")))
 
 
 def _validate(body: dict[str, Any], max_bytes: int) -> None:
@@ -194,6 +222,17 @@ def schema(op: str | None, events_: bool) -> None:
     if op is not None and op not in OP_MODELS:
         raise click.BadParameter(f"unknown op {op!r}; known: {', '.join(sorted(OP_MODELS))}")
     click.echo(json.dumps(message_schema(op), indent=2))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+@click.option("--prefix", help="name prefix of exchanges and queues (default: vm)")
+def asyncapi(as_json: bool, prefix: str | None) -> None:
+    """Print the AsyncAPI 3.0 document of the wire contract (docs/asyncapi.yaml)."""
+    from worker.asyncapi import asyncapi_document, to_json, to_yaml
+
+    doc = asyncapi_document(prefix)
+    click.echo(to_json(doc) if as_json else to_yaml(doc), nl=False)
 
 
 @main.command()

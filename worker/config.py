@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -52,6 +52,26 @@ class Peer(BaseModel):
     tls: bool = Field(False, description="QEMU's native TLS for the migration stream")
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing (docs/operations.md, Tracing): off by default. The standard
+    OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _PROTOCOL, OTEL_SERVICE_NAME,
+    OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*) apply where these leave a
+    value unset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="make spans and export them over OTLP")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="collector URL (grpc: http://collector:4317; http/protobuf:"
+        " http://collector:4318, /v1/traces added); None: OTEL_EXPORTER_OTLP_* or the default",
+    )
+    protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        None, description="OTLP transport; None: OTEL_EXPORTER_OTLP_PROTOCOL or http/protobuf"
+    )
+    service_name: str = Field("vmworker", description="resource service.name")
+
+
 class Settings(BaseSettings):
     """Everything the worker and the CLI read. Field names are the TOML keys;
     each one is also `VMWORKER_<NAME>` in the environment."""
@@ -83,10 +103,28 @@ class Settings(BaseSettings):
         default_factory=list, description="user_id values accepted; empty accepts any"
     )
     heartbeat_interval: float = Field(30.0, gt=0, description="seconds between host heartbeats")
+    inventory_interval: float = Field(
+        3600.0, gt=0, description="seconds between full inventory snapshots (host.inventory)"
+    )
     amqp_heartbeat: int = Field(30, ge=0, description="AMQP heartbeat (seconds)")
     ops_log_max_age: str = Field("7D", description="retention of the vm.ops.log stream")
     events_log_max_age: str = Field("7D", description="retention of the vm.events.log stream")
+    ops_log_max_bytes: int = Field(
+        5 * 10**9, ge=1, description="size limit of the vm.ops.log stream (bytes)"
+    )
+    events_log_max_bytes: int = Field(
+        20 * 10**9, ge=1, description="size limit of the vm.events.log stream (bytes)"
+    )
+    stream_max_segment_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="segment size of both streams (bytes); the broker's default (500 MB) "
+        "when unset; old data goes a whole segment at a time",
+    )
     journal_retention_days: float = Field(7.0, gt=0)
+    monitor_offline_after: float = Field(
+        3600.0, ge=0, description="`vmworker monitor` hides hosts offline longer (seconds)"
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0 = off")
     metrics_address: str = Field(
         "127.0.0.1", description="address the metrics port listens on; 0.0.0.0 = all"
@@ -106,6 +144,7 @@ class Settings(BaseSettings):
     peers: dict[str, Peer] = Field(
         default_factory=dict, description="host id -> how a migration reaches it"
     )
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     log_level: str = "info"
 
     @field_validator("host")

@@ -1,10 +1,11 @@
 """`vmworker drain HOST --to HOST2 ...`: move every VM running on HOST with `migrate_vm`.
 
 Which VMs run on HOST is learnt from events only (worker/drainplan.py): the events log stream
-read from `--lookback` seconds ago, then a live queue bound to the hosts' heartbeats, state
-events and HOST's `migrate_vm` events, declared before the log is read so that nothing falls in
-between. The plan is round-robin over the `--to` hosts, or `--by-memory` (each destination's
-free memory from its heartbeat). With `--wait` the migrations run `--parallel` at a time, each
+read from `--lookback` seconds ago, then live events of the hosts' heartbeats, state events and
+HOST's `migrate_vm` events, through the client library's queue (vmworker.client), bound before
+the log is read so that nothing falls in between; the migrations are published with it too.
+The plan is round-robin over the `--to` hosts, or `--by-memory` (each destination's free memory
+from its heartbeat). With `--wait` the migrations run `--parallel` at a time, each
 with a progress bar fed by `<HOST>.migrate_vm.progress`, and a results table ends the run (exit
 1 if any VM did not move); without it, every `migrate_vm` is published at once and their
 request ids printed (the source worker runs them at its own concurrency). See
@@ -13,17 +14,15 @@ docs/operations.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from kombu import Connection, Consumer, Queue, binding
-from kombu.message import Message
+from kombu import Connection
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
@@ -31,7 +30,10 @@ from rich.table import Table
 from worker.bounds import cell
 from worker.cliopts import BrokerFailure, connect_or_exit, connection_options, settings_or_exit
 from worker.drainplan import MIGRATE, DrainRun, Inventory, Move, plan_by_memory, plan_round_robin
-from worker.topology import Topology, stream
+from worker.topology import Topology
+
+if TYPE_CHECKING:
+    from vmworker.client import Watch
 
 SILENT_BEATS = 3.5  # the source is taken as down after this many intervals of silence...
 SILENT_MIN_S = 60.0  # ...and never sooner than this
@@ -45,55 +47,12 @@ _OUTCOME_STYLE = {
 }
 
 
-def watch_queue(topology: Topology, source: str, destinations: list[str]) -> Queue:
-    """A private queue for everything a drain reads live: the hosts' inventories, the source's
-    state events and its migrations' events. Named as a tap: a control-plane identity may
-    declare those (docs/security.md)."""
+def watch_keys(source: str, destinations: list[str]) -> list[str]:
+    """What a drain reads live: the hosts' inventories, the source's state events and its
+    migrations' events (bound on the client's queue, a tap queue a control-plane identity may
+    declare: docs/security.md)."""
     keys = [f"{source}.host.*", f"{source}.state.*", f"{source}.{MIGRATE}.*"]
-    keys += [f"{d}.host.*" for d in destinations]
-    return Queue(
-        f"{topology.prefix}.events.tap.drain-{uuid.uuid4().hex[:12]}",
-        bindings=[binding(topology.events, routing_key=k) for k in keys],
-        exclusive=True,
-        auto_delete=True,
-        durable=False,
-    )
-
-
-class EventReader:
-    """Events of one queue, vouched for (a body naming another host than its key is dropped)."""
-
-    def __init__(self, conn: Connection, queue: Queue) -> None:
-        from worker.subscribe import vouched
-
-        self.conn = conn
-        self.buf: list[dict[str, Any]] = []
-
-        def on_message(m: Message) -> None:
-            m.ack()
-            try:
-                ev = json.loads(m.body)
-            except ValueError:
-                return
-            if isinstance(ev, dict) and vouched(ev, m.delivery_info.get("routing_key")):
-                self.buf.append(ev)
-
-        self.channel = conn.channel()
-        self.channel.basic_qos(0, 500, False)
-        self.consumer = Consumer(self.channel, queues=[queue], on_message=on_message)
-        self.consumer.consume()
-
-    def poll(self, timeout: float = 0.2) -> list[dict[str, Any]]:
-        with contextlib.suppress(TimeoutError):
-            self.conn.drain_events(timeout=timeout)
-        out, self.buf = self.buf, []
-        return out
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.consumer.cancel()
-        with contextlib.suppress(Exception):
-            self.channel.close()
+    return keys + [f"{d}.host.*" for d in destinations]
 
 
 def read_log_since(conn: Connection, topology: Topology, since: datetime) -> list[dict[str, Any]]:
@@ -101,7 +60,7 @@ def read_log_since(conn: Connection, topology: Topology, since: datetime) -> lis
     from worker.history import read_messages
     from worker.subscribe import vouched
 
-    q = stream(topology.events_log.name, topology.events, topology.events_max_age, since)
+    q = topology.events_log_from(since)
     out = []
     for m in read_messages(conn, q, idle=0.5):
         try:
@@ -116,14 +75,15 @@ def read_log_since(conn: Connection, topology: Topology, since: datetime) -> lis
 def learn(
     conn: Connection,
     topology: Topology,
-    reader: EventReader,
+    reader: Watch,
     hosts: list[str],
     *,
     lookback: float,
     wait: float,
 ) -> Inventory:
-    """The inventory of `hosts` from the events log, then live events until each of them has
-    sent a heartbeat (at most `wait` seconds more)."""
+    """The inventory of `hosts` (the source first) from the events log, then live events until
+    each of them has sent a heartbeat and the source its inventory (at most `wait` seconds
+    more)."""
     inv = Inventory()
     for ev in read_log_since(conn, topology, datetime.now(UTC) - timedelta(seconds=lookback)):
         inv.apply(ev)
@@ -131,7 +91,7 @@ def learn(
     while True:
         for ev in reader.poll(0.2):
             inv.apply(ev)
-        if all(h in inv.beats for h in hosts) or time.monotonic() > end:
+        if all(inv.known(h, source=h == hosts[0]) for h in hosts) or time.monotonic() > end:
             return inv
 
 
@@ -210,7 +170,7 @@ def _table(moves: list[Move], *, title: str, results: bool) -> Table:
 
 
 def _run(
-    reader: EventReader,
+    reader: Watch,
     run: DrainRun,
     publish: Any,
     inv: Inventory,
@@ -291,9 +251,8 @@ def _run(
 @click.option(
     "--lookback",
     type=float,
-    default=600.0,
-    show_default=True,
-    help="read the events log from this many seconds ago",
+    help="read the events log from this many seconds ago (default: the inventory_interval "
+    "setting and 10 minutes: the last inventory snapshot is in it)",
 )
 @click.option(
     "--inventory-wait",
@@ -313,7 +272,7 @@ def drain(
     dry_run: bool,
     params: tuple[str, ...],
     timeout: float,
-    lookback: float,
+    lookback: float | None,
     inventory_wait: float,
     as_json: bool,
     broker: str | None,
@@ -321,8 +280,9 @@ def drain(
     config: Path | None,
 ) -> None:
     """Move every VM running on HOST to the --to hosts with migrate_vm."""
+    from vmworker.client import Client
     from worker.config import HOST_RE
-    from worker.publish import parse_kv, publish_op, require_host_queue
+    from worker.publish import parse_kv, require_host_queue
 
     dests = list(dict.fromkeys(destinations))
     for h in (host, *dests):
@@ -348,12 +308,13 @@ def drain(
     with connect_or_exit(s) as conn:
         if s.declare_shared:
             topo.declare_shared(conn)
-        q = watch_queue(topo, host, dests).bind(conn.default_channel)
-        q.declare()  # before the log is read and before anything is published
-        reader = EventReader(conn, q)
+        client = Client(settings=s, connection=conn)
+        # bound before the log is read and before anything is published
+        reader = client.watch(keys=watch_keys(host, dests))
         try:
             need = [host, *dests]
-            inv = learn(conn, topo, reader, need, lookback=lookback, wait=inventory_wait)
+            back = s.inventory_interval + 600.0 if lookback is None else lookback
+            inv = learn(conn, topo, reader, need, lookback=back, wait=inventory_wait)
             _check_hosts(inv, host, dests)
             moves = _plan(inv, host, dests, by_memory)
             if dry_run or not moves:
@@ -364,10 +325,10 @@ def drain(
                 require_host_queue(conn, topo, h)
 
             def publish(m: Move) -> str:
-                return publish_op(
-                    conn, topo, _body(m, extra), correlation_id=drain_id,
-                    routing_key=host, check_queue=False,
-                )  # fmt: skip
+                return client.submit(
+                    host, _body(m, extra), correlation_id=drain_id, check_queue=False,
+                    validate=False,  # checked above
+                ).request_id  # fmt: skip
 
             run = DrainRun(moves, parallel or 2)
             if not wait:
@@ -385,7 +346,7 @@ def drain(
                 err.print("interrupted: migrations already sent go on (vmworker monitor)")
                 raise SystemExit(130) from None
         finally:
-            reader.close()
+            client.close()
     _report(out, host, run.moves, as_json=as_json, results=True, dry_run=False)
     if run.failed:
         raise SystemExit(1)

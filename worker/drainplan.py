@@ -2,7 +2,7 @@
 goes (the plan), and how the migrations stand as their events arrive (`DrainRun`).
 
 `vmworker drain` (worker/drain.py) reads events and feeds them here; the unit tests feed
-recorded events. What runs where is learnt from events only (heartbeat inventories and state
+recorded events. What runs where is learnt from events only (`host.inventory` events and state
 events, folded by the monitor's FleetView), never from a host's libvirt.
 """
 
@@ -33,6 +33,7 @@ class Inventory:
     # host -> data of its newest heartbeat/online event
     beats: dict[str, dict[str, Any]] = field(default_factory=dict)
     beat_at: dict[str, float] = field(default_factory=dict)
+    listed: set[str] = field(default_factory=set)  # hosts whose VM list an inventory gave
     vm_memory: dict[str, int] = field(default_factory=dict)  # uuid -> MiB, from inventories
 
     def apply(self, ev: dict[str, Any]) -> None:
@@ -40,15 +41,21 @@ class Inventory:
             return
         words = str(ev.get("type", "")).split(".")
         data = ev.get("data") or {}
-        if words[1:3] not in (["host", "heartbeat"], ["host", "online"]):
-            return
         host, at = data.get("host"), parse_time(ev.get("time")) or 0.0
-        if not host or at < self.beat_at.get(host, 0.0):
+        if words[1:2] != ["host"] or not host:
+            return
+        if isinstance(data.get("domains"), list):  # host.inventory (or an old heartbeat)
+            self.listed.add(host)
+            for d in data["domains"]:
+                if isinstance(d, dict) and d.get("uuid") and isinstance(d.get("memory_mib"), int):
+                    self.vm_memory[d["uuid"]] = d["memory_mib"]
+        if words[2] not in ("heartbeat", "online") or at < self.beat_at.get(host, 0.0):
             return
         self.beats[host], self.beat_at[host] = data, at
-        for d in data.get("domains") or []:
-            if isinstance(d, dict) and d.get("uuid") and isinstance(d.get("memory_mib"), int):
-                self.vm_memory[d["uuid"]] = d["memory_mib"]
+
+    def known(self, host: str, *, source: bool) -> bool:
+        """Enough is known of `host`: a heartbeat, and for the source its VMs' list too."""
+        return host in self.beats and (not source or host in self.listed)
 
     def status(self, host: str, now: float) -> str:
         """online | late | down | offline | unknown (never heard of), as the monitor says."""
@@ -66,7 +73,8 @@ class Inventory:
 
     def free_mib(self, host: str) -> int | None:
         """The host's free memory as its newest heartbeat says (None: it does not say)."""
-        mem = (self.beats.get(host, {}).get("libvirt") or {}).get("memory") or {}
+        beat = self.beats.get(host, {})
+        mem = beat.get("memory") or (beat.get("libvirt") or {}).get("memory") or {}
         free = mem.get("free_mib")
         return free if isinstance(free, int) else None
 

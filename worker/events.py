@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,8 +38,10 @@ def cloud_event(
     subject: str | None,
     request_id: str | None,
     data: dict[str, Any],
+    trace: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A structured-mode CloudEvent, bounded. `type_words` is e.g. ("start_vm", "after")."""
+    """A structured-mode CloudEvent, bounded. `type_words` is e.g. ("start_vm", "after");
+    `trace`: the W3C `traceparent` (and `tracestate`) it carries (worker/tracing.py)."""
     ev: dict[str, Any] = {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),
@@ -52,6 +55,8 @@ def cloud_event(
         ev["subject"] = subject
     if request_id:
         ev["requestid"] = request_id
+    if trace:
+        ev.update(trace)  # the CloudEvents distributed-tracing extension
     return bound(ev)
 
 
@@ -64,6 +69,7 @@ def op_event(
     correlation_id: str | None,
     vm_uuid: str | None,
     vm_name: str | None,
+    trace: Mapping[str, str] | None = None,
     **fields: Any,
 ) -> tuple[str, dict[str, Any]]:
     """(routing key, event) for one phase of one operation; `fields` go into `data`."""
@@ -77,13 +83,22 @@ def op_event(
         "correlation_id": correlation_id,
     }
     data.update(fields)
-    ev = cloud_event(host, (op, phase), subject=vm_uuid, request_id=request_id, data=data)
+    ev = cloud_event(
+        host, (op, phase), subject=vm_uuid, request_id=request_id, data=data, trace=trace
+    )
     return routing_key(host, op, phase), ev
 
 
-def as_duplicate(event: dict[str, Any], *, redelivered: bool) -> dict[str, Any]:
-    """A recorded terminal event, re-sent for a request that already finished."""
+def as_duplicate(
+    event: dict[str, Any], *, redelivered: bool, trace: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A recorded terminal event, re-sent for a request that already finished; it carries the
+    trace context of the message that asked again (`trace`), not the recorded one's."""
     ev = json.loads(json.dumps(event))
+    ev.pop("traceparent", None)
+    ev.pop("tracestate", None)
+    if trace:
+        ev.update(trace)
     ev["id"] = str(uuid.uuid4())
     ev["time"] = now_iso()
     ev["data"]["duplicate"] = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.messages import JSON_SCHEMA_DIALECT
+from worker.tracing import TRACEPARENT_PATTERN, TRACESTATE_MAX
 
 EVENT_SCHEMA_ID = "urn:vmworker:schema:event:1"
 # every timestamp of an event: RFC 3339, UTC, milliseconds (events.now_iso)
@@ -210,12 +211,67 @@ _STATE_DATA = {
     "additionalProperties": False,
     "allOf": [_whole(["reason", "domain_state"])],
 }
-_INVENTORY = {
+_MEMORY = {  # the node's, in MiB: what a drain places VMs by
+    "type": "object",
+    "properties": {"total_mib": _MIB, "free_mib": _MIB},
+    "required": ["total_mib", "free_mib"],
+    "additionalProperties": False,
+}
+_DIGEST = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
+# `data` of host.heartbeat and host.online: liveness and counters, never the inventory
+_BEAT = {
     "type": "object",
     "properties": {
         "host": _STR,
         "worker": _WORKER,
         "interval_s": _NUM,
+        "inventory_digest": _DIGEST,
+        "vms": {
+            "type": ["object", "null"],  # null: libvirt did not answer
+            "properties": {
+                "total": {"type": "integer", "minimum": 0},
+                "by_state": {"type": "object", "additionalProperties": _MIB},
+            },
+            "required": ["total", "by_state"],
+            "additionalProperties": False,
+        },
+        "libvirt": {
+            "type": "object",
+            "properties": {"uri": _STR, "error": _STR},
+            "required": ["uri"],
+            "additionalProperties": False,
+        },
+        "memory": _MEMORY,
+        "queue_depth": {"type": ["integer", "null"], "minimum": 0},
+        "outbox": _NINT,
+        "operations_in_flight": _NINT,
+        "cut": _CUT,
+    },
+    "required": ["host"],
+    "additionalProperties": False,
+    "allOf": [
+        _whole(
+            [
+                "worker",
+                "interval_s",
+                "inventory_digest",
+                "vms",
+                "libvirt",
+                "queue_depth",
+                "outbox",
+                "operations_in_flight",
+            ]
+        )
+    ],
+}
+# `data` of host.inventory: what runs and is installed, and what after_get_caps hooks add
+_INVENTORY = {
+    "type": "object",
+    "properties": {
+        "host": _STR,
+        "worker": _WORKER,
+        "reason": {"enum": ["online", "changed", "snapshot"]},
+        "inventory_digest": _DIGEST,
         "libvirt": {
             "type": "object",
             "properties": {
@@ -223,17 +279,12 @@ _INVENTORY = {
                 "version": _STR,
                 "hypervisor": _STR,
                 "hypervisor_version": _STR,
-                "memory": {  # the node's, in MiB: what a drain places VMs by
-                    "type": "object",
-                    "properties": {"total_mib": _MIB, "free_mib": _MIB},
-                    "required": ["total_mib", "free_mib"],
-                    "additionalProperties": False,
-                },
                 "error": _STR,
             },
             "required": ["uri"],
             "additionalProperties": False,
         },
+        "memory": _MEMORY,
         "domains": {
             "type": ["array", "null"],
             "items": {
@@ -250,27 +301,11 @@ _INVENTORY = {
         },
         "hooks": {"type": ["object", "null"]},
         "hooks_error": _STR,
-        "queue_depth": {"type": ["integer", "null"], "minimum": 0},
-        "outbox": _NINT,
-        "operations_in_flight": _NINT,
         "cut": _CUT,
     },
     "required": ["host"],
     "additionalProperties": True,  # what an after_get_caps hook adds (any JSON)
-    "allOf": [
-        _whole(
-            [
-                "worker",
-                "interval_s",
-                "libvirt",
-                "domains",
-                "hooks",
-                "queue_depth",
-                "outbox",
-                "operations_in_flight",
-            ]
-        )
-    ],
+    "allOf": [_whole(["worker", "reason", "inventory_digest", "libvirt", "domains", "hooks"])],
 }
 _OFFLINE = {
     "type": "object",
@@ -312,6 +347,9 @@ def event_schema() -> dict[str, Any]:
             "time": _TIME,
             "datacontenttype": {"const": "application/json"},
             "requestid": _STR,
+            # CloudEvents distributed-tracing extension: W3C Trace Context (worker/tracing.py)
+            "traceparent": {"type": "string", "pattern": TRACEPARENT_PATTERN},
+            "tracestate": {"type": "string", "maxLength": TRACESTATE_MAX},
             "data": {"type": "object"},
         },
         "required": ["specversion", "id", "source", "type", "time", "datacontenttype", "data"],
@@ -322,7 +360,8 @@ def event_schema() -> dict[str, Any]:
             _kind(rf"^vmworker\.{op}\.fail$", _op_data("fail", _TERMINAL, error=True)),
             _kind(rf"^vmworker\.{op}\.progress$", _progress_data()),
             _kind(r"^vmworker\.state\.[A-Za-z0-9_-]+$", _STATE_DATA),
-            _kind(r"^vmworker\.host\.(online|heartbeat)$", _INVENTORY),
+            _kind(r"^vmworker\.host\.(online|heartbeat)$", _BEAT),
+            _kind(r"^vmworker\.host\.inventory$", _INVENTORY),
             _kind(r"^vmworker\.host\.offline$", _OFFLINE),
         ],
     }

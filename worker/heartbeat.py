@@ -1,17 +1,23 @@
-"""The host's heartbeat: its inventory, as an event, every `heartbeat_interval` seconds.
+"""The host's heartbeat (liveness and counters) and its inventory (what runs and is installed).
 
-`<host>.host.online` at start (queued by the service before it consumes: the first event of a
-run) and `<host>.host.heartbeat` afterwards carry the same data (worker version and uptime,
-libvirt and hypervisor versions, the host's memory and how much is free, every domain with its
-state and memory, the installed hooks with their sha256, the depth of the host queue and of the
-outbox), plus what VDSM's `after_get_caps` hooks add to it; `<host>.host.offline` is queued on
-a clean stop. Events go
-through `sink` (the journal's outbox), like every other.
+Every `heartbeat_interval` seconds `<host>.host.heartbeat` says the host is alive: worker version
+and uptime, how many domains are in each state, the node's memory, the depth of the host queue
+and of the outbox, and `inventory_digest`, the sha256 of the inventory (a few hundred bytes,
+whatever the number of VMs). The inventory itself (libvirt and hypervisor versions, every domain
+with its state and memory, the installed hooks with their sha256, plus what VDSM's
+`after_get_caps` hooks add) goes in `<host>.host.inventory`: right after `host.online` (reason
+`online`), at a heartbeat whose digest differs from the last one sent (reason `changed`, queued
+just before that heartbeat) and every `inventory_interval` seconds (reason `snapshot`), so that
+a reader that starts late needs at most that much of the log. `<host>.host.online` (the first
+event of a run, queued by the service before it consumes) has the heartbeat's fields;
+`<host>.host.offline` is queued on a clean stop. Events go through `sink` (the journal's
+outbox), like every other. docs/protocol.md has the fields.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -77,8 +83,33 @@ class QueueDepth:
                 conn.release()
 
 
+# keys of an inventory event that are not the inventory itself (nor in its digest); `memory`
+# changes at every beat on a real host: it is in every heartbeat, not in the digest
+NOT_INVENTORY = frozenset({"host", "worker", "reason", "inventory_digest", "cut", "memory"})
+
+
+def inventory_digest(inventory: dict[str, Any]) -> str:
+    """`sha256:<hex>` of the canonical JSON (sorted keys, no spaces) of an inventory's
+    own keys (all but NOT_INVENTORY)."""
+    part = {k: v for k, v in inventory.items() if k not in NOT_INVENTORY}
+    text = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def vm_counts(domains: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """`{"total": n, "by_state": {state: n}}` of an inventory's domains (None: unknown)."""
+    if domains is None:
+        return None
+    by_state: dict[str, int] = {}
+    for d in domains:
+        state = str(d.get("state") or "unknown")
+        by_state[state] = by_state.get(state, 0) + 1
+    return {"total": len(domains), "by_state": dict(sorted(by_state.items()))}
+
+
 class Heartbeat:
-    """A thread that queues the host's inventory as an event on a fixed schedule."""
+    """A thread that queues the host's heartbeat on a fixed schedule, and its inventory when
+    it changed or is due."""
 
     def __init__(
         self,
@@ -88,6 +119,7 @@ class Heartbeat:
         sink: Callable[[str, dict[str, Any]], Any],
         libvirt_conn: LibvirtConnection,
         hooks: HookEngine,
+        inventory_interval: float = 3600.0,
         queue_depth: Callable[[], int | None] | None = None,
         outbox_size: Callable[[], int] | None = None,
         in_flight: Callable[[], int] | None = None,
@@ -97,6 +129,7 @@ class Heartbeat:
     ) -> None:
         self.host = host
         self.interval = interval
+        self.inventory_interval = inventory_interval
         self.sink = sink
         self.lv = libvirt_conn
         self.hooks = hooks
@@ -104,40 +137,62 @@ class Heartbeat:
         self.outbox_size = outbox_size
         self.in_flight = in_flight
         self.on_beat = on_beat
-        self.on_inventory = on_inventory
+        self.on_inventory = on_inventory  # called with each heartbeat's (and online's) data
         self.online_by_caller = online_by_caller  # else the thread says host.online itself
         self._online_done = threading.Event()
         self.started_mono = time.monotonic()
         self.started_at = events.now_iso()
         self.beats = 0
+        self.inventories = 0
+        self._sent_digest: str | None = None  # of the last inventory event queued
+        self._sent_at = 0.0  # monotonic time of it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._said_offline = False
         self._said_online = False
         self._online_lock = threading.Lock()
 
-    def inventory(self, *, queue_depth: bool = True) -> dict[str, Any]:
-        """The `data` of a heartbeat: everything the control plane knows of this host."""
-        data: dict[str, Any] = {
-            "host": self.host,
-            "worker": {
-                "version": worker_version(),
-                "pid": os.getpid(),
-                "started_at": self.started_at,
-                "uptime_s": round(time.monotonic() - self.started_mono, 3),
-            },
-            "interval_s": self.interval,
+    def _worker(self) -> dict[str, Any]:
+        return {
+            "version": worker_version(),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
         }
-        data["libvirt"], data["domains"] = self._libvirt()
+
+    def inventory(self) -> dict[str, Any]:
+        """The `data` of an inventory event (without `reason` and `inventory_digest`):
+        everything the control plane knows of this host."""
+        data: dict[str, Any] = {"host": self.host, "worker": self._worker()}
+        data["libvirt"], memory, data["domains"] = self._libvirt()
+        if memory is not None:
+            data["memory"] = memory
         try:
             data["hooks"] = self.hooks.inventory()
         except Exception as exc:
             data["hooks"] = None
             data["hooks_error"] = str(exc)
+        return self._after_get_caps(data)
+
+    def beat_data(
+        self, inventory: dict[str, Any], digest: str, *, queue_depth: bool = True
+    ) -> dict[str, Any]:
+        """The `data` of a heartbeat (and of `host.online`): liveness and counters only."""
+        lv = inventory.get("libvirt") or {}
+        data: dict[str, Any] = {
+            "host": self.host,
+            "worker": self._worker(),
+            "interval_s": self.interval,
+            "inventory_digest": digest,
+            "vms": vm_counts(inventory.get("domains")),
+            "libvirt": {k: lv[k] for k in ("uri", "error") if k in lv},
+        }
+        if inventory.get("memory") is not None:
+            data["memory"] = inventory["memory"]
         data["queue_depth"] = self.queue_depth() if self.queue_depth and queue_depth else None
         data["outbox"] = _call(self.outbox_size)
         data["operations_in_flight"] = _call(self.in_flight)
-        return self._after_get_caps(data)
+        return data
 
     def _after_get_caps(self, data: dict[str, Any]) -> dict[str, Any]:
         """The inventory through VDSM's `after_get_caps` chain: keys a hook adds are carried,
@@ -164,7 +219,10 @@ class Heartbeat:
             return data
         return {**edited, **data}
 
-    def _libvirt(self) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    def _libvirt(
+        self,
+    ) -> tuple[dict[str, Any], dict[str, int] | None, list[dict[str, Any]] | None]:
+        """(libvirt's identity, the node's memory, the domains sorted by uuid)."""
         info: dict[str, Any] = {"uri": self.lv.uri}
         try:
             conn = self.lv.get()
@@ -172,7 +230,7 @@ class Heartbeat:
             info["hypervisor"] = conn.getType()
             info["hypervisor_version"] = version_text(conn.getVersion())
             # what a placement (vmworker drain --by-memory) needs: MiB free for new guests
-            info["memory"] = {
+            memory = {
                 "total_mib": int(conn.getInfo()[1]),
                 "free_mib": int(conn.getFreeMemory()) // (1024 * 1024),
             }
@@ -191,17 +249,36 @@ class Heartbeat:
                     )
                 except libvirt.libvirtError:
                     continue  # undefined while we listed
-            return info, domains
+            return info, memory, sorted(domains, key=lambda d: d["uuid"])
         except libvirt.libvirtError as exc:
             info["error"] = str(exc)
             self.lv.reset()
-            return info, None
+            return info, None, None
 
     def _queue(self, kind: str, data: dict[str, Any]) -> None:
         ev = events.cloud_event(self.host, ("host", kind), subject=None, request_id=None, data=data)
         self.sink(events.routing_key(self.host, "host", kind), ev)
-        if kind != "offline" and self.on_inventory is not None:
+        if kind in ("online", "heartbeat") and self.on_inventory is not None:
             self.on_inventory(data)
+
+    def _send_inventory(self, inventory: dict[str, Any], digest: str, reason: str) -> None:
+        data = {"host": self.host, "worker": inventory["worker"], "reason": reason}
+        data["inventory_digest"] = digest
+        data.update((k, v) for k, v in inventory.items() if k not in data)
+        self._queue("inventory", data)
+        self._sent_digest, self._sent_at = digest, time.monotonic()
+        self.inventories += 1
+
+    def tick(self) -> None:
+        """One beat: the inventory first if it changed (or a snapshot is due), then the
+        heartbeat, whose digest is then the one a reader has just seen."""
+        inv = self.inventory()
+        digest = inventory_digest(inv)
+        if digest != self._sent_digest:
+            self._send_inventory(inv, digest, "changed")
+        elif time.monotonic() - self._sent_at >= self.inventory_interval:
+            self._send_inventory(inv, digest, "snapshot")
+        self._queue("heartbeat", self.beat_data(inv, digest))
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Heartbeat:
@@ -216,14 +293,17 @@ class Heartbeat:
         return self
 
     def online(self, queue_depth: int | None) -> None:
-        """Queue `host.online` (once) with the full inventory and the host queue's depth as
-        the caller found it, before it consumes anything."""
+        """Queue `host.online` (once) with the host queue's depth as the caller found it,
+        before it consumes anything, then the whole inventory (reason `online`)."""
         with self._online_lock:
             if self._said_online:
                 return
-            data = self.inventory(queue_depth=False)
+            inv = self.inventory()
+            digest = inventory_digest(inv)
+            data = self.beat_data(inv, digest, queue_depth=False)
             data["queue_depth"] = queue_depth
             self._queue("online", data)
+            self._send_inventory(inv, digest, "online")
             self._said_online = True
         self._online_done.set()
 
@@ -239,7 +319,7 @@ class Heartbeat:
             if due < time.monotonic():  # we fell behind (a suspended host): skip, not burst
                 due = time.monotonic() + self.interval
             try:
-                self._queue("heartbeat", self.inventory())
+                self.tick()
                 self.beats += 1
                 if self.on_beat is not None:
                     self.on_beat()
@@ -258,12 +338,7 @@ class Heartbeat:
                 {
                     "host": self.host,
                     "reason": reason,
-                    "worker": {
-                        "version": worker_version(),
-                        "pid": os.getpid(),
-                        "started_at": self.started_at,
-                        "uptime_s": round(time.monotonic() - self.started_mono, 3),
-                    },
+                    "worker": self._worker(),
                     "stopped_at": events.now_iso(),
                 },
             )

@@ -26,7 +26,7 @@ from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
 from worker.messages import redact_body
 from worker.monitor import parse_time
 from worker.subscribe import vouched
-from worker.topology import Topology, stream
+from worker.topology import Topology
 
 LINE_MAX = 300  # characters of one detail line (an error, a line of stderr)
 STDERR_LINES = 20  # lines of stderr shown per event (--json has them all)
@@ -115,14 +115,14 @@ def read_ops_log(
 ) -> list[LogMessage]:
     """The ops log, from its start (or from the chunk holding `since`)."""
     offset: object = since if since is not None else "first"
-    q = stream(topology.ops_log.name, topology.ops, topology.ops_max_age, offset)
+    q = topology.ops_log_from(offset)
     return [LogMessage.of(m) for m in read_messages(conn, q, idle=idle)]
 
 
 def read_events_log(
     conn: Connection, topology: Topology, *, idle: float = 1.0
 ) -> list[dict[str, Any]]:
-    q = stream(topology.events_log.name, topology.events, topology.events_max_age, "first")
+    q = topology.events_log_from("first")
     out = []
     for m in read_messages(conn, q, idle=idle):
         try:

@@ -10,6 +10,7 @@ from typing import Any
 from kombu.message import Message
 
 from worker.errors import OpError
+from worker.tracing import Trace
 
 REASON_HEADERS = ("x-vmworker-error-code", "x-vmworker-error-source", "x-vmworker-reason")
 
@@ -35,6 +36,7 @@ class Job:
     deadline: datetime | None = None  # x-deadline: not started past it, fails as `expired`
     attempt: int = 1  # which run of the request on this host: 2 and up after the worker died in it
     control: bool = False  # runs at once, not behind its VM's queue (cancel_migration)
+    trace: Trace = field(default_factory=lambda: Trace({}))  # its message's trace context
 
     @property
     def vm(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from worker import tracing
 from worker.domevents import Ownership
 from worker.jobs import Job, Stats
 from worker.metrics import Metrics
@@ -38,6 +39,39 @@ class Middleware:
 
     def exit(self, job: Job) -> None:
         pass
+
+
+class TraceContext(Middleware):
+    """The job's trace (worker/tracing.py) is its pool thread's: hook runs, libvirt calls and
+    messages to other hosts find it there. With tracing on, its span gets the outcome and ends
+    when the job does."""
+
+    def enter(self, job: Job) -> None:
+        tracing.enter(job.trace)
+
+    def after_run(self, job: Job, outcome: Outcome | None) -> None:
+        if outcome is None and job.trace.span is not None:
+            job.trace.failed(None, "internal", "the job crashed outside the runner")
+
+    def finished(self, job: Job, outcome: Outcome, data: dict[str, Any]) -> None:
+        span = job.trace.span
+        if span is None:
+            return
+        span.set_attributes(
+            {
+                "vmworker.phase": outcome.phase,
+                "vmworker.state": outcome.state,
+                "vmworker.attempt": outcome.attempts,
+            }
+        )
+        if outcome.error is not None:
+            span.set_attribute("vmworker.error.source", outcome.error.source)
+            job.trace.failed(None, outcome.error.code, outcome.error.message)
+
+    def exit(self, job: Job) -> None:
+        tracing.leave(job.trace)
+        if job.trace.span is not None:
+            job.trace.span.end()
 
 
 class LogContext(Middleware):

@@ -14,9 +14,10 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ DOWN_MISSED = 3  # a host is down once this many heartbeats in a row did not com
 DOWN_FACTOR = DOWN_MISSED + 0.5  # ... each given half an interval of slack, as LATE_FACTOR is
 TEXT_CELL_MAX = 400  # characters of a stderr cell
 TEXT_CELL_LINES = 6  # lines of a stderr cell
+LIVE_FAILURES = 5  # failures a live view shows (each up to TEXT_CELL_LINES tall); --once: 10
 _STATE_OF_EVENT = {  # state event word -> domain state, when the event carries none
     "defined": "shutoff",
     "undefined": "undefined",
@@ -45,6 +47,7 @@ _STATE_OF_EVENT = {  # state event word -> domain state, when the event carries 
     "crashed": "crashed",
     "pmsuspended": "pmsuspended",
 }
+_REFUSED = ("validation", "expired", "unauthorized")  # error sources of a message never run
 _STATE_STYLE = {
     "running": "green",
     "paused": "yellow",
@@ -80,6 +83,17 @@ class HostRow:
     outbox: int | None = None
     hooks: int | None = None
     started_at: str | None = None
+    by_state: dict[str, int] | None = None  # domains per state, from the heartbeat
+    free_mib: int | None = None
+    digest: str | None = None  # inventory_digest of its newest heartbeat
+    inventory_digest: str | None = None  # ... of the newest inventory seen
+    inventory_at: float | None = None
+
+    @property
+    def stale(self) -> bool:
+        """Its heartbeat names another inventory than the newest one seen (one may have been
+        lost, or this reader started between an inventory and its heartbeat)."""
+        return self.digest is not None and self.digest != self.inventory_digest
 
 
 @dataclass
@@ -96,6 +110,12 @@ class VmRow:
     request_id: str | None = None
     op_at: float = 0.0
     error: str | None = None
+    known: bool = False  # an inventory, a state event or a success said it exists
+
+    @property
+    def at(self) -> float:
+        """Time of the newest news about it."""
+        return max(self.op_at, self.changed_at)
 
     def observe(self, state: str, at: float) -> None:
         """News about the state at time `at`; older news than what we know is ignored."""
@@ -161,6 +181,9 @@ class FleetView:
         if not host:
             return
         row = self.hosts.setdefault(host, HostRow(host))
+        if kind == "inventory":
+            self._inventory(row, data, at)
+            return
         if row.last_seen is not None and at < row.last_seen:
             return  # an older beat, seen late
         row.last_seen = at
@@ -172,36 +195,58 @@ class FleetView:
             return
         row.status = "online"
         row.interval = data.get("interval_s", row.interval)
+        row.queue_depth = data.get("queue_depth")
+        row.outbox = data.get("outbox")
+        memory = data.get("memory") or (data.get("libvirt") or {}).get("memory") or {}
+        row.free_mib = memory.get("free_mib", row.free_mib)
+        vms = data.get("vms")
+        if isinstance(vms, dict):
+            row.domains = vms.get("total", row.domains)
+            row.by_state = vms.get("by_state") or {}
+        if "inventory_digest" in data:
+            row.digest = data["inventory_digest"]
+        elif "domains" in data:  # a worker from before host.inventory: its beat is one
+            self._inventory(row, data, at)
+
+    def _inventory(self, row: HostRow, data: dict[str, Any], at: float) -> None:
+        """What runs on the host and what is installed (`host.inventory`, or the heartbeat of
+        a worker from before it)."""
+        if row.inventory_at is not None and at < row.inventory_at:
+            return
+        row.inventory_at = at
+        row.inventory_digest = data.get("inventory_digest")
         lv = data.get("libvirt") or {}
         row.libvirt = lv.get("version", row.libvirt)
         if lv.get("hypervisor"):
             row.hypervisor = f"{lv['hypervisor']} {lv.get('hypervisor_version', '')}".strip()
-        row.queue_depth = data.get("queue_depth")
-        row.outbox = data.get("outbox")
         hooks = data.get("hooks")
         if isinstance(hooks, dict):
             row.hooks = sum(len(v) for v in hooks.values())
         domains = data.get("domains")
-        if isinstance(domains, list):
+        if not isinstance(domains, list):
+            return
+        if row.by_state is None:  # no heartbeat counted them
             row.domains = len(domains)
-            listed = set()
-            for d in domains:
-                if not isinstance(d, dict):
-                    continue
-                vm = self._vm(d.get("uuid"), d.get("name"), host)
-                listed.add(vm.uuid)
-                vm.observe(d.get("state") or "unknown", at)
-            if "data.domains" in (data.get("cut") or []):
-                return  # the list was cut to fit the event: a VM not in it may still be there
-            for vm in self.vms.values():  # known here, not listed any more: gone from this host
-                if vm.host == host and vm.uuid not in listed:
-                    vm.observe("undefined", at)
+        listed = set()
+        for d in domains:
+            if not isinstance(d, dict):
+                continue
+            vm = self._vm(d.get("uuid"), d.get("name"), row.host)
+            vm.known = True
+            listed.add(vm.uuid)
+            vm.observe(d.get("state") or "unknown", at)
+        if "data.domains" in (data.get("cut") or []):
+            return  # the list was cut to fit the event: a VM not in it may still be there
+        for vm in self.vms.values():  # known here, not listed any more: gone from this host
+            if vm.host == row.host and vm.uuid not in listed:
+                vm.observe("undefined", at)
 
     def _state_event(
         self, word: str, host: str | None, ev: dict[str, Any], data: dict[str, Any], at: float
     ) -> None:
         vm_data = data.get("vm") or {}
         vm = self._vm(vm_data.get("uuid") or ev.get("subject"), vm_data.get("name"), host)
+        vm.known = True
         if at >= vm.state_at:
             vm.last_change = f"{word} ({data.get('reason', '?')})"
         vm.observe(data.get("domain_state") or _STATE_OF_EVENT.get(word, "unknown"), at)
@@ -217,7 +262,14 @@ class FleetView:
             self._fail(host, uuid, vm_data.get("name"), data, error, at)
         if not uuid:
             return  # a message too broken to name its VM: only in the failures
+        if phase == "fail" and uuid not in self.vms and _not_a_vm(error):
+            return  # a refused message, or no such domain: only in the failures
         vm = self._vm(uuid, vm_data.get("name"), host)
+        if phase == "fail" and not vm.known and _not_a_vm(error):
+            del self.vms[vm.uuid]  # its `before` made the row: there is no such VM
+            return
+        if phase == "after":
+            vm.known = True
         if data.get("duplicate"):
             vm.result, vm.request_id = "duplicate", data.get("request_id")
             return  # a re-sent old outcome: says nothing new about the VM's state
@@ -318,6 +370,51 @@ class FleetView:
         host = self.hosts.get(vm.host or "")
         return "unknown" if host is not None and self.down(host, now) else vm.state
 
+    def shown_hosts(
+        self, now: float, only: Collection[str] = (), offline_after: float | None = None
+    ) -> set[str]:
+        """The hosts a view shows: those of `only` (all when empty), less those that said
+        goodbye more than `offline_after` seconds ago."""
+        out: set[str] = set()
+        for h in self.hosts.values():
+            if only and h.host not in only:
+                continue
+            gone = h.status == "offline" and h.last_seen is not None
+            if gone and offline_after is not None and now - (h.last_seen or 0) > offline_after:
+                continue
+            out.add(h.host)
+        if only:  # a host known only from VMs' or failures' events
+            out |= {v.host for v in self.vms.values() if v.host and v.host in only}
+        return out
+
+    def host_rank(self, host: HostRow, now: float) -> int:
+        """0 needs attention most: down, late, stale inventory, a backlog, online, offline."""
+        state = self.status(host, now)
+        if state in ("down", "late"):
+            return 0 if state == "down" else 1
+        if host.stale:
+            return 2
+        if (host.queue_depth or 0) > 0 or (host.outbox or 0) > 0:
+            return 3
+        return {"online": 4, "unknown": 5}.get(state, 6)
+
+    def vm_rank(self, vm: VmRow, now: float) -> int:
+        """0 needs attention most: failed, unknown (its host is down), crashed, busy, paused."""
+        if vm.result == "failed":
+            return 0
+        state = self.vm_state(vm, now)
+        if state in ("unknown", "crashed"):
+            return 1 if state == "unknown" else 2
+        if vm.result == "running":
+            return 3
+        return 4 if state == "paused" else 5
+
+
+def _not_a_vm(error: dict[str, Any]) -> bool:
+    """A failure that says the message named no VM there is (refused before it ran, or no
+    such domain): not a reason to list a VM."""
+    return error.get("source") in _REFUSED or error.get("code") == "no_domain"
+
 
 def _host_of(ev: dict[str, Any]) -> str | None:
     src = str(ev.get("source", ""))
@@ -359,15 +456,26 @@ def render(
     *,
     title: str = "vmworker fleet",
     max_vms: int = 200,
+    max_failures: int = 10,
     depths: Mapping[str, int | None] | None = None,
+    hosts: Collection[str] = (),
+    offline_after: float | None = None,
 ) -> RenderableType:
-    """The picture as a rich renderable: hosts, VMs, recent failures. `depths`: the queue depth
-    of each down or offline host as the broker tells it (`stale_depth_hosts`)."""
+    """The picture as a rich renderable: recent failures first, then hosts and VMs, each sorted
+    by what needs attention (down, late, failed first), then by the newest news. `depths`: the
+    queue depth of each down or offline host as the broker tells it (`stale_depth_hosts`);
+    `hosts`: only these (all when empty); `offline_after`: hosts that said goodbye longer ago
+    are left out. Only `view` is read: a view loaded otherwise renders the same."""
     now = time.time() if now is None else now
-    late, down = view.late_hosts(now), view.down_hosts(now)
+    shown = view.shown_hosts(now, hosts, offline_after)
+    host_rows = [view.hosts[h] for h in shown if h in view.hosts]
+    vm_rows = [v for v in view.vms.values() if v.host in shown or (not hosts and not v.host)]
+    failures = [f for f in view.failures if not hosts or f.host in shown]
+    late = [h.host for h in host_rows if view.late(h, now) is not None]
+    down = [h.host for h in host_rows if view.down(h, now)]
     head = Text(
         cell(
-            f"{title}: {len(view.hosts)} host(s), {len(view.vms)} VM(s),"
+            f"{title}: {len(host_rows)} host(s), {len(vm_rows)} VM(s),"
             f" {view.applied} event(s), at {datetime.fromtimestamp(now, UTC):%H:%M:%S} UTC",
             200,
         )
@@ -376,7 +484,40 @@ def render(
         head.append(f"   DOWN: {cell(', '.join(sorted(down)), 200)}", style="bold red")
     if late:
         head.append(f"   LATE: {cell(', '.join(sorted(late)), 200)}", style="bold red")
+    hidden = len(view.hosts) - len(host_rows)
+    if hidden and not hosts:
+        head.append(f"   ({hidden} offline host(s) hidden)", style="dim")
+    parts: list[RenderableType] = [head]
+    if failures:
+        parts.append(_failures(failures, max_failures))
+    parts.append(_hosts(view, host_rows, now, depths))
+    parts.append(_vms(view, vm_rows, now, max_vms))
+    return Panel(Group(*parts), border_style="blue")
 
+
+def _failures(failures: list[Failure], limit: int) -> Table:
+    fails = Table(title="Recent failures", title_justify="left", expand=True)
+    for col in ("when", "host", "vm", "op", "error", "hook", "stderr"):
+        fails.add_column(col, overflow="fold")
+    newest = sorted(failures, key=lambda f: -f.at)
+    for f in newest[: max(1, limit)]:
+        fails.add_row(
+            _clock(f.at),
+            cell(f.host or "-", 40),
+            cell(f.vm_name or (f.vm or "-")[:8], 40),
+            cell(f.op or "-", 30),
+            cell(f.error, 160),
+            cell(f.hook or "-", 40),
+            text_cell(f.stderr or ""),
+        )
+    if len(newest) > limit:
+        fails.caption = f"... and {len(newest) - limit} older"
+    return fails
+
+
+def _hosts(
+    view: FleetView, rows: list[HostRow], now: float, depths: Mapping[str, int | None] | None
+) -> Table:
     hosts = Table(title="Hosts", title_justify="left", expand=True)
     for col in (
         "host",
@@ -390,7 +531,7 @@ def render(
         "hooks",
     ):
         hosts.add_column(col, overflow="fold")
-    for h in sorted(view.hosts.values(), key=lambda r: r.host):
+    for h in sorted(rows, key=lambda r: (view.host_rank(r, now), r.host)):
         state = view.status(h, now)
         queue = _num(h.queue_depth)
         if state in ("down", "offline"):  # its heartbeat's depth is stale: the broker's
@@ -402,23 +543,29 @@ def render(
             status = Text(f"LATE ({view.late(h, now) or 0:.0f}s)", style="bold red")
         else:
             status = Text(h.status, style="green" if h.status == "online" else "dim")
+        domains = _num(h.domains)
+        if h.stale:  # what the VMs table says of it may be old
+            status.append(" inventory stale", style="yellow")
         hosts.add_row(
             cell(h.host, 40),
             status,
             _age(now, h.last_seen),
             cell(h.version or "-", 40),
             cell(f"{h.libvirt or '-'} / {h.hypervisor or '-'}", 60),
-            _num(h.domains),
+            domains,
             queue,
             _num(h.outbox),
             _num(h.hooks),
         )
+    return hosts
 
+
+def _vms(view: FleetView, rows: list[VmRow], now: float, limit: int) -> Table:
     vms = Table(title="VMs", title_justify="left", expand=True)
     for col in ("vm", "host", "state", "last change", "last operation", "result", "when", "detail"):
         vms.add_column(col, overflow="fold")
-    rows = sorted(view.vms.values(), key=lambda v: (v.host or "", v.name or v.uuid))
-    for vm in rows[:max_vms]:
+    ranked = sorted(rows, key=lambda v: (view.vm_rank(v, now), -v.at, v.name or v.uuid))
+    for vm in ranked[:limit]:
         result = Text(
             cell(vm.result or "-", 20),
             style={"ok": "green", "failed": "bold red", "running": "cyan"}.get(vm.result or "", ""),
@@ -431,29 +578,14 @@ def render(
             cell(vm.last_change or "-", 40),
             cell(vm.last_op or "-", 30),
             result,
-            _clock(max(vm.op_at, vm.changed_at)),
+            _clock(vm.at),
             cell(vm.error or "", 160),
         )
-    if len(rows) > max_vms:
-        vms.caption = f"... and {len(rows) - max_vms} more"
-
-    parts: list[RenderableType] = [head, hosts, vms]
-    if view.failures:
-        fails = Table(title="Recent failures", title_justify="left", expand=True)
-        for col in ("when", "host", "vm", "op", "error", "hook", "stderr"):
-            fails.add_column(col, overflow="fold")
-        for f in reversed(view.failures):
-            fails.add_row(
-                _clock(f.at),
-                cell(f.host or "-", 40),
-                cell(f.vm_name or (f.vm or "-")[:8], 40),
-                cell(f.op or "-", 30),
-                cell(f.error, 160),
-                cell(f.hook or "-", 40),
-                text_cell(f.stderr or ""),
-            )
-        parts.append(fails)
-    return Panel(Group(*parts), border_style="blue")
+    if len(ranked) > limit:
+        vms.caption = (
+            f"... and {len(ranked) - limit} more (quieter: sorted by what needs attention)"
+        )
+    return vms
 
 
 def _num(n: int | None) -> str:
@@ -486,20 +618,60 @@ class BrokerDepths:
 
 
 def load_fleet(
-    conn: Any, topology: Any, *, idle: float = 1.0, view: FleetView | None = None
+    conn: Any,
+    topology: Any,
+    *,
+    idle: float = 1.0,
+    view: FleetView | None = None,
+    progress: Callable[[FleetView, float | None], None] | None = None,
+    every: float = 0.25,
 ) -> FleetView:
-    """A view of everything in the events log stream (read from its first offset)."""
+    """A view of everything in the events log stream (read from its first offset); with
+    `progress`, called at most every `every` seconds while reading, with the view so far and
+    the time of the last event read."""
     from worker.subscribe import read_events
 
     view = view or FleetView()
+    shown = time.monotonic()
     for ev in read_events(conn, topology, from_start=True, idle_timeout=idle):
         view.apply(ev)
+        if progress is not None and time.monotonic() - shown >= every:
+            progress(view, parse_time(ev.get("time")))
+            shown = time.monotonic()
     return view
+
+
+def progress_line(view: FleetView, at: float | None, now: float | None = None) -> str:
+    """What a monitor says while it reads the log: how far it got."""
+    now = time.time() if now is None else now
+    when = "" if at is None else f", now at events of {_age(now, at)}"
+    return (
+        f"reading the events log: {view.applied} event(s), {len(view.hosts)} host(s), "
+        f"{len(view.vms)} VM(s){when}"
+    )
 
 
 @click.command()
 @connection_options
 @click.option("--once", is_flag=True, help="replay the events log, print the picture, exit")
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="show only this host, its VMs and failures (repeatable)",
+)
+@click.option(
+    "--offline-after",
+    type=float,
+    help="hide hosts that said goodbye longer ago than this, seconds "
+    "(default: the monitor_offline_after setting)",
+)
+@click.option(
+    "--max-vms",
+    type=int,
+    help="VM rows shown, those needing attention first (default: what fits the terminal; "
+    "200 with --once)",
+)
 @click.option(
     "--idle",
     type=float,
@@ -516,13 +688,17 @@ def monitor(
     prefix: str | None,
     config: Path | None,
     once: bool,
+    hosts: tuple[str, ...],
+    offline_after: float | None,
+    max_vms: int | None,
     idle: float,
     refresh: float,
     width: int | None,
 ) -> None:
-    """A live view of hosts and VMs, from events only: each VM's state, its last operation and
-    result, failures with the failing hook's stderr, hosts whose heartbeat is late or that are
-    down (their VMs then `unknown`); the queue depth of a down or offline host is the broker's."""
+    """A live view of hosts and VMs, from events only: recent failures with the failing hook's
+    stderr on top, then hosts and VMs, those needing attention first (down or late hosts, failed
+    operations, VMs whose host is down are `unknown`); the queue depth of a down or offline host
+    is the broker's. Hosts that said goodbye are hidden after --offline-after seconds."""
     from rich.live import Live
 
     from worker.subscribe import live_queue, read_events
@@ -531,7 +707,9 @@ def monitor(
     s = settings_or_exit(config, broker=broker, prefix=prefix)
     topo = Topology.from_settings(s)
     console = Console(width=width) if width else Console()
+    err = Console(stderr=True)
     depths = BrokerDepths(lambda: connect_or_exit(s), s.prefix, every=max(refresh, 2.0))
+    after = s.monitor_offline_after if offline_after is None else offline_after
     with connect_or_exit(s) as conn, contextlib.closing(depths):
         if s.declare_shared:
             topo.declare_shared(conn)
@@ -539,13 +717,19 @@ def monitor(
         if not once:  # bound before the replay: nothing published meanwhile is missed
             live_q = live_queue(topo).bind(conn.default_channel)
             live_q.declare()
-        with console.status("replaying the events log..."):
-            view = load_fleet(conn, topo, idle=idle)
+        with err.status(progress_line(FleetView(), None)) as status:
+            view = load_fleet(
+                conn,
+                topo,
+                idle=idle,
+                progress=lambda v, at: status.update(progress_line(v, at)),
+            )
         title = f"vmworker fleet ({s.prefix})"
+        draw = partial(render, title=title, hosts=hosts, offline_after=after)
         if once:
             now = time.time()
             known = depths(view.stale_depth_hosts(now))
-            console.print(render(view, now, title=title, depths=known))
+            console.print(draw(view, now, depths=known, max_vms=max_vms or 200))
             return
         lock = threading.Lock()
 
@@ -554,8 +738,10 @@ def monitor(
             with lock:
                 stale = view.stale_depth_hosts(now)
             known = depths(stale)  # outside the lock: the broker may be slow to answer
+            # what fits: the terminal less the head, the hosts and the failures shown
+            rows = max_vms or max(5, console.height - 20 - LIVE_FAILURES - len(view.hosts))
             with lock:
-                return render(view, now, title=title, depths=known)
+                return draw(view, now, depths=known, max_vms=rows, max_failures=LIVE_FAILURES)
 
         try:
             with Live(

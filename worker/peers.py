@@ -20,6 +20,7 @@ import structlog
 from kombu import Consumer, Queue
 
 from handlers.errors import OpError
+from worker import tracing
 from worker.amqp import broker_user, connect
 from worker.config import Settings
 from worker.publish import NoWorkerQueue, publish_op
@@ -147,6 +148,7 @@ class Peers:
                 request_id=request_id,
                 correlation_id=correlation_id,
                 user_id=broker_user(self.settings),  # the peer's allowed_publishers checks it
+                headers=tracing.outgoing(),  # the other host's spans join this request's trace
             )
         except NoWorkerQueue as exc:
             raise OpError("destination_unreachable", str(exc), "validation") from None

@@ -12,113 +12,34 @@ queue (`--from-dead HOST`). Ids:
   the cause is fixed, a replay from the dead queue runs again. `--keep-id` keeps the original
   id (for a message the broker dead-lettered before the worker finished it).
 
+A replay keeps the original's headers but those of a past delivery (`_DROP_HEADERS`), so its
+W3C `traceparent`/`tracestate` too: the worker starts a new trace for it, linked to the
+original's (docs/operations.md, Tracing).
+
 `--from-queue HOST` takes the messages still waiting in a stopped host's own queue (original ids
 by default): with `--to-host` it drains that host.
 
 A message taken from a queue is removed from it only once the broker has confirmed the new
 publish (manual ack after the confirm); the messages not chosen are returned to the queue.
-See docs/operations.md.
+The choosing and publishing are the client library's (`vmworker.client.Client.replay`,
+vmworker/replay.py); `--wait` waits on the handles it returns. See docs/operations.md.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import time
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
-from kombu import Connection, Consumer, Producer, Queue
-from kombu.message import Message
 
+from vmworker.replay import Planned, Selection
 from worker.bounds import cell
 from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
-from worker.history import LogMessage, read_ops_log
-from worker.publish import NoWorkerQueue, require_host_queue
 from worker.topology import Topology
-
-# headers that describe a past delivery, not the operation: never copied to a replay
-_DROP_HEADERS = (
-    "x-death",
-    "x-first-death-",
-    "x-last-death-",
-    "x-vmworker-",
-    "x-stream-offset",
-    "x-original-user-id",
-    "x-original-expiration",
-    "x-deadline",
-    "x-delivery-count",
-    "x-replay-of",
-    "x-replayed-at",
-)
-
-
-@dataclass
-class Selection:
-    """What chooses messages; every given criterion must hold."""
-
-    request_ids: tuple[str, ...] = ()
-    vm: str | None = None
-    op: str | None = None
-    host: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-    @property
-    def empty(self) -> bool:
-        return not (self.request_ids or self.vm or self.op or self.host or self.since or self.until)
-
-    def matches(self, m: LogMessage) -> bool:
-        if self.request_ids and m.message_id not in self.request_ids:
-            return False
-        if self.vm and m.vm_uuid != self.vm:
-            return False
-        if self.op and m.op != self.op:
-            return False
-        if self.host and m.routing_key != self.host:
-            return False
-        if self.since or self.until:
-            if m.timestamp is None:
-                return False  # no time to judge by
-            # AMQP timestamps are whole seconds: compare at that resolution
-            if self.since and m.timestamp < int(self.since.timestamp()):
-                return False
-            if self.until and m.timestamp > self.until.timestamp():
-                return False
-        return True
-
-
-@dataclass
-class Planned:
-    message: LogMessage
-    new_id: str
-    target: str
-    source: str  # "ops-log" | "dead:<host>" | "queue:<host>"
-    raw: Message | None = None  # the dead-queue delivery, acked after the confirm
-    sent: bool = False
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "request_id": self.message.message_id,
-            "new_request_id": self.new_id,
-            "as_new": self.new_id != self.message.message_id,
-            "op": self.message.op,
-            "vm": self.message.vm_uuid,
-            "from_host": self.message.routing_key,
-            "to_host": self.target,
-            "source": self.source,
-            "published_at": datetime.fromtimestamp(self.message.timestamp, UTC).isoformat()
-            if self.message.timestamp
-            else None,
-            "dead_reason": self.message.headers.get("x-vmworker-reason"),
-            "sent": self.sent,
-        }
-
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
@@ -136,137 +57,6 @@ def parse_when(value: str | None) -> datetime | None:
     except ValueError:
         raise click.BadParameter(f"not a time: {value!r} (ISO 8601, or 30m / 2h / 1d)") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-def replay_headers(m: LogMessage, *, replay_of: str | None) -> dict[str, Any]:
-    headers = {k: v for k, v in m.headers.items() if not k.startswith(_DROP_HEADERS)}
-    headers["x-replayed-at"] = datetime.now(UTC).isoformat()
-    if replay_of:
-        headers["x-replay-of"] = replay_of
-    return headers
-
-
-def publish_replay(
-    conn: Connection, topology: Topology, p: Planned, *, check_queue: bool = True
-) -> None:
-    """Publish one planned replay and wait for the broker's confirm; NoWorkerQueue, and
-    nothing sent, if its target host has no queue (unless `check_queue` is false: checked)."""
-    if check_queue:
-        require_host_queue(conn, topology, p.target)
-    m = p.message
-    replay_of = m.message_id if p.new_id != m.message_id else None
-    props: dict[str, Any] = {}
-    had_user = m.properties.get("user_id") or m.headers.get("x-original-user-id")
-    if had_user and conn.userid:  # the broker checks user_id against this connection's user
-        props["user_id"] = conn.userid
-    with conn.channel() as ch:
-        Producer(ch).publish(
-            m.body,
-            exchange=topology.ops,
-            routing_key=p.target,
-            content_type=m.properties.get("content_type") or "application/json",
-            content_encoding=m.properties.get("content_encoding") or "utf-8",
-            delivery_mode=2,
-            message_id=p.new_id,
-            correlation_id=m.correlation_id,
-            timestamp=int(time.time()),
-            headers=replay_headers(m, replay_of=replay_of),
-            retry=False,
-            **props,
-        )
-    p.sent = True
-
-
-def from_ops_log(
-    conn: Connection,
-    topology: Topology,
-    sel: Selection,
-    *,
-    as_new: bool,
-    to_host: str | None,
-    idle: float,
-) -> list[Planned]:
-    since = sel.since - timedelta(minutes=1) if sel.since else None  # chunk granularity
-    seen: set[str] = set()
-    out = []
-    for m in read_ops_log(conn, topology, idle=idle, since=since):
-        # a request and its replays (same id, or x-replay-of it) count once: the first copy
-        root = m.replay_of or m.message_id
-        if not sel.matches(m) or not m.message_id or not root or root in seen:
-            continue
-        seen.add(root)
-        new_id = str(uuid.uuid4()) if as_new else m.message_id
-        out.append(Planned(m, new_id, to_host or m.routing_key, "ops-log"))
-    return out
-
-
-def take_queued(
-    conn: Connection,
-    topology: Topology,
-    host: str,
-    sel: Selection,
-    *,
-    as_new: bool,
-    to_host: str | None,
-    dead: bool = True,
-) -> tuple[list[Planned], list[Message]]:
-    """Every message of HOST's dead queue (or, `dead=False`, of its operation queue), held
-    unacked: (chosen, the rest)."""
-    hosts = Topology(topology.prefix, host)
-    name = hosts.dead_queue.name if dead else hosts.host_queue.name
-    try:
-        with conn.channel() as probe:
-            probe.queue_declare(name, passive=True)
-    except conn.channel_errors:
-        raise click.ClickException(f"no queue {name}") from None
-    ch = conn.channel()
-    q: Queue = Queue(name, no_declare=True).bind(ch)
-    source = f"{'dead' if dead else 'queue'}:{host}"
-    chosen: list[Planned] = []
-    rest: list[Message] = []
-    while True:
-        raw = q.get(no_ack=False)
-        if raw is None:
-            break
-        m = LogMessage.of(raw)
-        m.routing_key = host
-        if sel.matches(m):
-            new_id = str(uuid.uuid4()) if as_new or not m.message_id else m.message_id
-            chosen.append(Planned(m, new_id, to_host or host, source, raw=raw))
-        else:
-            rest.append(raw)
-    return chosen, rest
-
-
-def wait_outcomes(
-    conn: Connection, queue: Queue, ids: set[str], timeout: float
-) -> dict[str, dict[str, Any]]:
-    """The first terminal event (after/fail) of each request id, read from a live queue."""
-    got: dict[str, dict[str, Any]] = {}
-
-    def on_message(m: Message) -> None:
-        m.ack()
-        try:
-            ev = json.loads(m.body)
-        except ValueError:
-            return
-        rid = ev.get("requestid") if isinstance(ev, dict) else None
-        if (
-            rid in ids
-            and rid not in got
-            and (ev.get("data") or {}).get("phase") in ("after", "fail")
-        ):
-            got[rid] = ev
-
-    with conn.channel() as ch:
-        consumer = Consumer(ch, queues=[queue], on_message=on_message, no_ack=False)
-        consumer.consume()
-        end = time.monotonic() + timeout
-        while len(got) < len(ids) and time.monotonic() < end:
-            with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=0.2)
-        consumer.cancel()
-    return got
 
 
 def outcome_word(ev: dict[str, Any] | None) -> str:
@@ -349,8 +139,9 @@ def replay(
 ) -> None:
     """Publish operation messages again, chosen from the ops log, a dead-letter queue or a
     host's operation queue."""
+    from vmworker.client import Client, Event, OperationFailed, RequestTimeout
+    from vmworker.replay import NoSuchQueue
     from worker.config import HOST_RE
-    from worker.subscribe import live_queue
 
     sel = Selection(request_ids, vm, op, host, parse_when(since), parse_when(until))
     if sel.empty and not take_all:
@@ -364,47 +155,30 @@ def replay(
             raise click.BadParameter(f"not a host id: {h!r}")
     s = settings_or_exit(config, broker=broker, prefix=prefix)
     topo = Topology.from_settings(s)
-    new_ids = as_new if as_new is not None else from_dead is not None
-    rest: list[Message] = []
+    outcomes: dict[str, dict[str, Any]] = {}
     with connect_or_exit(s) as conn:
         if s.declare_shared:
             topo.declare_shared(conn)
-        if from_dead or from_queue:
-            planned, rest = take_queued(
-                conn,
-                topo,
-                str(from_dead or from_queue),
-                sel,
-                as_new=new_ids,
-                to_host=to_host,
-                dead=bool(from_dead),
-            )
-        else:
-            planned = from_ops_log(conn, topo, sel, as_new=new_ids, to_host=to_host, idle=idle)
-        outcomes: dict[str, dict[str, Any]] = {}
+        client = Client(settings=s, connection=conn)
         try:
-            if dry_run or not planned:
-                rest += [p.raw for p in planned if p.raw is not None]
-            else:
-                try:  # every target first: nothing is sent if one of them has no queue
-                    for target in sorted({p.target for p in planned}):
-                        require_host_queue(conn, topo, target)
-                except NoWorkerQueue:
-                    rest += [p.raw for p in planned if p.raw is not None]
-                    raise
-                watch = None
-                if wait_s > 0:  # bound before publishing: no outcome can slip past
-                    watch = live_queue(topo).bind(conn.default_channel)
-                    watch.declare()
-                for p in planned:
-                    publish_replay(conn, topo, p, check_queue=False)  # confirmed
-                    if p.raw is not None:
-                        p.raw.ack()
-                if watch is not None:
-                    outcomes = wait_outcomes(conn, watch, {p.new_id for p in planned}, wait_s)
-        finally:
-            for raw in rest:  # not chosen (or a dry run): back to the dead queue
-                raw.reject(requeue=True)
+            planned = client.replay(
+                sel, every=True, from_dead=from_dead, from_queue=from_queue, as_new=as_new,
+                to_host=to_host, dry_run=dry_run, idle=idle,
+            )  # fmt: skip
+        except NoSuchQueue as exc:
+            raise click.ClickException(str(exc)) from None
+        end = time.monotonic() + wait_s
+        for p in planned if wait_s > 0 else []:
+            if p.request is None:
+                continue
+            try:  # one time limit for all of them
+                ev: Event = p.request.result(max(0.0, end - time.monotonic()))
+            except OperationFailed as exc:
+                ev = exc.event
+            except RequestTimeout:
+                continue
+            outcomes[p.new_id] = ev
+        client.close()
     _report(planned, outcomes, dry_run=dry_run, waited=wait_s > 0, as_json=as_json)
     if wait_s > 0 and not dry_run:
         bad = [

@@ -27,7 +27,7 @@ from handlers.errors import OpError
 from handlers.libvirt_errors import from_libvirt
 from handlers.message import OpMessage
 from handlers.operations import OPERATIONS
-from worker import launchflags, redact
+from worker import launchflags, redact, tracing
 from worker.config import Settings
 from worker.devicechains import DeviceChains, run_device_chains
 from worker.hooks import POINTS, ChainResult, HookEngine
@@ -168,8 +168,25 @@ class Runner:
     def _hooks_event(self, res: ChainResult) -> list[dict[str, Any]]:
         return [{"point": res.point, **h} for h in res.to_event()]
 
-    def _libvirt(self, policy_op: str, fn: Any, *args: Any, done: Any = None) -> int:
-        """Call fn(*args) under the op's retry policy; returns the number of attempts."""
+    def _libvirt(self, policy_op: str, fn: Any, done: Any = None, *, step: str) -> int:
+        """Call fn() under the op's retry policy; returns the number of attempts. Traced as
+        one span `libvirt <step>`, its retries events on it."""
+        tr = tracing.active()
+        if tr is None:
+            return self._attempts(policy_op, fn, done, None)
+        span = tr.child(f"libvirt {step}", {"vmworker.libvirt.step": step})
+        assert span is not None
+        with tracing.current(span):
+            try:
+                n = self._attempts(policy_op, fn, done, span)
+            except OpError as exc:
+                span.set_attribute("vmworker.libvirt.attempts", exc.details.get("attempts", 1))
+                tr.failed(span, exc.code, exc.message)
+                raise
+            span.set_attribute("vmworker.libvirt.attempts", n)
+            return n
+
+    def _attempts(self, policy_op: str, fn: Any, done: Any, span: Any) -> int:
         policy = self.settings.retry_policy(policy_op)
 
         def before_sleep(state: RetryCallState) -> None:
@@ -182,6 +199,16 @@ class Runner:
                 error=str(exc),
                 sleep_s=round(state.upcoming_sleep, 3),
             )
+            if span is not None:
+                span.add_event(
+                    "retry",
+                    {
+                        "vmworker.retry.attempt": state.attempt_number,
+                        "vmworker.retry.sleep_s": round(state.upcoming_sleep, 3),
+                        "error.type": exc.code if isinstance(exc, OpError) else "internal",
+                        "exception.message": str(exc)[:500],
+                    },
+                )
 
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
@@ -200,7 +227,7 @@ class Runner:
                     try:
                         if n > 1 and done is not None and done():
                             break  # the failed attempt had taken effect after all
-                        fn(*args)
+                        fn()
                     except libvirt.libvirtError as exc:
                         raise from_libvirt(exc) from None
         except OpError as exc:
@@ -208,10 +235,10 @@ class Runner:
             raise
         return n
 
-    def _retried(self, op: str, fn: Any, done: Any = None) -> tuple[Any, int]:
+    def _retried(self, op: str, fn: Any, done: Any = None, *, step: str) -> tuple[Any, int]:
         """fn() under the op's retry policy: (its result, attempts made)."""
         out: list[Any] = [None]
-        n = self._libvirt(op, lambda: out.__setitem__(0, fn()), done=done)
+        n = self._libvirt(op, lambda: out.__setitem__(0, fn()), done=done, step=step)
         return out[0], n
 
     def run(
@@ -260,7 +287,7 @@ class Runner:
             # libvirtd being away at the start counts as attempts of this op, too
             run_no = int(context.get("attempt", 1))
             ctx, opened = self._retried(
-                op.op, lambda: self._ctx(op, request_id, progress, attempt=run_no)
+                op.op, lambda: self._ctx(op, request_id, progress, attempt=run_no), step="connect"
             )
             assert ctx is not None
             flags_dir = self.hooks.state_dir if handler.launch_flags else None
@@ -268,7 +295,7 @@ class Runner:
             if flags_dir is not None and context.get("attempt", 1) > 1:
                 # a recovered run: the flags its first run's hooks left judge whether it is done
                 ctx.launch_flags = launchflags.load(flags_dir, vm_id)
-            done, _ = self._retried(op.op, lambda: handler.done(ctx))
+            done, _ = self._retried(op.op, lambda: handler.done(ctx), step="done")
             if done:
                 notes = dict(ctx.notes)  # what `done` found (a stale file it removed, ...)
                 return Outcome(True, ctx.state(), _ms(t0), opened, noop=True, notes=notes)
@@ -309,7 +336,7 @@ class Runner:
                 ctx.conn = self.lv.get()
                 return bool(handler.done(ctx))
 
-            _, calls = self._retried(op.op, call, done=took_effect)
+            _, calls = self._retried(op.op, call, done=took_effect, step=op.op)
             attempts = opened - 1 + calls
             state = ctx.state()
             after_payload = (

@@ -80,6 +80,10 @@ class Scheduler(Generic[R]):
         for vm, q in list(self._vm_queues.items()):
             for job in q:
                 self._inflight.pop(job.request_id, None)
+                span = job.trace.span
+                if span is not None:  # not run here: its trace says so (redelivered later)
+                    span.set_attribute("vmworker.dropped_at_stop", True)
+                    span.end()
             q.clear()
             self._vm_queues.pop(vm, None)
 

@@ -39,11 +39,12 @@ from worker.jobs import Job, Settle, Stats
 from worker.journal import Journal
 from worker.link import Link
 from worker.metrics import Metrics
-from worker.middleware import Claims, Counts, LogContext
+from worker.middleware import Claims, Counts, LogContext, TraceContext
 from worker.peers import Peers
 from worker.runner import Runner
 from worker.scheduler import Scheduler
 from worker.topology import Topology
+from worker.tracing import Tracing
 
 log = structlog.get_logger()
 
@@ -60,12 +61,17 @@ class Service:
         transport_options: dict[str, Any] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         freeze_gc: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
+        """`tracer_provider`: an OpenTelemetry SDK TracerProvider to trace with, whatever the
+        settings say (tests give one with an in-memory exporter)."""
         self.settings = settings
+        self.tracing = Tracing.from_settings(settings, tracer_provider)
         self.freeze_gc = freeze_gc
         self.host = settings.host
         self.topology = Topology.from_settings(settings)
         self.lv = libvirt or LibvirtConnection(settings.libvirt_uri)
+        self._own_hooks = hooks is None  # an engine made here is stopped here, in run()
         self.hooks = hooks or HookEngine(
             settings.hooks_root,
             timeout=settings.hook_timeout,
@@ -105,12 +111,18 @@ class Service:
             stats=self.stats,
             metrics=self.metrics,
             in_flight=self.scheduler.get,
+            tracing=self.tracing,
         )
         self.executor = Executor(
             self.host,
             self.admission,
             self.runner,
-            [LogContext(self.host), Claims(self.ownership), Counts(self.stats, self.metrics)],
+            [
+                TraceContext(),
+                LogContext(self.host),
+                Claims(self.ownership),
+                Counts(self.stats, self.metrics),
+            ],
         )
         self._domevents: DomainEvents | None = None
         self._heartbeat: Heartbeat | None = None
@@ -153,8 +165,11 @@ class Service:
             self.scheduler.shutdown()
             self._goodbye()  # if not said on a connection, host.offline waits in the outbox
             self._host_chain("after_vmworker_stop")
+            if self._own_hooks:
+                self.hooks.close()  # its fork servers (hook_prewarm), after the last chain
             self.metrics.close()
             self.journal.close()
+            self.tracing.shutdown()
             self.lv.close()
             self.link.close()
             log.info("worker.stopped", host=self.host)
@@ -227,6 +242,7 @@ class Service:
         self._heartbeat = Heartbeat(
             host=self.host,
             interval=s.heartbeat_interval,
+            inventory_interval=s.inventory_interval,
             sink=self.journal.enqueue,
             libvirt_conn=self.lv,
             hooks=self.hooks,

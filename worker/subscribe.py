@@ -14,7 +14,7 @@ import structlog
 from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
-from worker.topology import Topology, stream
+from worker.topology import Topology
 
 log = structlog.get_logger()
 
@@ -60,10 +60,7 @@ def read_events(
 ) -> Iterator[dict[str, Any]]:
     """Yield events (CloudEvent dicts) in order. Without `follow`, stop once nothing has
     arrived for `idle_timeout` seconds."""
-    if from_start:
-        q = stream(topology.events_log.name, topology.events, topology.events_max_age, "first")
-    else:
-        q = queue or live_queue(topology, host)
+    q = topology.events_log_from("first") if from_start else queue or live_queue(topology, host)
     buf: list[dict[str, Any]] = []
 
     def on_message(message: Message) -> None:

@@ -10,25 +10,28 @@ from typing import Any
 
 import pytest
 
-from tests.hosts import SecondLibvirtd, TwoHosts
-from tests.integration.test_migration import (
-    LOCAL,
-    disk,
-    hook,
-    migrate,
-    of_type,
-    running_vm,
-    where,
-)
-from tests.support import Env, EventTap, small_vm, wait_for
+from tests.hosts import PrivateLibvirtd, TwoHosts, where
+from tests.integration.test_migration import LOCAL, disk, hook, migrate, of_type
+from tests.support import Env, EventTap, wait_for
 
-pytestmark = [pytest.mark.fault, pytest.mark.qemu, pytest.mark.migration]
+pytestmark = [
+    pytest.mark.fault,
+    pytest.mark.qemu,
+    pytest.mark.migration,
+    pytest.mark.timeout(240),
+]
 __all__ = ["disk"]  # the fixture, used here too
 
 
-def _slow_migration(env: Env, tap: EventTap, h: TwoHosts, disk: Any, tag: str) -> tuple[Any, str]:
-    vm = running_vm(env, tap, h, tag, disks=[{"path": disk(LOCAL, 12)}])
-    # 1 MiB/s: the 12 MiB disk copy takes ~12 s: the kill lands in the middle of it
+def _kill9_mid_migration(
+    env: Env, tap: EventTap, h: TwoHosts, disk: Any, victim: str
+) -> tuple[Any, str]:
+    """Both workers up (host `victim`'s a process), a VM with a 12 MiB local disk migrating
+    a → b at 1 MiB/s, `victim`'s worker killed -9 once the copy is under way (~12 s, the kill
+    lands in the middle of it): the VM and the migration's request id."""
+    h.start_both(process=victim)
+    tag = "k9src" if victim == h.a else "k9dst"
+    vm = h.running_vm(tap, tag, disks=[{"path": disk(LOCAL, 12)}])
     rid = migrate(env, h, vm, h.b, bandwidth_mib_s=1, copy_storage="all")
     tap.wait(
         lambda: [
@@ -38,18 +41,15 @@ def _slow_migration(env: Env, tap: EventTap, h: TwoHosts, disk: Any, tag: str) -
         ],
         60,
     )
+    h.workers[victim].kill9()
     return vm, rid
 
 
-@pytest.mark.timeout(240)
 def test_kill9_of_the_source_worker_mid_migration_ends_it_once(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any, tmp_path: Path
+    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any
 ) -> None:
     h = two_hosts
-    h.start(h.a, process=True)
-    h.start(h.b)
-    vm, rid = _slow_migration(env, tap, h, disk, "k9src")
-    h.workers[h.a].kill9()
+    vm, rid = _kill9_mid_migration(env, tap, h, disk, h.a)
     h.start(h.a, process=True)
     term = tap.wait_terminal(rid, 120)["data"]
     # libvirt ends the dead worker's migration (the destination drops a half-received VM
@@ -61,15 +61,12 @@ def test_kill9_of_the_source_worker_mid_migration_ends_it_once(
     assert len([e for e in tap.of(rid) if e["data"]["phase"] == "before"]) == 1
 
 
-@pytest.mark.timeout(240)
 def test_kill9_of_the_destination_worker_mid_migration_does_not_stop_it(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any, tmp_path: Path
+    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any
 ) -> None:
     h = two_hosts
-    h.start(h.a)
-    h.start(h.b, process=True)
-    vm, rid = _slow_migration(env, tap, h, disk, "k9dst")
-    h.workers[h.b].kill9()  # its part (prepare_incoming) is done; libvirt moves the VM
+    # its part (prepare_incoming) is done when it dies; libvirt moves the VM
+    vm, rid = _kill9_mid_migration(env, tap, h, disk, h.b)
     term = tap.wait_terminal(rid, 120)["data"]
     assert term["phase"] == "after", term.get("error")
     assert where(h, vm["uuid"]) == {h.a: "undefined", h.b: "running"}
@@ -79,7 +76,6 @@ def test_kill9_of_the_destination_worker_mid_migration_does_not_stop_it(
     assert len(tap.terminal(f"{rid}.finish")) == 1
 
 
-@pytest.mark.timeout(240)
 def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
     env: Env, tap: EventTap, two_hosts: TwoHosts, tmp_path: Path
 ) -> None:
@@ -88,9 +84,8 @@ def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
     arrived = tmp_path / "destination-after-chain"
     hook(h.hooks[h.a], "after_vm_migrate_source", "50_slow", f"touch {mark}; sleep 60")
     hook(h.hooks[h.b], "after_vm_migrate_destination", "50_log", f"echo ran >> {arrived}")
-    h.start(h.a, process=True)
-    h.start(h.b)
-    vm = running_vm(env, tap, h, "k9done")
+    h.start_both(process=h.a)
+    vm = h.running_vm(tap, "k9done")
     rid = migrate(env, h, vm, h.b)
     wait_for(mark.exists, 60, "the source's after chain")  # libvirt's part is over
     h.workers[h.a].kill9()
@@ -107,21 +102,19 @@ def test_kill9_of_the_source_worker_after_the_vm_moved_never_migrates_it_again(
 
 
 @pytest.fixture
-def libvirt_hook_b(second_libvirtd: SecondLibvirtd) -> Iterator[Path]:
+def libvirt_hook_b(second_libvirtd: PrivateLibvirtd) -> Iterator[Path]:
     """Host b's libvirt qemu hook script (tests/hosts.py), removed at the end."""
     path = second_libvirtd.qemu_hook
     yield path
     path.unlink(missing_ok=True)
 
 
-@pytest.mark.timeout(240)
 def test_kill9_of_the_source_worker_before_it_told_the_destination_tells_it_once_back(
     env: Env, tap: EventTap, two_hosts: TwoHosts, tmp_path: Path, libvirt_hook_b: Path
 ) -> None:
     h = two_hosts
-    vm = small_vm("k9tell")
-    h.domains[0].append(vm["uuid"])
-    h.domains[1].append(vm["uuid"])
+    h.start_both(process=h.b)
+    vm = h.running_vm(tap, "k9tell", on=h.b)
     stopping, go = tmp_path / "source-qemu-stopping", tmp_path / "go"
     # libvirtd b stops the source's QEMU once the VM runs on a, inside virDomainMigrate3: its
     # hook holds the call there, before the worker can send finish_incoming (60 s at most)
@@ -133,12 +126,6 @@ def test_kill9_of_the_source_worker_before_it_told_the_destination_tells_it_once
     libvirt_hook_b.chmod(0o755)
     arrived = tmp_path / "destination-after-chain"
     hook(h.hooks[h.a], "after_vm_migrate_destination", "50_log", f"echo ran >> {arrived}")
-    h.start(h.a)
-    h.start(h.b, process=True)
-    assert (
-        tap.wait_terminal(env.publish("start_vm", vm, routing_key=h.b), 60)["data"]["phase"]
-        == "after"
-    )
     rid = migrate(env, h, vm, h.a)
     wait_for(stopping.exists, 60, "libvirtd b stopping the source's QEMU")
     h.workers[h.b].kill9()

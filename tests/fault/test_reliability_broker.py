@@ -11,8 +11,8 @@ import pytest
 from kombu import Connection
 
 from tests.brokers import free_port
-from tests.reliability import SLEEP_HOOK, journal_rows, outbox_ids, tally, write_hook
-from tests.support import queue_depth, read_stream, wait_depth, wait_for
+from tests.reliability import SLEEP_HOOK, journal_rows, outbox_ids, tally
+from tests.support import queue_depth, read_stream, wait_depth, wait_for, write_hook
 from worker.publish import build_body, publish_op
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]

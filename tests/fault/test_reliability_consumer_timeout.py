@@ -11,8 +11,8 @@ import uuid
 import pytest
 from kombu import Connection
 
-from tests.reliability import SLEEP_HOOK, journal_rows, tally, write_hook
-from tests.support import queue_depth, read_stream, wait_for
+from tests.reliability import SLEEP_HOOK, journal_rows, tally
+from tests.support import queue_depth, read_stream, wait_for, write_hook
 from worker.publish import build_body, publish_op
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]

@@ -10,7 +10,7 @@ import pytest
 from handlers.base import domain_state
 from handlers.domxml import build_domain_xml
 from handlers.spec import VmSpec
-from tests.reliability import kill_sleepers, tally, window_hooks
+from tests.reliability import finish_after_restart, kill_sleepers, tally, window_hooks
 from tests.support import QEMU_URI, ProcessWorker, broker_conn, small_vm, wait_depth, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.qemu, pytest.mark.timeout(150)]
@@ -52,10 +52,7 @@ def test_kill9_before_and_after_the_save_hibernates_each_vm_once(
         w.kill9()
         assert tap.terminal(rid_a) == [] and tap.terminal(rid_b) == []
 
-        w = ProcessWorker(env, tmp_path / "worker2.log", **settings).start()
-        for r in (rid_a, rid_b):
-            tap.wait_terminal(r, timeout=60)
-        w.stop()
+        finish_after_restart(env, tap, tmp_path / "worker2.log", [rid_a, rid_b], **settings)
     finally:
         if w.proc is not None and w.proc.poll() is None:
             w.kill9()

@@ -19,6 +19,7 @@ from handlers.spec import VmSpec
 from tests.reliability import (
     POISON_HOOK,
     SLEEP_HOOK,
+    finish_after_restart,
     journal_rows,
     kill_sleepers,
     tally,
@@ -76,10 +77,7 @@ def test_kill9_in_before_hook_libvirt_call_and_after_hook_runs_each_op_once(
         assert {rows[r]["state"] for r in rids} == {"started"}
         assert all(tap.terminal(r) == [] for r in rids)  # nothing finished before the kill
 
-        w = ProcessWorker(env, tmp_path / "worker2.log", **settings).start()
-        for r in rids:
-            tap.wait_terminal(r, timeout=60)
-        w.stop()
+        finish_after_restart(env, tap, tmp_path / "worker2.log", rids, **settings)
     finally:
         if w.proc is not None and w.proc.poll() is None:
             w.kill9()

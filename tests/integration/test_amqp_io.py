@@ -1,10 +1,13 @@
 """The worker's AMQP link on a real RabbitMQ: the py-amqp behaviour it is built on (publishes
-that do not wait, confirms through channel events, a read that never waits), a batch of outbox
-events published with one wait for its confirms, and a pool thread's wake-up ending a wait."""
+that do not wait, confirms through channel events, a read that never waits; FrameIO's frames
+handed to `on_inbound_frame`, its corked `frame_writer`, the publish that reads first only with
+the `connection.blocked` capability), a batch of outbox events published with one wait for its
+confirms, and a pool thread's wake-up ending a wait."""
 
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 import time
 import uuid
@@ -15,6 +18,7 @@ import pytest
 from kombu import Connection
 
 from tests.support import BROKER, EventTap
+from worker.frameio import FrameIO, quiet_publishes
 from worker.jobs import Stats
 from worker.journal import Journal
 from worker.link import Link
@@ -54,6 +58,79 @@ def test_py_amqp_publishes_without_waiting_and_confirms_through_channel_events()
             with pytest.raises(TimeoutError):  # nothing more: a read that never waits
                 conn.drain_events(timeout=0)
             assert ch.queue_declare(name, passive=True).message_count == n
+        finally:
+            ch.queue_delete(name)
+
+
+def _receive_until(io: FrameIO, conn: Connection, done: Any, timeout: float = 10.0) -> None:
+    """What the link's drain does: wait for the socket, then FrameIO takes what is there."""
+    sock = conn.connection.sock
+    end = time.monotonic() + timeout
+    while not done():
+        left = end - time.monotonic()
+        assert left > 0, "the broker's frames did not come"
+        if select.select([sock], [], [], min(left, 0.5))[0]:
+            io.receive(conn.connection)
+
+
+def test_frameio_reads_whole_frames_in_few_calls_and_leaves_py_amqp_in_step() -> None:
+    """Deliveries of every size (empty, small, one body frame over 64 KiB, several body frames
+    of frame_max) come whole and in order through FrameIO, with far fewer `recv` than frames;
+    py-amqp's own read (a declare's answer) works after it; a corked block is one write."""
+    io = FrameIO()
+    options = {"confirm_publish": False, "frame_writer": io.frame_writer}
+    with Connection(BROKER, transport_options=options) as conn:
+        conn.connect()
+        assert FrameIO.can_read(conn.connection)
+        ch = conn.channel()
+        name = _queue(ch)
+        try:
+            bodies = [b"", b"x", *(f"m{i}".encode() * 50 for i in range(300))]
+            bodies += [b"a" * 70_000, bytes(range(256)) * 1200]  # 70 kB; 307 kB: 3 body frames
+            ch.confirm_select()
+            acked: set[int] = set()
+            ch.events["basic_ack"].add(
+                lambda tag, multiple: acked.update(range(1, tag + 1) if multiple else [tag])
+            )
+            writes = io.writes
+            with io.corked():
+                for b in bodies:
+                    ch.basic_publish(amqp.Message(b), exchange="", routing_key=name)
+            assert io.writes == writes + 1  # every publish of the block in one write
+            _receive_until(io, conn, lambda: len(acked) == len(bodies))
+
+            got: list[bytes] = []
+            ch.basic_consume(name, callback=lambda m: got.append(m.body), no_ack=True)
+            recvs = io.recvs
+            _receive_until(io, conn, lambda: len(got) == len(bodies))
+            assert [g or b"" for g in got] == bodies  # (py-amqp gives an empty body as '')
+            assert io.recvs - recvs < len(bodies)  # 3 frames and more each, fewer reads in all
+            assert ch.queue_declare(name, passive=True).message_count == 0  # py-amqp in step
+        finally:
+            ch.queue_delete(name)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_py_amqp_reads_before_a_publish_only_with_the_blocked_capability(quiet: bool) -> None:
+    """py-amqp reads the socket before each publish (to notice `connection.blocked`) as long
+    as its `client_properties` announce the capability; `quiet_publishes` ends that, so a
+    delivery waiting in the socket is handled by the link's next read, not inside a publish."""
+    with Connection(BROKER, transport_options={"confirm_publish": False}) as conn:
+        conn.connect()
+        assert conn.connection.client_properties["capabilities"]["connection.blocked"]
+        if quiet:
+            quiet_publishes(conn.connection)
+        ch = conn.channel()
+        name = _queue(ch)
+        try:
+            got: list[bytes] = []
+            ch.basic_consume(name, callback=lambda m: got.append(m.body), no_ack=True)
+            ch.basic_publish(amqp.Message(b"waiting"), exchange="", routing_key=name)
+            sock = conn.connection.sock
+            assert select.select([sock], [], [], 10)[0]  # the delivery is in the socket
+            ch.basic_publish(amqp.Message(b"other"), exchange="", routing_key=name + ".none")
+            assert got == ([] if quiet else [b"waiting"])
+            _receive_until(FrameIO(), conn, lambda: got == [b"waiting"])
         finally:
             ch.queue_delete(name)
 

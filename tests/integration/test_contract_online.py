@@ -20,3 +20,7 @@ def test_host_online_comes_first_with_the_messages_that_were_waiting(env, tap, s
     assert first["_routing_key"] == f"{env.host}.host.online", [e["type"] for e in ours[:3]]
     assert first["data"]["queue_depth"] == len(waiting)
     assert sum(e["type"] == "vmworker.host.online" for e in ours) == 1
+    # then the whole inventory, still before any operation's events: a reader needs no more
+    second = ours[1]
+    assert second["type"] == "vmworker.host.inventory" and second["data"]["reason"] == "online"
+    assert second["data"]["inventory_digest"] == first["data"]["inventory_digest"]

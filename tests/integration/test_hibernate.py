@@ -11,21 +11,11 @@ import libvirt
 import pytest
 
 from handlers.base import domain_state
-from tests.reliability import write_hook
-from tests.support import broker_conn, wait_depth
+from tests.support import broker_conn, small_vm, wait_depth, write_hook
 from worker import events
 from worker.journal import Journal
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def _spec(tag: str = "hib") -> dict:
-    return {
-        "uuid": str(uuid.uuid4()),
-        "name": f"vmw-{tag}-{uuid.uuid4().hex[:8]}",
-        "vcpus": 1,
-        "memory_mib": 128,
-    }
 
 
 def _do(env, tap, op, vm, params=None, **kw):  # type: ignore[no-untyped-def]
@@ -46,7 +36,7 @@ def test_hibernate_saves_and_stops_dehibernate_restores_and_removes_the_file(
     for point in ("before_vm_hibernate", "after_vm_hibernate", "before_vm_dehibernate"):
         write_hook(env.hooks_root, point, "10_mark", f'#!/bin/sh\ntouch "{marks}/{point}"\n')
     start_worker(storage_roots=[store])
-    spec = _spec()
+    spec = small_vm("hib", memory_mib=128)
     test_domains.append(spec["uuid"])
     ref = {"uuid": spec["uuid"]}
     conn = libvirt.open("test:///default")
@@ -91,7 +81,7 @@ def test_a_transient_vm_is_gone_once_saved_and_comes_back_from_its_file(
     from handlers.spec import VmSpec
 
     start_worker(storage_roots=[tmp_path])
-    spec = _spec("tr")
+    spec = small_vm("tr", memory_mib=128)
     test_domains.append(spec["uuid"])
     conn = libvirt.open("test:///default")
     conn.createXML(build_domain_xml(VmSpec.model_validate(spec)), 0)
@@ -111,7 +101,7 @@ def test_the_state_file_path_is_checked_like_a_disk_path(
     store = tmp_path / "store"
     store.mkdir()
     start_worker(storage_roots=[store])
-    spec = _spec("path")
+    spec = small_vm("path", memory_mib=128)
     test_domains.append(spec["uuid"])
     ref = {"uuid": spec["uuid"]}
     _do(env, tap, "start_vm", spec)
@@ -127,7 +117,7 @@ def test_the_state_file_path_is_checked_like_a_disk_path(
     conn = libvirt.open("test:///default")
     assert domain_state(conn.lookupByUUIDString(spec["uuid"])) == "running"
     # another VM's state file is never restored as this one
-    other = _spec("other")
+    other = small_vm("other", memory_mib=128)
     test_domains.append(other["uuid"])
     _do(env, tap, "start_vm", other)
     foreign = store / "other.save"
@@ -146,7 +136,7 @@ def test_a_hibernate_redelivered_after_its_save_completed_does_not_save_again(
     from handlers.domxml import build_domain_xml
     from handlers.spec import VmSpec
 
-    spec = _spec("rec")
+    spec = small_vm("rec", memory_mib=128)
     test_domains.append(spec["uuid"])
     conn = libvirt.open("test:///default")
     conn.defineXML(build_domain_xml(VmSpec.model_validate(spec)))
@@ -191,7 +181,7 @@ def test_a_dehibernate_redelivered_after_its_restore_removes_the_stale_file(
     from handlers.domxml import build_domain_xml
     from handlers.spec import VmSpec
 
-    spec = _spec("stale")
+    spec = small_vm("stale", memory_mib=128)
     test_domains.append(spec["uuid"])
     conn = libvirt.open("test:///default")
     dom = conn.defineXML(build_domain_xml(VmSpec.model_validate(spec)))

@@ -128,7 +128,7 @@ def test_device_destroy_runs_per_device_on_destroy_and_undefine_and_cannot_veto(
     assert sum(p.name.startswith("undefine_vm") for p in seen.iterdir()) == 2
 
 
-def test_after_get_caps_adds_a_key_the_heartbeat_carries(env, tap, start_worker, hooks_root):
+def test_after_get_caps_adds_a_key_the_inventory_carries(env, tap, start_worker, hooks_root):
     hook(
         hooks_root,
         "after_get_caps",
@@ -140,11 +140,16 @@ def test_after_get_caps_adds_a_key_the_heartbeat_carries(env, tap, start_worker,
         "hooking.write_json(caps)\n",
     )
     start_worker(heartbeat_interval=0.5)
+    inv = tap.wait(
+        lambda: [e for e in tap.events if e["type"] == "vmworker.host.inventory"], timeout=10
+    )[0]
+    assert inv["data"]["rack"] == {"row": 4, "seen_host": env.host}
+    assert inv["data"]["host"] == env.host and "domains" in inv["data"]
     beat = tap.wait(
         lambda: [e for e in tap.events if e["type"] == "vmworker.host.heartbeat"], timeout=10
-    )[0]
-    assert beat["data"]["rack"] == {"row": 4, "seen_host": env.host}
-    assert beat["data"]["host"] == env.host and "domains" in beat["data"]
+    )[0]  # the inventory's digest covers what the hook added; the heartbeat only names it
+    assert "rack" not in beat["data"]
+    assert beat["data"]["inventory_digest"] == inv["data"]["inventory_digest"]
 
 
 def test_vdsm_start_and_stop_run_after_the_workers_own_chains(

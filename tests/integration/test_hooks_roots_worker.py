@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import write_hook as hook
+
 PYTHON3 = Path(sys.executable).with_name("python3")  # a name the pre-warmed runner takes
 POLICY = """#!/bin/sh
 if grep -q "<name>forbidden-" "$_hook_domxml"; then
@@ -18,15 +20,6 @@ echo policy-ok >&2
 """
 # only a script run in the pre-warmed server finds `hooking` already imported
 WARM = f"#!{PYTHON3}\nimport sys; print('warm' if 'hooking' in sys.modules else 'cold')\n"
-
-
-def hook(root: Path, point: str, name: str, body: str) -> None:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text(body)
-    p.chmod(0o755)
 
 
 def vm(prefix: str) -> dict[str, object]:

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from lxml import etree
 
-from tests.integration.test_migration import where
+from tests.hosts import where
 from tests.support import QEMU_URI, small_vm, unique
 from tests.vdsmhooks import all_hooks, install
 from worker.cli import main
@@ -29,16 +29,6 @@ from worker.cli import main
 # need a facility this host does not have, so a site without it does not install them:
 # libguestfs (fileinject), vhostmd (vhostmd), nmstate and VDSM's daemon (openstacknet)
 NEEDS_FACILITY = {"fileinject", "vhostmd", "openstacknet"}
-
-
-def spec(**kw: Any) -> dict[str, Any]:
-    return {
-        "uuid": str(uuid.uuid4()),
-        "name": unique("vmw-vdsm-"),
-        "vcpus": 1,
-        "memory_mib": 64,
-        **kw,
-    }
 
 
 def run_op(env, tap, op, vm, custom=None, timeout=60.0):  # type: ignore[no-untyped-def]
@@ -77,7 +67,7 @@ def test_a_whole_vdsm_hook_tree_lets_every_start_vm_run(
     hooks = [h for h in all_hooks() if h not in NEEDS_FACILITY]
     install(hooks_root, *hooks)
     start_worker()
-    vm = spec(cpu={"mode": "custom", "model": "qemu64"})
+    vm = small_vm("vdsm", cpu={"mode": "custom", "model": "qemu64"})
     test_domains.append(vm["uuid"])
     d = run_op(env, tap, "start_vm", vm)
     assert d["phase"] == "after", d.get("error")
@@ -104,7 +94,7 @@ def test_a_whole_vdsm_hook_tree_lets_every_start_vm_run(
 def test_boot_hostdev_boots_from_the_named_host_device(
     env, tap, start_worker, test_domains, hooks_root
 ):
-    vm = spec(pci_devices=[{"address": "0000:0b:00.0"}])
+    vm = small_vm("vdsm", pci_devices=[{"address": "0000:0b:00.0"}])
     d, xml = started(
         env,
         tap,
@@ -129,11 +119,11 @@ def test_checkimages_checks_qcow2_disks_and_refuses_a_corrupt_one(
         f.seek(48)
         f.write((1 << 40).to_bytes(8, "big"))
     custom = {"checkimages": "true"}
-    vm = spec(disks=[{"path": str(good), "format": "qcow2"}])
+    vm = small_vm("vdsm", disks=[{"path": str(good), "format": "qcow2"}])
     d, _ = started(env, tap, start_worker, test_domains, hooks_root, "checkimages", vm, custom)
     h = hook_result(d, "before_vm_start", "60_checkimages")
     assert h["rc"] == 0 and f"{good} image check returned" in h["stderr_tail"]
-    vm = spec(disks=[{"path": str(bad), "format": "qcow2"}])
+    vm = small_vm("vdsm", disks=[{"path": str(bad), "format": "qcow2"}])
     test_domains.append(vm["uuid"])
     d = run_op(env, tap, "start_vm", vm, custom)
     assert d["phase"] == "fail" and d["error"]["hook"] == "60_checkimages"
@@ -143,7 +133,7 @@ def test_checkimages_checks_qcow2_disks_and_refuses_a_corrupt_one(
 def test_cpuflags_requires_and_disables_cpu_features(
     env, tap, start_worker, test_domains, hooks_root
 ):
-    vm = spec(cpu={"mode": "custom", "model": "qemu64"})
+    vm = small_vm("vdsm", cpu={"mode": "custom", "model": "qemu64"})
     _, xml = started(
         env,
         tap,
@@ -163,7 +153,7 @@ def test_diskunmap_passes_discard_to_scsi_disks(
 ):
     image = tmp_path / "d.raw"
     image.write_bytes(b"\0" * 4096)
-    vm = spec(disks=[{"path": str(image), "format": "raw", "bus": "virtio-scsi"}])
+    vm = small_vm("vdsm", disks=[{"path": str(image), "format": "raw", "bus": "virtio-scsi"}])
     _, xml = started(
         env, tap, start_worker, test_domains, hooks_root, "diskunmap", vm, {"diskunmap": "on"}
     )
@@ -189,7 +179,7 @@ def test_faqemu_turns_a_kvm_domain_into_qemu_when_vdsm_conf_says_fake_kvm(
     env, tap, start_worker, test_domains, hooks_root, vdsm_conf_dropin
 ):
     vdsm_conf_dropin.write_text("[vars]\nfake_kvm_support = true\n")
-    vm = spec(domain_type="kvm", cpu={"mode": "custom", "model": "qemu64"})
+    vm = small_vm("vdsm", domain_type="kvm", cpu={"mode": "custom", "model": "qemu64"})
     d, xml = started(env, tap, start_worker, test_domains, hooks_root, "faqemu", vm, None)
     assert hook_result(d, "before_vm_start", "10_faqemu")["changed_xml"] is True
     assert xml.get("type") == "qemu"
@@ -199,7 +189,7 @@ def test_faqemu_turns_a_kvm_domain_into_qemu_when_vdsm_conf_says_fake_kvm(
 def test_log_console_logs_the_serial_console_to_a_file(
     env, tap, start_worker, test_domains, hooks_root
 ):
-    vm = spec()
+    vm = small_vm("vdsm")
     _, xml = started(
         env, tap, start_worker, test_domains, hooks_root, "log_console", vm, {"log_console": "on"}
     )
@@ -224,7 +214,7 @@ def test_log_firmware_writes_the_firmware_log_of_a_real_qemu(
 def test_nestedvt_requires_the_hosts_nested_feature_when_the_host_has_it(
     env, tap, start_worker, test_domains, hooks_root
 ):
-    vm = spec(cpu={"mode": "custom", "model": "qemu64"})
+    vm = small_vm("vdsm", cpu={"mode": "custom", "model": "qemu64"})
     d, xml = started(env, tap, start_worker, test_domains, hooks_root, "nestedvt", vm, None)
     nested = {
         m: f
@@ -258,7 +248,7 @@ def test_scratchpad_adds_a_scratch_disk_and_removes_it_after_destroy(
 ):
     image = tmp_path / "scratch.img"
     custom = {"scratchpad": f"1M,{image}"}
-    vm = spec()
+    vm = small_vm("vdsm")
     _, xml = started(env, tap, start_worker, test_domains, hooks_root, "scratchpad", vm, custom)
     assert xml.xpath("devices/disk/source/@file") == [str(image)]
     assert image.stat().st_size == 1024 * 1024  # made by qemu-img through hooking.execCmd
@@ -269,7 +259,7 @@ def test_scratchpad_adds_a_scratch_disk_and_removes_it_after_destroy(
 
 
 def test_smbios_sets_system_and_bios_entries(env, tap, start_worker, test_domains, hooks_root):
-    vm = spec()
+    vm = small_vm("vdsm")
     custom = {"smbios": "{'serial': '1234'}^{'vendor': 'oVirt'}"}
     _, xml = started(env, tap, start_worker, test_domains, hooks_root, "smbios", vm, custom)
     assert xml.xpath("sysinfo[@type='smbios']/system/entry[@name='serial']/text()") == ["1234"]
@@ -341,7 +331,8 @@ def defined_nic(env, tap, start_worker, test_domains, hooks_root, hook, nic_cust
     event's data, the defined domain's NIC)."""
     install(hooks_root, hook)
     start_worker()
-    vm = spec(
+    vm = small_vm(
+        "vdsm",
         disks=[{"path": "/var/lib/vmw-test/root.raw", "format": "raw"}],
         nics=[{"source": "ovirtmgmt", "custom": nic_custom}],
     )
@@ -384,8 +375,7 @@ def test_scratchpad_refuses_to_migrate_a_vm_with_a_scratch_disk_and_lets_others_
 ):
     h = two_hosts
     install(h.hooks[h.a], "scratchpad")
-    h.start(h.a)
-    h.start(h.b)
+    h.start_both()
     # the scratch disk where QEMU may open it; the VM's own custom properties go with each op
     image = Path("/var/lib/libvirt/images") / f"vmw-test-scratch-{uuid.uuid4().hex[:10]}.img"
     custom = {"scratchpad": f"1M,{image}"}
@@ -435,7 +425,7 @@ def test_a_hook_needing_vdsms_daemon_fails_naming_vdsm_client_in_the_event(
     for link in hooks_root.glob("before_*/50_vhostmd"):
         link.unlink()  # this host has no vhostmd.conf; the after_vm_destroy part is the point
     start_worker()
-    vm = spec()
+    vm = small_vm("vdsm")
     test_domains.append(vm["uuid"])
     assert run_op(env, tap, "start_vm", vm)["phase"] == "after"
     d = run_op(env, tap, "destroy_vm", {"uuid": vm["uuid"]}, {"sap_agent": "true"})
@@ -532,7 +522,7 @@ def test_a_before_vm_start_hook_that_sets_start_paused_starts_the_vm_paused(
     )
     env.libvirt_uri = uri
     start_worker()
-    vm = small_vm("lf") if uri == QEMU_URI else spec()
+    vm = small_vm("lf") if uri == QEMU_URI else small_vm("vdsm")
     request.getfixturevalue(domains).append(vm["uuid"])
     d = run_op(env, tap, "start_vm", vm)
     assert (d["phase"], d["state"], d["noop"]) == ("after", "paused", False), d.get("error")
@@ -555,7 +545,7 @@ def test_a_hook_that_clears_start_paused_starts_a_paused_start_running(
         "hooking.dump_vm_launch_flags_to_file(vm, flags & ~1)\n",
     )
     start_worker()
-    vm = spec()
+    vm = small_vm("vdsm")
     test_domains.append(vm["uuid"])
     rid = env.publish("start_vm", vm, params={"paused": True})
     d = tap.wait_terminal(rid, 60.0)["data"]
@@ -575,7 +565,7 @@ def test_launch_flags_createwithflags_does_not_take_fail_the_start_before_libvir
         f"hooking.dump_vm_launch_flags_to_file(vm, {flags})\n",
     )
     start_worker()
-    vm = spec()
+    vm = small_vm("vdsm")
     test_domains.append(vm["uuid"])
     d = run_op(env, tap, "start_vm", vm)
     assert d["phase"] == "fail"

@@ -15,38 +15,32 @@ import pytest
 from click.testing import CliRunner
 
 from tests.support import QEMU_URI, REPO, small_vm, wait_for
+from tests.support import write_hook as hook
 from worker.journal import Journal
 
 SHEBANG = f"#!{sys.executable}\n"
-
-
-def hook(root: Path, point: str, name: str, body: str, mode: int = 0o755) -> Path:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text(body)
-    p.chmod(mode)
-    return p
 
 
 def sh(text: str) -> str:
     return "#!/bin/sh\n" + text + "\n"
 
 
-def spec(**kw: object) -> dict:
-    return {
-        "uuid": str(uuid.uuid4()),
-        "name": f"vmw-h-{uuid.uuid4().hex[:8]}",
-        "vcpus": 1,
-        "memory_mib": 64,
-        **kw,
-    }
-
-
 def start(env, tap, vm, custom=None, timeout=30.0):  # type: ignore[no-untyped-def]
     rid = env.publish("start_vm", vm, custom=custom)
     return tap.wait_terminal(rid, timeout)["data"]
+
+
+@pytest.fixture
+def start_new(env, tap, test_domains):  # type: ignore[no-untyped-def]
+    """start_new(custom=None, **spec) -> (vm, its start_vm's terminal event data): a new VM of
+    `small_vm(**spec)` started through the worker, removed at the end."""
+
+    def go(custom=None, **kw):  # type: ignore[no-untyped-def]
+        vm = small_vm("h", **kw)
+        test_domains.append(vm["uuid"])
+        return vm, start(env, tap, vm, custom)
+
+    return go
 
 
 def names(d, point):  # type: ignore[no-untyped-def]
@@ -81,7 +75,7 @@ def test_seed_vm_channels_hook_adds_its_channels_to_a_real_qemu_domain(
 
 
 def test_scripts_run_in_name_order_and_see_each_others_edits(
-    env, tap, start_worker, test_domains, hooks_root
+    env, tap, start_worker, start_new, hooks_root
 ):
     log = hooks_root.parent / "order.log"
     for name in ("20_b", "10_a", "30_c"):
@@ -95,9 +89,7 @@ def test_scripts_run_in_name_order_and_see_each_others_edits(
             ),
         )
     start_worker()
-    vm = spec(description="x")
-    test_domains.append(vm["uuid"])
-    d = start(env, tap, vm)
+    vm, d = start_new(description="x")
     assert d["phase"] == "after"
     assert log.read_text().split() == ["10_a", "20_b", "30_c"]
     assert names(d, "before_vm_start") == ["10_a", "20_b", "30_c"]
@@ -106,15 +98,13 @@ def test_scripts_run_in_name_order_and_see_each_others_edits(
 
 
 def test_rc1_goes_on_and_fails_the_op_without_touching_libvirt(
-    env, tap, start_worker, test_domains, hooks_root
+    env, tap, start_worker, start_new, hooks_root
 ):
     hook(hooks_root, "before_vm_start", "10_bad", sh("echo 'no licence for this VM' >&2; exit 1"))
     hook(hooks_root, "before_vm_start", "20_next", sh("echo ran >&2"))
     hook(hooks_root, "after_vm_start_fail", "10_cleanup", sh('echo "cleanup: $_hook_error" >&2'))
     start_worker()
-    vm = spec()
-    test_domains.append(vm["uuid"])
-    d = start(env, tap, vm)
+    vm, d = start_new()
     assert d["phase"] == "fail"
     err = d["error"]
     assert err["source"] == "hook" and err["hook"] == "10_bad"
@@ -127,29 +117,23 @@ def test_rc1_goes_on_and_fails_the_op_without_touching_libvirt(
 
 
 def test_rc2_stops_the_chain_and_every_failing_stderr_is_kept(
-    env, tap, start_worker, test_domains, hooks_root
+    env, tap, start_worker, start_new, hooks_root
 ):
     hook(hooks_root, "before_vm_start", "10_warn", sh("echo first-problem >&2; exit 1"))
     hook(hooks_root, "before_vm_start", "20_stop", sh("echo second-problem >&2; exit 2"))
     hook(hooks_root, "before_vm_start", "30_never", sh("exit 0"))
     start_worker()
-    vm = spec()
-    test_domains.append(vm["uuid"])
-    d = start(env, tap, vm)
+    _vm, d = start_new()
     assert d["phase"] == "fail"
     assert names(d, "before_vm_start") == ["10_warn", "20_stop"]
     assert "first-problem" in d["error"]["stderr"] and "second-problem" in d["error"]["stderr"]
 
 
-def test_rc5_is_reported_unexpected_and_treated_as_1(
-    env, tap, start_worker, test_domains, hooks_root
-):
+def test_rc5_is_reported_unexpected_and_treated_as_1(env, tap, start_worker, start_new, hooks_root):
     hook(hooks_root, "after_vm_start", "10_odd", sh("exit 5"))
     hook(hooks_root, "after_vm_start", "20_next", sh("exit 0"))
     start_worker()
-    vm = spec()
-    test_domains.append(vm["uuid"])
-    d = start(env, tap, vm)
+    _vm, d = start_new()
     assert d["phase"] == "after"  # after-chains only report
     odd = next(h for h in d["hooks"] if h["name"] == "10_odd")
     assert odd["rc"] == 5 and odd["unexpected_rc"] is True
@@ -162,7 +146,7 @@ def test_hanging_hook_is_killed_with_its_children_and_the_op_fails_in_about_the_
     pidfile = tmp_path / "child.pid"
     hook(hooks_root, "before_vm_start", "10_hang", sh(f"sleep 300 & echo $! > {pidfile}; wait"))
     start_worker(hook_timeout=2)
-    vm = spec()
+    vm = small_vm("h")
     test_domains.append(vm["uuid"])
     t0 = time.monotonic()
     d = start(env, tap, vm)
@@ -183,7 +167,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_edit_of_a_failing_script_and_invalid_xml_are_discarded(
-    env, tap, start_worker, test_domains, hooks_root
+    env, tap, start_worker, start_new, hooks_root
 ):
     hook(
         hooks_root,
@@ -200,9 +184,7 @@ def test_edit_of_a_failing_script_and_invalid_xml_are_discarded(
     )
     hook(hooks_root, "after_vm_start_fail", "10_see", sh('cat "$_hook_domxml" >&2'))
     start_worker()
-    vm = spec()
-    test_domains.append(vm["uuid"])
-    d = start(env, tap, vm)
+    _vm, d = start_new()
     assert d["phase"] == "fail"  # 10_bad_edit exited 1
     by = {h["name"]: h for h in d["hooks"]}
     assert by["10_bad_edit"]["discarded"] and not by["10_bad_edit"]["changed_xml"]
@@ -213,15 +195,13 @@ def test_edit_of_a_failing_script_and_invalid_xml_are_discarded(
 
 
 def test_world_writable_script_is_refused_and_the_chain_fails_closed(
-    env, tap, start_worker, test_domains, hooks_root, tmp_path
+    env, tap, start_worker, start_new, hooks_root, tmp_path
 ):
     marker = tmp_path / "ran"
     p = hook(hooks_root, "before_vm_start", "10_open", sh(f"touch {marker}"))
     p.chmod(0o777)
     start_worker()
-    vm = spec()
-    test_domains.append(vm["uuid"])
-    d = start(env, tap, vm)
+    _vm, d = start_new()
     assert d["phase"] == "fail" and d["error"]["hook"] == "10_open"
     (h,) = d["hooks"][:1]
     assert h["refused"] and "writable" in h["refused"]
@@ -229,12 +209,10 @@ def test_world_writable_script_is_refused_and_the_chain_fails_closed(
     assert stat.S_IMODE(p.stat().st_mode) == 0o777
 
 
-def test_custom_properties_reach_the_script(env, tap, start_worker, test_domains, hooks_root):
+def test_custom_properties_reach_the_script(env, tap, start_worker, start_new, hooks_root):
     hook(hooks_root, "before_vm_start", "10_env", sh('echo "color=$color vmId=$vmId" >&2'))
     start_worker()
-    vm = spec()
-    test_domains.append(vm["uuid"])
-    d = start(env, tap, vm, custom={"color": "blue"})
+    vm, d = start_new(custom={"color": "blue"})
     assert f"color=blue vmId={vm['uuid']}" in d["hooks"][0]["stderr_tail"]
 
 
@@ -260,7 +238,7 @@ def test_scripts_see_the_requests_correlation_id_and_attempt(
     dumps = tmp_path / "dumps"
     dumps.mkdir()
     custom = {"dump_dir": str(dumps)}
-    first, again = spec(), spec()
+    first, again = small_vm("h"), small_vm("h")
     test_domains += [first["uuid"], again["uuid"]]
     # `again` was started by a worker that died in it: its redelivery is the second run
     rerun = str(uuid.uuid4())
@@ -297,7 +275,7 @@ def test_hostile_custom_property_names_are_a_validation_failure(
     marker = tmp_path / "ran"
     hook(hooks_root, "before_vm_start", "10_any", sh(f"touch {marker}"))
     start_worker()
-    d = start(env, tap, spec(), custom={name: "x"})
+    d = start(env, tap, small_vm("h"), custom={name: "x"})
     assert d["phase"] == "fail" and d["error"]["source"] == "validation"
     assert name in d["error"]["message"]
     assert not marker.exists()
@@ -314,7 +292,7 @@ def test_fail_chain_runs_on_a_libvirt_failure(env, tap, start_worker, hooks_root
 
 
 def test_in_process_hook_runs_ordered_with_the_scripts(
-    env, tap, start_worker, test_domains, hooks_root, tmp_path, monkeypatch
+    env, tap, start_worker, start_new, hooks_root, tmp_path, monkeypatch
 ):
     pkg = tmp_path / "site"
     (pkg / "vmw_test_inproc").mkdir(parents=True)
@@ -343,9 +321,7 @@ def test_in_process_hook_runs_ordered_with_the_scripts(
         sh('grep -q inproc "$_hook_domxml" && echo saw-inproc >&2; exit 0'),
     )
     start_worker()
-    vm = spec(description="x")
-    test_domains.append(vm["uuid"])
-    d = start(env, tap, vm, custom={"who": "me"})
+    vm, d = start_new(description="x", custom={"who": "me"})
     assert d["phase"] == "after", d.get("error")
     assert names(d, "before_vm_start") == ["10_script", "20_inproc", "30_script"]
     by = {h["name"]: h for h in d["hooks"]}

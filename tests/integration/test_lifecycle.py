@@ -8,17 +8,7 @@ import uuid
 import libvirt
 import pytest
 
-from tests.support import broker_conn, read_stream, wait_depth
-
-
-def _spec(**kw):  # type: ignore[no-untyped-def]
-    return {
-        "uuid": str(uuid.uuid4()),
-        "name": f"vmw-{uuid.uuid4().hex[:8]}",
-        "vcpus": 1,
-        "memory_mib": 128,
-        **kw,
-    }
+from tests.support import broker_conn, read_stream, small_vm, wait_depth
 
 
 def _run(env, tap, op, vm, **kw):  # type: ignore[no-untyped-def]
@@ -30,7 +20,7 @@ def _run(env, tap, op, vm, **kw):  # type: ignore[no-untyped-def]
 
 def test_lifecycle_ops_publish_before_then_after_in_order(env, tap, start_worker, test_domains):
     start_worker()
-    spec = _spec()
+    spec = small_vm("lc", memory_mib=128)
     test_domains.append(spec["uuid"])
     ref = {"uuid": spec["uuid"], "name": spec["name"]}
     steps = [
@@ -76,7 +66,7 @@ def test_lifecycle_ops_publish_before_then_after_in_order(env, tap, start_worker
 
 def test_start_of_running_vm_is_a_noop_success(env, tap, start_worker, test_domains):
     start_worker()
-    spec = _spec()
+    spec = small_vm("lc", memory_mib=128)
     test_domains.append(spec["uuid"])
     _, term, _ = _run(env, tap, "start_vm", spec)
     assert term["data"]["state"] == "running" and not term["data"]["noop"]
@@ -91,7 +81,7 @@ def test_start_of_running_vm_is_a_noop_success(env, tap, start_worker, test_doma
 
 def test_start_vm_defines_from_spec_when_given(env, tap, start_worker, test_domains):
     start_worker()
-    spec = _spec(memory_mib=256, vcpus=2)
+    spec = small_vm("lc", memory_mib=256, vcpus=2)
     test_domains.append(spec["uuid"])
     _, term, _ = _run(env, tap, "start_vm", spec)
     assert term["data"]["state"] == "running"

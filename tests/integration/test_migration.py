@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -18,8 +16,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.hosts import SecondLibvirtd, TwoHosts
-from tests.support import Env, EventTap, small_vm
+from tests.hosts import TwoHosts, private_libvirtds, where
+from tests.support import Env, EventTap, write_hook
 
 pytestmark = [pytest.mark.qemu, pytest.mark.migration]
 
@@ -64,6 +62,13 @@ def disk(two_hosts: TwoHosts, tmp_path: Path) -> Iterator[Any]:
             (two_hosts.b_root / path.relative_to("/var/lib/libvirt")).unlink(missing_ok=True)
 
 
+@pytest.fixture
+def hosts_up(two_hosts: TwoHosts) -> TwoHosts:
+    """two_hosts with both workers started (threads, default settings)."""
+    two_hosts.start_both()
+    return two_hosts
+
+
 LOCAL = Path("/var/lib/libvirt/images")  # each host's own (host b's is in its mount namespace)
 
 
@@ -89,12 +94,12 @@ def dirty_guest_memory(name: str, mib: int) -> None:
 
 
 def hook(root: Path, point: str, name: str, body: str) -> None:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text("#!/bin/sh\n" + body + "\n")
-    p.chmod(0o755)
+    write_hook(root, point, name, "#!/bin/sh\n" + body + "\n")
+
+
+def destination_hook(h: TwoHosts, name: str, body: str) -> None:
+    """A shell script of host b's before_vm_migrate_destination chain."""
+    hook(h.hooks[h.b], "before_vm_migrate_destination", name, body)
 
 
 def log_hooks(h: TwoHosts, log: Path) -> None:
@@ -104,37 +109,11 @@ def log_hooks(h: TwoHosts, log: Path) -> None:
             hook(h.hooks[host], point, "50_log", f'echo "{host} {point}" >> {log}')
 
 
-def running_vm(env: Env, tap: EventTap, h: TwoHosts, tag: str, **spec: Any) -> dict[str, Any]:
-    vm = {**small_vm(tag), **spec}
-    h.domains[0].append(vm["uuid"])
-    h.domains[1].append(vm["uuid"])
-    rid = env.publish("start_vm", vm)
-    assert tap.wait_terminal(rid, 60)["data"]["phase"] == "after"
-    return vm
-
-
 def migrate(env: Env, h: TwoHosts, vm: dict[str, Any], to: str, **params: Any) -> str:
     src = h.a if to == h.b else h.b
     return env.publish(
         "migrate_vm", {"uuid": vm["uuid"]}, params={"destination": to, **params}, routing_key=src
     )
-
-
-def where(h: TwoHosts, uuid: str) -> dict[str, str]:
-    """The VM's state on each host ('undefined' where it is not)."""
-    from handlers.base import domain_state
-
-    out = {}
-    for host, uri in h.uri.items():
-        conn = libvirt.open(uri)
-        try:
-            try:
-                out[host] = domain_state(conn.lookupByUUIDString(uuid))
-            except libvirt.libvirtError:
-                out[host] = "undefined"
-        finally:
-            conn.close()
-    return out
 
 
 def of_type(tap: EventTap, rk: str, rid: str) -> list[dict[str, Any]]:
@@ -147,10 +126,11 @@ def of_type(tap: EventTap, rk: str, rid: str) -> list[dict[str, Any]]:
     ]
 
 
-def inventory(tap: EventTap, host: str, uuid: str, *, after: int) -> str | None:
-    """The VM's state in `host`'s newest heartbeat among the events after index `after`
-    ('absent' when it is not listed; None before any heartbeat)."""
-    beats = [e for e in list(tap.events)[after:] if e["_routing_key"] == f"{host}.host.heartbeat"]
+def inventory(tap: EventTap, host: str, uuid: str) -> str | None:
+    """The VM's state in `host`'s newest inventory ('absent' when it is not listed; None before
+    any inventory). An inventory is sent when it changes: the newest one is the host's now
+    (it may come before or after the event of the operation that changed it)."""
+    beats = [e for e in list(tap.events) if e["_routing_key"] == f"{host}.host.inventory"]
     if not beats:
         return None
     listed = {d["uuid"]: d["state"] for d in beats[-1]["data"].get("domains") or []}
@@ -171,18 +151,16 @@ def test_a_running_vm_moves_to_the_other_host_and_back_with_each_hosts_chains(
     h = two_hosts
     log = tmp_path / "chains.log"
     log_hooks(h, log)
-    h.start(h.a, heartbeat_interval=1)
-    h.start(h.b, heartbeat_interval=1)
-    vm = running_vm(env, tap, h, "mig")
-    tap.wait(lambda: inventory(tap, h.a, vm["uuid"], after=0) == "running", 10)
+    h.start_both(heartbeat_interval=1)
+    vm = h.running_vm(tap, "mig")
+    tap.wait(lambda: inventory(tap, h.a, vm["uuid"]) == "running", 10)
 
     rid = migrate(env, h, vm, h.b)
     term = tap.wait_terminal(rid, 120)["data"]
     assert term["phase"] == "after", term.get("error")
     # the inventories, which tell anyone where a VM runs, move it too
-    done_at = len(tap.events)
-    tap.wait(lambda: inventory(tap, h.b, vm["uuid"], after=done_at) == "running", 10)
-    tap.wait(lambda: inventory(tap, h.a, vm["uuid"], after=done_at) == "absent", 10)
+    tap.wait(lambda: inventory(tap, h.b, vm["uuid"]) == "running", 10)
+    tap.wait(lambda: inventory(tap, h.a, vm["uuid"]) == "absent", 10)
     assert term["destination"] == h.b and term["host"] == h.a
     phases = [(e["data"]["phase"], e["data"]["destination"]) for e in tap.of(rid)]
     assert [p for p in phases if p[0] != "progress"] == [("before", h.b), ("after", h.b)]
@@ -220,18 +198,11 @@ def test_a_running_vm_moves_to_the_other_host_and_back_with_each_hosts_chains(
 
 
 def test_the_destinations_veto_leaves_the_vm_running_untouched_on_the_source(
-    env: Env, tap: EventTap, two_hosts: TwoHosts
+    env: Env, tap: EventTap, hosts_up: TwoHosts
 ) -> None:
-    h = two_hosts
-    hook(
-        h.hooks[h.b],
-        "before_vm_migrate_destination",
-        "10_policy",
-        'echo "policy: host is full" >&2; exit 2',
-    )
-    h.start(h.a)
-    h.start(h.b)
-    vm = running_vm(env, tap, h, "veto")
+    h = hosts_up
+    destination_hook(h, "10_policy", 'echo "policy: host is full" >&2; exit 2')
+    vm = h.running_vm(tap, "veto")
     conn = libvirt.open(h.uri[h.a])
     qemu_id = conn.lookupByUUIDString(vm["uuid"]).ID()
 
@@ -252,18 +223,15 @@ def test_a_destination_whose_libvirtd_is_down_fails_fast_and_the_vm_stays(
 ) -> None:
     h = two_hosts
     # a third libvirt host, stopped: its socket is there, nothing answers on it
-    base = Path(tempfile.mkdtemp(prefix="vmw-hostc-", dir="/tmp"))
-    try:
-        dead = SecondLibvirtd(base).start()
+    with private_libvirtds("hostc", None) as (dead,):
         dead.stop()
+        base = dead.base
         h.start(h.a)
-        vm = running_vm(env, tap, h, "down")
+        vm = h.running_vm(tap, "down")
         t0 = time.monotonic()
         rid = migrate(env, h, vm, h.b, destination_uri=dead.uri)
         fail = tap.wait_terminal(rid, 60)["data"]
         elapsed = time.monotonic() - t0
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
     assert elapsed < 10
     assert fail["phase"] == "fail"
     assert fail["error"]["code"] == "destination_unreachable"
@@ -273,12 +241,10 @@ def test_a_destination_whose_libvirtd_is_down_fails_fast_and_the_vm_stays(
 
 
 def test_a_finished_migration_delivered_again_is_its_recorded_outcome_marked_duplicate(
-    env: Env, tap: EventTap, two_hosts: TwoHosts
+    env: Env, tap: EventTap, hosts_up: TwoHosts
 ) -> None:
-    h = two_hosts
-    h.start(h.a)
-    h.start(h.b)
-    vm = running_vm(env, tap, h, "dup")
+    h = hosts_up
+    vm = h.running_vm(tap, "dup")
     rid = migrate(env, h, vm, h.b)
     first = tap.wait_terminal(rid, 120)
     assert first["data"]["phase"] == "after", first["data"].get("error")
@@ -305,12 +271,10 @@ def test_a_finished_migration_delivered_again_is_its_recorded_outcome_marked_dup
 
 
 def test_cancel_aborts_a_running_migration_without_waiting_behind_it(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any
+    env: Env, tap: EventTap, hosts_up: TwoHosts, disk: Any
 ) -> None:
-    h = two_hosts
-    h.start(h.a)
-    h.start(h.b)
-    vm = running_vm(env, tap, h, "cancel", disks=[{"path": disk(LOCAL, 32)}])
+    h = hosts_up
+    vm = h.running_vm(tap, "cancel", disks=[{"path": disk(LOCAL, 32)}])
     # 1 MiB/s: a 32 MiB local disk takes half a minute to copy, time enough to cancel
     rid = migrate(env, h, vm, h.b, bandwidth_mib_s=1, copy_storage="all")
     progress = tap.wait(
@@ -344,12 +308,10 @@ def test_cancel_aborts_a_running_migration_without_waiting_behind_it(
 
 
 def test_a_migration_past_its_timeout_is_aborted_and_the_vm_stays(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any
+    env: Env, tap: EventTap, hosts_up: TwoHosts, disk: Any
 ) -> None:
-    h = two_hosts
-    h.start(h.a)
-    h.start(h.b)
-    vm = running_vm(env, tap, h, "timeout", disks=[{"path": disk(LOCAL, 32)}])
+    h = hosts_up
+    vm = h.running_vm(tap, "timeout", disks=[{"path": disk(LOCAL, 32)}])
     rid = migrate(env, h, vm, h.b, bandwidth_mib_s=1, timeout_s=3, copy_storage="all")
     fail = tap.wait_terminal(rid, 60)["data"]
     assert fail["phase"] == "fail" and fail["error"]["code"] == "timeout"
@@ -357,12 +319,10 @@ def test_a_migration_past_its_timeout_is_aborted_and_the_vm_stays(
 
 
 def test_a_migration_past_its_timeout_switches_to_postcopy_when_asked(
-    env: Env, tap: EventTap, two_hosts: TwoHosts
+    env: Env, tap: EventTap, hosts_up: TwoHosts
 ) -> None:
-    h = two_hosts
-    h.start(h.a)
-    h.start(h.b)
-    vm = running_vm(env, tap, h, "postcopy")
+    h = hosts_up
+    vm = h.running_vm(tap, "postcopy")
     dirty_guest_memory(vm["name"], 24)  # 24 s at 1 MiB/s: past the timeout, post-copy ends it
     rid = migrate(env, h, vm, h.b, bandwidth_mib_s=1, timeout_s=2, postcopy=True)
     term = tap.wait_terminal(rid, 90)["data"]
@@ -372,16 +332,14 @@ def test_a_migration_past_its_timeout_switches_to_postcopy_when_asked(
 
 
 def test_a_vm_with_a_qcow2_disk_on_shared_storage_moves_and_keeps_its_disk(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any, tmp_path: Path
+    env: Env, tap: EventTap, hosts_up: TwoHosts, disk: Any, tmp_path: Path
 ) -> None:
-    h = two_hosts
+    h = hosts_up
     log = tmp_path / "devices.log"
     for point in ("before_device_migrate_destination", "after_device_migrate_destination"):
         hook(h.hooks[h.b], point, "50_log", f'echo "{point} $migtag" >> {log}')
-    h.start(h.a)
-    h.start(h.b)
     path = disk(tmp_path / "shared", 8)  # a directory both hosts see: shared storage
-    vm = running_vm(env, tap, h, "shared", disks=[{"path": path, "custom": {"migtag": "d1"}}])
+    vm = h.running_vm(tap, "shared", disks=[{"path": path, "custom": {"migtag": "d1"}}])
     # libvirt knows NFS, Ceph, GFS2... as shared, not one ext4 both hosts see: `unsafe` says it
     rid = migrate(env, h, vm, h.b, unsafe=True)
     term = tap.wait_terminal(rid, 120)["data"]
@@ -399,13 +357,11 @@ def test_a_vm_with_a_qcow2_disk_on_shared_storage_moves_and_keeps_its_disk(
 
 
 def test_a_vm_with_a_local_disk_moves_with_its_disk_copied(
-    env: Env, tap: EventTap, two_hosts: TwoHosts, disk: Any
+    env: Env, tap: EventTap, hosts_up: TwoHosts, disk: Any
 ) -> None:
-    h = two_hosts
-    h.start(h.a)
-    h.start(h.b)
+    h = hosts_up
     path = disk(LOCAL, 4)
-    vm = running_vm(env, tap, h, "local", disks=[{"path": path}])
+    vm = h.running_vm(tap, "local", disks=[{"path": path}])
     rid = migrate(env, h, vm, h.b, copy_storage="all")
     term = tap.wait_terminal(rid, 120)["data"]
     assert term["phase"] == "after", term.get("error")
@@ -423,18 +379,12 @@ def test_a_vm_with_a_local_disk_moves_with_its_disk_copied(
 
 
 def test_params_and_the_destinations_edit_reach_libvirt(
-    env: Env, tap: EventTap, two_hosts: TwoHosts
+    env: Env, tap: EventTap, hosts_up: TwoHosts
 ) -> None:
-    h = two_hosts
-    hook(
-        h.hooks[h.b],
-        "before_vm_migrate_destination",
-        "50_describe",
-        "sed -i 's#</name>#</name><description>placed by host b</description>#' \"$_hook_domxml\"",
-    )
-    h.start(h.a)
-    h.start(h.b)
-    vm = running_vm(env, tap, h, "params")
+    h = hosts_up
+    edit = "sed -i 's#</name>#</name><description>placed by host b</description>#'"
+    destination_hook(h, "50_describe", f'{edit} "$_hook_domxml"')
+    vm = h.running_vm(tap, "params")
     rid = migrate(
         env,
         h,

@@ -88,6 +88,15 @@ def test_monitor_shows_states_last_operations_and_the_failing_hooks_stderr(
     )
     assert res.exit_code == 0, res.output
     assert STDERR in res.output and good["name"] in res.output and "offline" in res.output
+    # another host only: none of this one's VMs or failures; offline hosts hidden at once
+    base = ["monitor", "--once", "--broker", BROKER, "--prefix", env.prefix, "--idle", "0.5"]
+    other = CliRunner().invoke(main, [*base, "--width", "220", "--host", "nosuchhost"])
+    assert other.exit_code == 0, other.output
+    assert good["name"] not in other.output and STDERR not in other.output
+    assert "0 host(s), 0 VM(s)" in other.output
+    hidden = CliRunner().invoke(main, [*base, "--width", "220", "--offline-after", "0"])
+    assert hidden.exit_code == 0, hidden.output
+    assert good["name"] not in hidden.output and "1 offline host(s) hidden" in hidden.output
 
 
 def _monitor_once(env) -> str:  # type: ignore[no-untyped-def]
@@ -107,10 +116,9 @@ def test_a_host_killed_without_a_goodbye_becomes_down_its_vms_unknown_its_queue_
 ):
     w = ProcessWorker(env, tmp_path / "worker.log", heartbeat_interval=0.5).start()
     try:
-        beat = tap.wait(
-            lambda: [e for e in tap.events if e["type"] == "vmworker.host.heartbeat"], 30
-        )[0]
-        [vm] = [d for d in beat["data"]["domains"] if d["state"] == "running"]  # the test driver's
+        tap.wait(lambda: [e for e in tap.events if e["type"] == "vmworker.host.heartbeat"], 30)
+        inv = next(e for e in tap.events if e["type"] == "vmworker.host.inventory")
+        [vm] = [d for d in inv["data"]["domains"] if d["state"] == "running"]  # the test driver's
     finally:
         w.kill9()
     for _ in range(3):  # nobody takes them now

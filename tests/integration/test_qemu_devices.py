@@ -12,7 +12,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.support import QEMU_URI, small_vm
+from tests.support import QEMU_URI, small_vm, write_hook
 
 pytestmark = pytest.mark.qemu
 
@@ -30,8 +30,13 @@ def bridge():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def storage(tmp_path: Path) -> Path:
+    """A storage root with an empty 32 MiB qcow2 disk (`data.qcow2`) and a small ISO
+    (`tools.iso`) in it."""
     root = tmp_path / "storage"
     root.mkdir()
+    disk = root / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "32M"], check=True)
+    (root / "tools.iso").write_bytes(b"\0" * 2048 * 16)
     return root
 
 
@@ -46,10 +51,7 @@ def _one(tree: etree._Element, xpath: str):  # type: ignore[no-untyped-def]
 
 def _hooks_for(hooks_root: Path, *points: str) -> None:
     for point in points:
-        d = hooks_root / point
-        d.mkdir(mode=0o755)
-        (d / "50_show").write_text(DEVICE_HOOK)
-        (d / "50_show").chmod(0o755)
+        write_hook(hooks_root, point, "50_show", DEVICE_HOOK)
 
 
 def _ok(env, tap, op, vm_uuid, params):  # type: ignore[no-untyped-def]
@@ -72,10 +74,7 @@ def test_device_operations_change_the_live_domain_and_report_device_hooks(
         "before_set_num_of_cpus",
         "before_memory_hotplug",
     )
-    disk = storage / "data.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "32M"], check=True)
-    iso = storage / "tools.iso"
-    iso.write_bytes(b"\0" * 2048 * 16)
+    disk, iso = storage / "data.qcow2", storage / "tools.iso"
     env.libvirt_uri = QEMU_URI
     start_worker(storage_roots=[storage])
     vm = {
@@ -208,10 +207,7 @@ def test_device_operations_on_a_shut_off_vm_change_its_definition_only(
     env, tap, start_worker, qemu_domains, storage, bridge
 ):
     """docs/protocol.md, "Operations and VM states": a shut-off VM's devices are its definition."""
-    disk = storage / "data.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "32M"], check=True)
-    iso = storage / "tools.iso"
-    iso.write_bytes(b"\0" * 2048 * 16)
+    disk, iso = storage / "data.qcow2", storage / "tools.iso"
     env.libvirt_uri = QEMU_URI
     start_worker(storage_roots=[storage])
     vm = {**small_vm("off"), "cdroms": [{"bus": "sata"}]}

@@ -14,20 +14,11 @@ import pytest
 
 from handlers.base import domain_state
 from tests.reliability import SLEEP_HOOK, journal_rows, write_hook
-from tests.support import broker_conn, drain_queue, queue_depth, wait_depth, wait_for
+from tests.support import broker_conn, drain_queue, queue_depth, small_vm, wait_depth, wait_for
 from worker import events
 from worker.journal import FINISHED, STARTED, Journal
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def _spec(tag: str = "j") -> dict:
-    return {
-        "uuid": str(uuid.uuid4()),
-        "name": f"vmw-{tag}-{uuid.uuid4().hex[:8]}",
-        "vcpus": 1,
-        "memory_mib": 128,
-    }
 
 
 def _seed_started(env, rid: str, op: str, vm: str, **journal_kw) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +51,7 @@ def test_redelivered_finished_request_republishes_its_terminal_event_marked_dupl
     env, tap, start_worker, test_domains
 ):
     start_worker()
-    spec = _spec()
+    spec = small_vm("j", memory_mib=128)
     test_domains.append(spec["uuid"])
     rid = env.publish("define_vm", spec)
     first = tap.wait_terminal(rid)
@@ -87,7 +78,7 @@ def test_started_unfinished_request_is_reconciled_against_the_domain_state(
     from handlers.domxml import build_domain_xml
     from handlers.spec import VmSpec
 
-    running, stopped = _spec("run"), _spec("stop")
+    running, stopped = small_vm("run", memory_mib=128), small_vm("stop", memory_mib=128)
     for s in (running, stopped):
         test_domains.append(s["uuid"])
         conn.defineXML(build_domain_xml(VmSpec.model_validate(s)))
@@ -149,7 +140,7 @@ def test_past_deadline_fails_as_expired_in_its_turn_without_running(
 ):
     write_hook(hooks_root, "before_vm_define", "50_sleep", SLEEP_HOOK)
     start_worker()
-    spec = _spec()
+    spec = small_vm("j", memory_mib=128)
     test_domains.append(spec["uuid"])
     slow = env.publish("define_vm", spec, custom={"sleep_s": "2"})
     # valid when it arrives, past due by the time the slow op on the same VM is done
@@ -206,7 +197,7 @@ def test_amqp_heartbeats_keep_flowing_during_a_slow_hook(
 ):
     write_hook(hooks_root, "before_vm_define", "50_sleep", SLEEP_HOOK)
     w = start_worker(amqp_heartbeat=2, hook_timeout=30)
-    spec = _spec()
+    spec = small_vm("j", memory_mib=128)
     test_domains.append(spec["uuid"])
     rid = env.publish("define_vm", spec, custom={"sleep_s": "10"})
     tap.wait(lambda: tap.of(rid))  # the hook is running

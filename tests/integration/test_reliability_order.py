@@ -10,8 +10,8 @@ from datetime import datetime
 
 import pytest
 
-from tests.reliability import SLEEP_HOOK, write_hook
-from tests.support import broker_conn
+from tests.reliability import SLEEP_HOOK
+from tests.support import broker_conn, write_hook
 from worker.publish import build_body, publish_op
 
 pytestmark = pytest.mark.timeout(90)

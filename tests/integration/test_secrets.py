@@ -12,7 +12,6 @@ import libvirt
 import pytest
 from click.testing import CliRunner
 
-from tests.reliability import write_hook
 from tests.support import (
     BROKER,
     QEMU_URI,
@@ -21,6 +20,7 @@ from tests.support import (
     drain_queue,
     read_stream,
     small_vm,
+    write_hook,
 )
 from worker.cli import main
 

@@ -6,31 +6,16 @@ and never run."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import libvirt
 import pytest
 from kombu import Connection
 
-from tests.identities import Identities
-from tests.support import BROKER, broker_conn, drain_queue, unique, wait_depth
+from tests.support import broker_conn, drain_queue, small_vm, unique, wait_depth
 from worker.publish import build_body, publish_op
 from worker.topology import Topology
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _vm() -> dict[str, object]:
-    return {"uuid": str(uuid.uuid4()), "name": unique("vmw-allow-"), "vcpus": 1, "memory_mib": 64}
-
-
-@pytest.fixture
-def identities() -> Iterator[Identities]:
-    ids = Identities(BROKER)
-    try:
-        yield ids
-    finally:
-        ids.revoke_all()
 
 
 def test_operations_from_publishers_not_allowed_are_dead_lettered_and_never_run(
@@ -40,7 +25,7 @@ def test_operations_from_publishers_not_allowed_are_dead_lettered_and_never_run(
     stranger = unique("cp")
     url = identities.grant("--control-plane", stranger, "--prefix", env.prefix)
     passive = Topology(env.prefix, env.host, passive=True)
-    vms = [_vm() for _ in range(4)]
+    vms = [small_vm("allow") for _ in range(4)]
     test_domains.extend(str(v["uuid"]) for v in vms)
     with Connection(url, transport_options={"confirm_publish": True}) as conn:
         not_listed = publish_op(conn, passive, build_body("define_vm", vms[0]), user_id=stranger)
@@ -79,7 +64,7 @@ def test_a_forged_user_id_is_refused_by_the_broker_and_never_reaches_the_worker(
 ):
     trusted = unique("cp")
     start_worker(allowed_publishers=[trusted, "guest"])
-    vm = _vm()
+    vm = small_vm("allow")
     test_domains.append(str(vm["uuid"]))
     rid = str(uuid.uuid4())
     with pytest.raises(Exception) as refused:  # guest claiming to be the trusted control plane

@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from kombu import Connection, Consumer, Producer, Queue
 
-from tests.identities import Identities, refused
+from tests.identities import refused
 from tests.support import BROKER, ThreadWorker, broker_conn, unique, wait_depth
 from worker.cli import main
 from worker.topology import Topology
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def identities() -> Iterator[Identities]:
-    ids = Identities(BROKER)
-    try:
-        yield ids
-    finally:
-        ids.revoke_all()
 
 
 def _setup(prefix: str, *hosts: str) -> None:

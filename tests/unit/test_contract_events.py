@@ -78,10 +78,13 @@ def test_host_events_follow_the_schema_and_every_time_is_one_format(tmp_path: Pa
         online_by_caller=True,
     )
     beat.online(3)
+    beat.tick()
     beat.stop(offline=True)
-    (online, offline) = [ev for _, ev in sink]
+    (online, inventory, heartbeat, offline) = [ev for _, ev in sink]
     assert online["data"]["queue_depth"] == 3
-    assert _errors(online) == [] and _errors(offline) == []
+    assert inventory["data"]["reason"] == "online"
+    for ev in (online, inventory, heartbeat, offline):
+        assert _errors(ev) == [], ev["type"]
     for t in (
         online["time"],
         online["data"]["worker"]["started_at"],

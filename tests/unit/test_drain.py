@@ -66,6 +66,29 @@ def test_the_vms_of_a_host_are_its_newest_heartbeats_running_ones_and_later_star
     assert inv.free_mib("host-b") == 4096 and inv.free_mib("host-z") is None
 
 
+def _host(host: str, kind: str, t: float, **data: Any) -> dict[str, Any]:
+    ev = events.cloud_event(host, ("host", kind), subject=None, request_id=None,
+                            data={"host": host, **data})  # fmt: skip
+    return _at(ev, t)
+
+
+def test_the_vms_come_from_host_inventory_and_free_memory_from_the_heartbeat():
+    inv = Inventory()
+    mem = {"total_mib": 8192, "free_mib": 2048}
+    inv.apply(_host("host-a", "online", T0, interval_s=10.0, inventory_digest="sha256:a",
+                    vms={"total": 2, "by_state": {"running": 2}}, memory=mem))  # fmt: skip
+    assert not inv.known("host-a", source=True)  # no VM list yet
+    assert inv.known("host-a", source=False) and inv.free_mib("host-a") == 2048
+    inv.apply(_host("host-a", "inventory", T0 + 0.1, reason="online",
+                    inventory_digest="sha256:a", domains=[_dom(1, mib=1024), _dom(2)]))  # fmt: skip
+    assert inv.known("host-a", source=True)
+    assert [(v.name, v.memory_mib) for v in inv.vms_on("host-a")] == [("vm-1", 1024), ("vm-2", 512)]
+    inv.apply(_host("host-a", "heartbeat", T0 + 10, interval_s=10.0, inventory_digest="sha256:a",
+                    vms={"total": 2, "by_state": {"running": 2}},
+                    memory={**mem, "free_mib": 1024}))  # fmt: skip
+    assert inv.free_mib("host-a") == 1024 and len(inv.vms_on("host-a")) == 2
+
+
 def test_a_host_is_down_after_three_missed_beats_and_unknown_if_never_heard():
     inv = Inventory()
     inv.apply(_beat("host-a", T0, []))

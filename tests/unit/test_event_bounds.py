@@ -74,21 +74,21 @@ def test_hook_output_is_cut_first_keeping_its_end_and_the_whole_event_fits():
     assert hooks[0]["stdout_tail"] == "o" * 20_000  # the caller's objects are not changed
 
 
-def test_a_heartbeat_with_too_many_domains_is_cut_and_the_monitor_forgets_none():
+def test_an_inventory_with_too_many_domains_is_cut_and_the_monitor_forgets_none():
     doms = [
         {"uuid": f"00000000-0000-0000-0000-{i:012d}", "name": f"vm-{i}", "state": "running"}
         for i in range(3000)
     ]
     ev = events.cloud_event(
-        "h1", ("host", "heartbeat"), subject=None, request_id=None,
-        data={"host": "h1", "interval_s": 30.0, "domains": doms},
+        "h1", ("host", "inventory"), subject=None, request_id=None,
+        data={"host": "h1", "reason": "changed", "domains": doms},
     )  # fmt: skip
     assert len(events.encode(ev)) <= EVENT_MAX
     assert 0 < len(ev["data"]["domains"]) < 3000 and "data.domains" in ev["data"]["cut"]
     view = FleetView()
     view.apply(events.cloud_event(
-        "h1", ("host", "heartbeat"), subject=None, request_id=None,
-        data={"host": "h1", "interval_s": 30.0, "domains": doms[-5:]},
+        "h1", ("host", "inventory"), subject=None, request_id=None,
+        data={"host": "h1", "reason": "online", "domains": doms[-5:]},
     ))  # fmt: skip
     view.apply(ev)
     assert {view.vms[d["uuid"]].state for d in doms[-5:]} == {"running"}  # not `undefined`

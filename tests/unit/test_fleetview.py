@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from rich.console import Console
 
 from worker import events
-from worker.monitor import FleetView, render
+from worker.monitor import FleetView, progress_line, render
 
 VM = "11111111-2222-3333-4444-555555555555"
 
@@ -192,3 +192,126 @@ def test_a_host_that_said_goodbye_is_offline_not_down():
         ln for ln in _screen(view, 5000.0, depths={"h1": 7}).splitlines() if "1.2.3" in ln
     ]
     assert "offline" in host_line and " 7 " in host_line
+
+
+# -- heartbeats with a digest, inventories, and what the view shows first ----------------------
+def _host_ev(host: str, kind: str, t: float, **data) -> dict:
+    ev = events.cloud_event(host, ("host", kind), subject=None, request_id=None,
+                            data={"host": host, **data})  # fmt: skip
+    return _at(ev, t)
+
+
+def _vm_uuid(i: int) -> str:
+    return f"00000000-0000-0000-0000-{i:012d}"
+
+
+def _inventory(host: str, t: float, digest: str, domains: list[dict]) -> dict:
+    return _host_ev(host, "inventory", t, reason="changed", inventory_digest=digest,
+                    libvirt={"uri": "qemu:///system", "version": "9.0.0"},
+                    domains=domains, hooks={"before_vm_start": [{"name": "50_x"}]})  # fmt: skip
+
+
+def _new_beat(host: str, t: float, digest: str, total: int, **more) -> dict:
+    return _host_ev(host, "heartbeat", t, interval_s=10.0, inventory_digest=digest,
+                    worker={"version": "2.0.0"}, vms={"total": total, "by_state": {}},
+                    queue_depth=0, outbox=0, **more)  # fmt: skip
+
+
+def test_the_inventory_event_lists_the_vms_and_a_heartbeat_naming_another_shows_it_stale():
+    view = FleetView()
+    view.apply(_inventory("h1", 100.0, "sha256:a", [{"uuid": VM, "name": "web-1",
+                                                     "state": "running"}]))  # fmt: skip
+    view.apply(_new_beat("h1", 100.1, "sha256:a", 1, memory={"total_mib": 8, "free_mib": 4}))
+    host = view.hosts["h1"]
+    assert view.vms[VM].state == "running" and host.domains == 1 and host.hooks == 1
+    assert host.free_mib == 4 and not host.stale
+    assert "stale" not in _screen(view, 101.0)
+    view.apply(_new_beat("h1", 110.0, "sha256:b", 2))  # its inventory never reached us
+    assert host.stale and host.domains == 2
+    [line] = [ln for ln in _screen(view, 111.0).splitlines() if "2.0.0" in ln]
+    assert "inventory stale" in line
+    view.apply(_inventory("h1", 120.0, "sha256:b", []))
+    assert not host.stale and view.vms[VM].state == "undefined"
+
+
+def test_failures_come_first_then_hosts_and_vms_by_what_needs_attention():
+    view = FleetView()
+    for host in ("aa", "mm", "zz"):
+        view.apply(_beat(host, 1000.0 if host != "mm" else 900.0))
+    # 250 quiet VMs on host aa, sorted first by name; one failed VM on zz
+    view.apply(_inventory("aa", 1000.0, "sha256:a", [
+        {"uuid": _vm_uuid(i), "name": f"a-{i:03d}", "state": "shutoff"} for i in range(250)
+    ]))  # fmt: skip
+    err = {"code": "hook_failed", "message": "m", "source": "hook"}
+    _, fail = events.op_event("zz", "start_vm", "fail", request_id="r9", correlation_id=None,
+                              vm_uuid=VM, vm_name="zz-web", state="shutoff", error=err)  # fmt: skip
+    view.apply(_at(fail, 1001.0))
+    text = _screen(view, 1002.0, max_vms=10)
+    assert text.index("Recent failures") < text.index("Hosts") < text.index("VMs")
+    rows = text[text.index("VMs") :].splitlines()
+    assert "zz-web" in next(ln for ln in rows if "│" in ln and ("zz-web" in ln or "a-" in ln))
+    assert "and 241 more" in text
+    hosts = text[text.index("Hosts") : text.index("VMs")]
+    assert hosts.index("mm") < hosts.index("aa")  # DOWN first (missed its beats)
+    assert "DOWN" in hosts.splitlines()[next(i for i, ln in enumerate(hosts.splitlines())
+                                            if "mm" in ln)]  # fmt: skip
+
+
+def test_host_filter_shows_only_those_hosts_their_vms_and_failures():
+    view = FleetView()
+    view.apply(_beat("h1", 100.0, domains=[{"uuid": VM, "name": "web-1", "state": "running"}]))
+    view.apply(_beat("h2", 100.0, domains=[{"uuid": _vm_uuid(2), "name": "db-2",
+                                            "state": "running"}]))  # fmt: skip
+    view.apply(_op("fail", 101.0, error={"code": "x", "message": "on-h1", "source": "libvirt"}))
+    text = _screen(view, 102.0, hosts=["h2"])
+    assert "db-2" in text and "web-1" not in text and "on-h1" not in text
+    assert "1 host(s), 1 VM(s)" in text
+    assert "on-h1" in _screen(view, 102.0, hosts=["h1"])
+
+
+def test_a_host_offline_longer_than_the_setting_is_hidden():
+    view = FleetView()
+    view.apply(_beat("h1", 1000.0, domains=[{"uuid": VM, "name": "web-1", "state": "running"}]))
+    view.apply(_host_ev("h1", "offline", 1001.0))
+    view.apply(_beat("h2", 5000.0))
+    assert "web-1" in _screen(view, 5000.0, offline_after=7200)
+    text = _screen(view, 5000.0, offline_after=3600)
+    assert "web-1" not in text and "1 offline host(s) hidden" in text
+    assert "h2" in text
+    assert view.shown_hosts(5000.0, (), 3600) == {"h2"}
+
+
+def test_a_refused_message_or_one_for_no_such_vm_is_a_failure_not_a_vm():
+    view = FleetView()
+    ghost = "99999999-2222-3333-4444-555555555555"
+    _, bad = events.op_event("h1", "start_vm", "fail", request_id="r1", correlation_id=None,
+                             vm_uuid=ghost, vm_name=None, state="unknown",
+                             error={"code": "bad_field", "message": "m",
+                                    "source": "validation"})  # fmt: skip
+    view.apply(_at(bad, 10.0))
+    _, before = events.op_event("h1", "start_vm", "before", request_id="r2", correlation_id=None,
+                                vm_uuid=VM, vm_name=None)  # fmt: skip
+    view.apply(_at(before, 11.0))
+    _, gone = events.op_event("h1", "start_vm", "fail", request_id="r2", correlation_id=None,
+                              vm_uuid=VM, vm_name=None, state="unknown",
+                              error={"code": "no_domain", "message": "m",
+                                     "source": "libvirt"})  # fmt: skip
+    view.apply(_at(gone, 12.0))
+    assert view.vms == {} and len(view.failures) == 2
+    # a VM the events know keeps its row when an operation on it fails
+    view.apply(_state("started", "booted", "running", 20.0))
+    _, fail = events.op_event("h1", "stop_vm", "fail", request_id="r3", correlation_id=None,
+                              vm_uuid=VM, vm_name="web-1", state="running",
+                              error={"code": "no_domain", "message": "m",
+                                     "source": "libvirt"})  # fmt: skip
+    view.apply(_at(fail, 21.0))
+    assert view.vms[VM].result == "failed"
+
+
+def test_the_progress_line_says_how_far_the_log_replay_got():
+    view = FleetView()
+    view.apply(_beat("h1", 100.0, domains=[{"uuid": VM, "name": "web-1", "state": "running"}]))
+    line = progress_line(view, 100.0, now=3700.0)
+    assert line == (
+        "reading the events log: 1 event(s), 1 host(s), 1 VM(s), now at events of 60m ago"
+    )

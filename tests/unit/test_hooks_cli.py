@@ -9,19 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.support import write_hook
 from worker.hooks.cli import REPO_HOOKDIRS, default_hooks_root, hooks
 
 DOMXML = "<domain>\n  <name>web-1</name>\n  <uuid>u-1</uuid>\n</domain>\n"
 
 
 def script(root: Path, point: str, name: str, body: str, mode: int = 0o755) -> Path:
-    d = root / point
-    d.mkdir(exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text("#!/bin/sh\n" + body + "\n")
-    p.chmod(mode)
-    return p
+    return write_hook(root, point, name, "#!/bin/sh\n" + body + "\n", mode)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from lxml import etree
 from structlog.testing import capture_logs
 
-from tests.support import wait_for
+from tests.support import wait_for, write_hook
 from worker.hooks import POINTS, ChainResult, HookEngine, ScriptResult
 from worker.hooks.points import ALIASES, BASE_POINTS, HOST_POINTS, REPORT_ONLY
 
@@ -32,13 +32,7 @@ def root(tmp_path: Path) -> Path:
 
 
 def hook(root: Path, point: str, name: str, body: str, mode: int = 0o755) -> Path:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text(textwrap.dedent(body).lstrip())
-    p.chmod(mode)
-    return p
+    return write_hook(root, point, name, textwrap.dedent(body).lstrip(), mode)
 
 
 def sh(body: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.support import write_hook as script
 from worker.config import Settings
 from worker.hooks import HookEngine, HookRootError
 from worker.hooks.cli import hooks
@@ -24,16 +25,6 @@ DOMXML = "<domain><name>web-1</name><uuid>u-1</uuid><devices/></domain>\n"
 PYTHON3 = Path(sys.executable).with_name("python3")
 # what only a script run in the pre-warmed server sees: `hooking` already imported
 WARM = "import sys; print('warm' if 'hooking' in sys.modules else 'cold')\n"
-
-
-def script(root: Path, point: str, name: str, text: str, mode: int = 0o755) -> Path:
-    d = root / point
-    d.mkdir(exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text(text)
-    p.chmod(mode)
-    return p
 
 
 def vmworker(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:

@@ -7,19 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import write_hook
 from worker.hooks import CustomPropertyError, HookEngine, validate_custom
 
 DOMXML = "<domain><name>web-1</name><uuid>u-1</uuid></domain>"
 
 
 def hook(root: Path, point: str, name: str, body: str, mode: int = 0o755) -> Path:
-    d = root / point
-    d.mkdir(exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text("#!/bin/sh\n" + textwrap.dedent(body).lstrip())
-    p.chmod(mode)
-    return p
+    return write_hook(root, point, name, "#!/bin/sh\n" + textwrap.dedent(body).lstrip(), mode)
 
 
 def run(root: Path, point: str = "before_vm_start", **kw):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import write_hook
 from worker.hooks import HookEngine
 from worker.hooks.engine import HOOKLIB
 
@@ -20,13 +21,7 @@ DOMXML = f"<domain type='kvm'><name>web-1</name><uuid>{VM}</uuid><devices/></dom
 
 
 def hook(root: Path, point: str, name: str, body: str) -> Path:
-    d = root / point
-    d.mkdir(mode=0o755, exist_ok=True)
-    d.chmod(0o755)
-    p = d / name
-    p.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body).lstrip())
-    p.chmod(0o755)
-    return p
+    return write_hook(root, point, name, f"#!{sys.executable}\n" + textwrap.dedent(body).lstrip())
 
 
 def in_script(code: str, **env: str) -> dict:

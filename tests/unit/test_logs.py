@@ -20,9 +20,10 @@ NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
 def _log_calls() -> list[tuple[str, int, str, ast.expr | None]]:
-    """(file, line, level, first argument) of each `<logger>.<level>(...)` in worker/, handlers/."""
+    """(file, line, level, first argument) of each `<logger>.<level>(...)` in worker/, handlers/,
+    vmworker/."""
     found = []
-    for root in ("worker", "handlers"):
+    for root in ("worker", "handlers", "vmworker"):
         for path in sorted((REPO / root).rglob("*.py")):
             tree = ast.parse(path.read_text(), str(path))
             for node in ast.walk(tree):

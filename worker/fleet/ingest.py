@@ -8,7 +8,7 @@ where its last commit left off: nothing lost, nothing stored twice.
 
 Beside the streams, a second thread asks the broker (passive declares, its own connection)
 for the depth of every known host's queue and dead-letter queue, and reads a dead-letter queue
-whose depth changed (every message held unacknowledged, then all given back: worker/replay.py's
+whose depth changed (every message held unacknowledged, then all given back: vmworker/replay.py's
 `take_queued`), so the store shows what the dead-letter queues hold now.
 """
 
@@ -30,6 +30,7 @@ from kombu import Connection, Consumer
 from kombu.message import Message
 from sqlalchemy.engine import Engine
 
+from vmworker.replay import NoSuchQueue, Selection, take_queued
 from worker import logs
 from worker.amqp import connect
 from worker.cliopts import connection_options, settings_or_exit
@@ -37,8 +38,7 @@ from worker.config import Settings
 from worker.fleet import store as st
 from worker.fleet.fold import StreamEvent, apply_batch
 from worker.history import LogMessage
-from worker.replay import Selection, take_queued
-from worker.topology import Topology, stream
+from worker.topology import Topology
 
 log = structlog.get_logger()
 
@@ -143,8 +143,8 @@ class Ingest:
             conn.ensure_connection(max_retries=3)
             ch = conn.channel()
             ch.basic_qos(0, PREFETCH_BATCHES * self.batch_size, False)
-            qe = stream(t.events_log.name, t.events, t.events_max_age, starts[self.events_stream])
-            qo = stream(t.ops_log.name, t.ops, t.ops_max_age, starts[self.ops_stream])
+            qe = t.events_log_from(starts[self.events_stream])  # used, never declared
+            qo = t.ops_log_from(starts[self.ops_stream])
 
             def on_event(m: Message) -> None:
                 se = event_of(m)
@@ -266,7 +266,7 @@ class Ingest:
             chosen, rest = take_queued(
                 conn, self.topology, host, Selection(), as_new=False, to_host=None, dead=True
             )
-        except Exception as e:  # no such queue (a host without one yet)
+        except NoSuchQueue as e:  # a host without one (yet)
             log.info("fleet ingest: no dead letters read", host=host, error=str(e))
             return 0
         now = time.time()

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from lxml import etree
 
+from worker import tracing
 from worker.hooks.custom import validate_custom
 from worker.hooks.inproc import (
     GROUP,
@@ -222,6 +223,7 @@ class HookEngine:
             point=point, vm_id=vm_id, custom=custom, error=error, context=context, log=clog
         )
         good = Payload(original)
+        trace = tracing.active()  # None unless tracing records this thread's request
         # the payload file and the scripts' environment: made for the first script that runs
         path: str | None = None
         in_file = b""  # what the payload file holds
@@ -230,6 +232,7 @@ class HookEngine:
             i = 0
             while i < len(steps):
                 step = steps[i]
+                t0 = tracing.now_ns() if trace is not None else 0
                 if step.kind == "script" and not step.refused:
                     if path is None:
                         path = self._payload_file(hp, point, good.data)
@@ -255,6 +258,8 @@ class HookEngine:
                     ran, good = self._run_inprocs(hp, steps[i:j], ctx, good)  # logged
                     i = j
                 result.scripts += ran
+                if trace is not None:
+                    trace.hook_spans(point, ran, t0, tracing.now_ns())
                 if ran[-1].rc == 2:  # a run of in-process hooks stops at the first rc 2
                     result.stopped = True
                     break

@@ -105,19 +105,19 @@ def _is_executable_file(path: Path) -> os.stat_result | None:
 
 def discover(root: Path, point: str) -> list[Script]:
     """The scripts of `<root>/<point>/` in run order, each with why it is refused (or None)."""
-    pdir = root / point
-    try:
-        names = sorted(n for n in os.listdir(pdir) if not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
+    try:  # (os.path: each chain of each operation lists its directory; pathlib is slower)
+        names = sorted(n for n in os.listdir(os.path.join(root, point)) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError) as exc:
         # no such point is an empty chain; no root (removed since start-up) is not
-        gone = root_problem(root)
+        gone = _root_gone(root, exc)
         return [Script(name=point, path=root, sha256=None, refused=gone)] if gone else []
     except OSError as exc:
         # a chain we cannot even list must not pass as an empty one
-        unreadable = f"hook directory {pdir}: {exc.strerror}"
-        return [Script(name=point, path=pdir, sha256=None, refused=unreadable)]
+        unreadable = f"hook directory {root / point}: {exc.strerror}"
+        return [Script(name=point, path=root / point, sha256=None, refused=unreadable)]
     if not names:  # nothing to run, so nothing to refuse: no checks of the directories
         return []
+    pdir = root / point
     # one bad directory refuses every script in it: the chain fails closed
     dir_reason = check_dir(root, "hooks root") or check_dir(pdir, "hook directory")
     found: list[Script] = []
@@ -135,11 +135,20 @@ def has_entries(root: Path, point: str) -> bool:
     """Whether `<root>/<point>/` may hold a script: it lists a name (dotfiles aside), or cannot
     be listed for another reason than not being there (the chain then reports why)."""
     try:
-        return any(not n.startswith(".") for n in os.listdir(root / point))
-    except (FileNotFoundError, NotADirectoryError):
-        return root_problem(root) is not None
+        return any(not n.startswith(".") for n in os.listdir(os.path.join(root, point)))
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        return _root_gone(root, exc) is not None
     except OSError:
         return True
+
+
+def _root_gone(root: Path, exc: OSError) -> str | None:
+    """`root_problem` after listing one of its points failed with `exc`. A point missing from a
+    root we may read and search is the common case, told in one system call instead of two: a
+    root that is not a directory fails the listing with NotADirectoryError, not this one."""
+    if isinstance(exc, FileNotFoundError) and os.access(root, os.R_OK | os.X_OK):
+        return None
+    return root_problem(root)
 
 
 def skipped(root: Path, point: str) -> list[tuple[str, str]]:
