@@ -52,6 +52,21 @@ class Peer(BaseModel):
     tls: bool = Field(False, description="QEMU's native TLS for the migration stream")
 
 
+class FleetSettings(BaseModel):
+    """The fleet server (`vmworker fleet serve`): its store, where it listens, its action token."""
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the store; None: sqlite:///<state_dir>/fleet.db",
+    )
+    bind: str = Field("127.0.0.1", description="address the HTTP server listens on")
+    port: int = Field(8470, ge=1, le=65535, description="port of the HTTP server")
+    token: str | None = Field(
+        None, description="bearer token that allows actions (replay, drain); None: no actions"
+    )
+    token_name: str = Field("operator", description="who the token is, in the audit table")
+
+
 class Settings(BaseSettings):
     """Everything the worker and the CLI read. Field names are the TOML keys;
     each one is also `VMWORKER_<NAME>` in the environment."""
@@ -105,6 +120,10 @@ class Settings(BaseSettings):
     retry: dict[str, RetryPolicy] = Field(default_factory=lambda: {"default": RetryPolicy()})
     peers: dict[str, Peer] = Field(
         default_factory=dict, description="host id -> how a migration reaches it"
+    )
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
+    fleet_url: str | None = Field(
+        None, description="fleet server URL: monitor and history ask it, not the streams"
     )
     log_level: str = "info"
 
