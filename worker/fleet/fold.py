@@ -1,0 +1,621 @@
+"""Folding stream messages into the fleet store, a batch at a time.
+
+`apply_batch(conn, items)` is the one code path: the ingest calls it with each batch it read,
+the tests with recorded or made-up events. A batch reads the rows it touches once (hosts, VMs,
+requests by key), folds every item into them in memory, in stream order, and writes them back:
+a handful of statements per batch, not per event. Heartbeats update their host's row and the
+bounded `heartbeats` ring; they are not kept as `events` rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from worker.fleet import store as st
+from worker.history import LogMessage
+from worker.monitor import _STATE_OF_EVENT, parse_time
+from worker.subscribe import vouched
+
+_HOST_KEYS = {
+    "host",
+    "worker",
+    "interval_s",
+    "libvirt",
+    "domains",
+    "hooks",
+    "hooks_error",
+    "queue_depth",
+    "outbox",
+    "operations_in_flight",
+    "cut",
+    "inventory_digest",
+    "vms",
+    "memory",
+    "reason",
+    "stopped_at",
+}
+_CHUNK = 500  # keys per IN (...) when reading the rows a batch touches
+
+
+@dataclass
+class StreamEvent:
+    """One message of the events stream: its offset, routing key and decoded body."""
+
+    offset: int | None
+    routing_key: str | None
+    event: dict[str, Any]
+
+
+Item = StreamEvent | LogMessage | dict[str, Any]
+
+
+def _text(*parts: Any) -> str | None:
+    out = "\n".join(str(p) for p in parts if p)
+    return out[: st.TEXT_MAX] if out else None
+
+
+def _hooks_text(hooks: Any) -> list[str]:
+    out = []
+    for h in hooks or []:
+        if isinstance(h, dict):
+            out += [h.get("stderr_tail") or "", h.get("stdout_tail") or ""]
+    return out
+
+
+def _error_text(error: dict[str, Any]) -> str | None:
+    if not error:
+        return None
+    return f"{error.get('source', '?')}/{error.get('code', '?')}: {error.get('message', '')}"
+
+
+def _failing_hook(data: dict[str, Any], error: dict[str, Any]) -> str | None:
+    if error.get("hook"):
+        return str(error["hook"])
+    bad = [
+        h for h in data.get("hooks") or [] if isinstance(h, dict) and h.get("rc") not in (0, None)
+    ]
+    return str(bad[0].get("name")) if bad else None
+
+
+def _host_of(ev: dict[str, Any], routing_key: str | None) -> str | None:
+    data = ev.get("data") if isinstance(ev.get("data"), dict) else {}
+    if data and data.get("host"):
+        return str(data["host"])
+    src = str(ev.get("source", ""))
+    if src.startswith("vmworker://"):
+        return src.split("//", 1)[1]
+    return routing_key.split(".", 1)[0] if routing_key else None
+
+
+def _domains_digest(domains: list[Any]) -> str:
+    key = sorted(
+        (str(d.get("uuid")), str(d.get("name")), str(d.get("state")))
+        for d in domains
+        if isinstance(d, dict)
+    )
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+
+
+@dataclass
+class _Batch:
+    conn: Connection
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    new_hosts: set[str] = field(default_factory=set)
+    new_vms: set[str] = field(default_factory=set)
+    new_requests: set[str] = field(default_factory=set)
+    dirty_hosts: set[str] = field(default_factory=set)
+    dirty_vms: set[str] = field(default_factory=set)
+    dirty_requests: set[str] = field(default_factory=set)
+    host_vms_loaded: set[str] = field(default_factory=set)
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+    op_rows: list[dict[str, Any]] = field(default_factory=list)
+    beats: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    minutes: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    live: list[dict[str, Any]] = field(default_factory=list)  # what on_commit gets
+
+    # -- reading what the batch touches ---------------------------------------------------
+    def load(self, items: Sequence[StreamEvent | LogMessage]) -> None:
+        host_keys, vm_keys, req_keys = set(), set(), set()
+        for it in items:
+            if isinstance(it, LogMessage):
+                if it.message_id:
+                    req_keys.add(it.message_id)
+                if it.routing_key:
+                    host_keys.add(it.routing_key)
+                continue
+            ev, data = it.event, it.event.get("data") or {}
+            host = _host_of(ev, it.routing_key)
+            if host:
+                host_keys.add(host)
+            vm = data.get("vm") if isinstance(data.get("vm"), dict) else {}
+            uuid = (vm or {}).get("uuid") or ev.get("subject")
+            if uuid:
+                vm_keys.add(str(uuid))
+            rid = ev.get("requestid") or data.get("request_id")
+            if rid:
+                req_keys.add(str(rid))
+        self._read(st.hosts, st.hosts.c.host, host_keys, self.hosts)
+        self._read(st.vms, st.vms.c.uuid, vm_keys, self.vms)
+        self._read(st.requests, st.requests.c.request_id, req_keys, self.requests)
+
+    def _read(
+        self, table: sa.Table, key: Any, keys: Iterable[str], into: dict[str, dict[str, Any]]
+    ) -> None:
+        keys = sorted(k for k in keys if k not in into)
+        for i in range(0, len(keys), _CHUNK):
+            part = keys[i : i + _CHUNK]
+            for row in self.conn.execute(sa.select(table).where(key.in_(part))).mappings():
+                into[row[key.name]] = dict(row)
+
+    def load_host_vms(self, host: str) -> None:
+        if host in self.host_vms_loaded:
+            return
+        self.host_vms_loaded.add(host)
+        q = sa.select(st.vms).where(st.vms.c.host == host)
+        for row in self.conn.execute(q).mappings():
+            self.vms.setdefault(row["uuid"], dict(row))
+
+    # -- rows -------------------------------------------------------------------------------
+    def host(self, name: str, at: float) -> dict[str, Any]:
+        row = self.hosts.get(name)
+        if row is None:
+            row = self.hosts[name] = {c.name: None for c in st.hosts.columns} | {
+                "host": name,
+                "status": "unknown",
+                "first_seen": at,
+                "hb_seq": 0,
+            }
+            self.new_hosts.add(name)
+        self.dirty_hosts.add(name)
+        return row
+
+    def vm(self, uuid: str, name: str | None, host: str | None) -> dict[str, Any]:
+        row = self.vms.get(uuid)
+        if row is None:
+            row = self.vms[uuid] = {c.name: None for c in st.vms.columns} | {
+                "uuid": uuid,
+                "name": "",  # never NULL: the list's sort key (host, name, uuid)
+                "host": "",
+                "state": "unknown",
+                "state_at": 0.0,
+                "changed_at": 0.0,
+                "op_at": 0.0,
+                "updated_at": 0.0,
+            }
+            self.new_vms.add(uuid)
+        if name:
+            row["name"] = name
+        if host:
+            row["host"] = host
+        self.dirty_vms.add(uuid)
+        return row
+
+    def request(self, rid: str, at: float) -> dict[str, Any]:
+        row = self.requests.get(rid)
+        if row is None:
+            row = self.requests[rid] = {c.name: None for c in st.requests.columns} | {
+                "request_id": rid,
+                "at": at,
+                "duplicates": 0,
+            }
+            del row["id"]
+            self.new_requests.add(rid)
+        row["at"] = min(row["at"], at)
+        row["updated_at"] = max(row["updated_at"] or 0.0, at)
+        self.dirty_requests.add(rid)
+        return row
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self) -> None:
+        c = self.conn
+        self._write(st.hosts, "host", self.hosts, self.new_hosts, self.dirty_hosts)
+        self._write(st.vms, "uuid", self.vms, self.new_vms, self.dirty_vms)
+        self._write(
+            st.requests, "request_id", self.requests, self.new_requests, self.dirty_requests
+        )
+        if self.event_rows:
+            stmt = st.events.insert().returning(st.events.c.id, sort_by_parameter_order=True)
+            ids = [r[0] for r in c.execute(stmt, self.event_rows)]
+            for row, rid in zip(self.event_rows, ids, strict=True):
+                row["id"] = rid
+        if self.op_rows:
+            c.execute(st.ops_messages.insert(), self.op_rows)
+        st.upsert(c, st.heartbeats, list(self.beats.values()), ["host", "slot"])
+        rows = [
+            {"host": h, "minute": m, "ops": v[0], "failed": v[1]}
+            for (h, m), v in self.minutes.items()
+        ]
+        st.upsert(c, st.op_minutes, rows, ["host", "minute"], add=("ops", "failed"))
+
+    def _write(
+        self,
+        table: sa.Table,
+        key: str,
+        rows: dict[str, dict[str, Any]],
+        new: set[str],
+        dirty: set[str],
+    ) -> None:
+        if new:
+            self.conn.execute(table.insert(), [rows[k] for k in sorted(new)])
+        changed = sorted(dirty - new)
+        if changed:
+            cols = [c.name for c in table.columns if c.name not in (key, "id")]
+            stmt = (
+                table.update()
+                .where(table.c[key] == sa.bindparam("_key"))
+                .values({c: sa.bindparam(c) for c in cols})
+            )
+            self.conn.execute(stmt, [{"_key": k, **{c: rows[k][c] for c in cols}} for k in changed])
+
+
+def apply_batch(conn: Connection, items: Sequence[Item]) -> list[dict[str, Any]]:
+    """Fold `items` (events of the events stream, messages of the ops log), in order, into the
+    store through `conn` (the caller owns the transaction). Returns what happened, for live
+    updates: one dict per event (`id` its row id; None for a heartbeat, which has no row)."""
+    norm = [StreamEvent(None, None, it) if isinstance(it, dict) else it for it in items]
+    b = _Batch(conn)
+    b.load(norm)
+    for it in norm:
+        if isinstance(it, LogMessage):
+            _op_message(b, it)
+        else:
+            _event(b, it)
+    b.write()
+    return b.live
+
+
+# -- the ops log ----------------------------------------------------------------------------
+def _op_message(b: _Batch, m: LogMessage) -> None:
+    at = m.timestamp
+    b.op_rows.append(
+        {
+            "stream_offset": m.offset,
+            "at": at,
+            "host": m.routing_key or None,
+            "message_id": m.message_id,
+            "correlation_id": m.correlation_id,
+            "op": m.op,
+            "vm_uuid": m.vm_uuid,
+            "replay_of": m.replay_of,
+            "headers": _jsonable({k: v for k, v in m.headers.items() if k != "x-stream-offset"}),
+            "properties": _jsonable(m.properties),
+            "body": m.body,
+        }
+    )
+    if not m.message_id:
+        return
+    r = b.request(m.message_id, at or 0.0)
+    if at and not r["published_at"]:
+        r["published_at"] = at
+    r["host"] = r["host"] or m.routing_key or None
+    r["op"] = r["op"] or m.op
+    r["vm_uuid"] = r["vm_uuid"] or m.vm_uuid
+    r["correlation_id"] = r["correlation_id"] or m.correlation_id
+    r["replay_of"] = r["replay_of"] or m.replay_of
+    if isinstance(m.doc, dict) and isinstance(m.doc.get("vm"), dict) and not r["vm_name"]:
+        r["vm_name"] = m.doc["vm"].get("name")
+    if r["phase"] is None:
+        r["phase"], r["result"] = "published", "queued"
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# -- the events stream ----------------------------------------------------------------------
+def _event(b: _Batch, it: StreamEvent) -> None:
+    ev = it.event
+    data = ev.get("data")
+    words = str(ev.get("type", "")).split(".")
+    if len(words) < 3 or words[0] != "vmworker" or not isinstance(data, dict):
+        return
+    if not vouched(ev, it.routing_key):
+        return  # a body claiming another host than the one that published it is forged
+    at = parse_time(ev.get("time")) or 0.0
+    host = _host_of(ev, it.routing_key)
+    if words[1] == "host":
+        if host:
+            _host_event(b, words[2], host, ev, data, at, it.offset)
+        return
+    vm_data = data.get("vm") if isinstance(data.get("vm"), dict) else {}
+    uuid = (vm_data or {}).get("uuid") or ev.get("subject")
+    if host:
+        b.host(host, at)
+    if words[1] == "state":
+        _state_event(b, words[2], host, uuid, vm_data or {}, data, at)
+        _store_event(b, it, "state", host, uuid, data, at, words)
+    elif data.get("phase") in ("before", "after", "fail", "progress"):
+        _op_event(b, ev, host, uuid, vm_data or {}, data, at)
+        _store_event(b, it, "op", host, uuid, data, at, words)
+
+
+def _store_event(
+    b: _Batch,
+    it: StreamEvent,
+    kind: str,
+    host: str | None,
+    uuid: str | None,
+    data: dict[str, Any],
+    at: float,
+    words: list[str],
+) -> None:
+    ev = it.event
+    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    row = {
+        "stream_offset": it.offset,
+        "event_id": ev.get("id"),
+        "at": at,
+        "type": str(ev.get("type"))[:128],
+        "kind": kind,
+        "host": host,
+        "vm_uuid": uuid,
+        "request_id": ev.get("requestid") or data.get("request_id"),
+        "during_request": data.get("during_request"),
+        "op": data.get("op") if kind == "op" else None,
+        "phase": data.get("phase") if kind == "op" else words[2],
+        "error_code": (error or {}).get("code"),
+        "replay_of": data.get("replay_of"),
+        "duplicate": bool(data.get("duplicate")),
+        "traceparent": ev.get("traceparent"),
+        "text": _text(
+            _error_text(error or {}), (error or {}).get("stderr"), *_hooks_text(data.get("hooks"))
+        ),
+        "body": ev,
+    }
+    b.event_rows.append(row)
+    b.live.append(row)
+
+
+def _host_event(
+    b: _Batch,
+    kind: str,
+    host: str,
+    ev: dict[str, Any],
+    data: dict[str, Any],
+    at: float,
+    offset: int | None,
+) -> None:
+    row = b.host(host, at)
+    if kind in ("online", "offline", "inventory"):
+        _store_event(b, StreamEvent(offset, None, ev), "host", host, None, data, at, ["", "", kind])
+    if row["last_seen"] is not None and at < row["last_seen"]:
+        return  # older news, seen late: the row already says something newer
+    row["last_seen"] = at
+    worker = data.get("worker") if isinstance(data.get("worker"), dict) else {}
+    if worker:
+        row["version"] = worker.get("version", row["version"])
+        row["pid"] = worker.get("pid", row["pid"])
+        row["started_at"] = worker.get("started_at", row["started_at"])
+        row["uptime_s"] = worker.get("uptime_s", row["uptime_s"])
+    if kind == "offline":
+        row["status"] = "offline"
+        row["stopped_at"] = data.get("stopped_at")
+        return
+    if kind in ("online", "heartbeat"):
+        row["status"] = "online"
+        row["stopped_at"] = None
+        row["interval_s"] = data.get("interval_s", row["interval_s"])
+        row["queue_depth"] = data.get("queue_depth")
+        row["outbox"] = data.get("outbox")
+        row["in_flight"] = data.get("operations_in_flight")
+        extra = {k: v for k, v in data.items() if k not in _HOST_KEYS}
+        row["extra"] = extra or None
+    elif row["status"] == "unknown":
+        row["status"] = "online"
+    lv = data.get("libvirt")
+    if isinstance(lv, dict):
+        row["libvirt"] = lv
+        if lv.get("hypervisor"):
+            row["hypervisor"] = f"{lv['hypervisor']} {lv.get('hypervisor_version', '')}".strip()
+    if isinstance(data.get("memory"), dict):
+        row["memory"] = data["memory"]
+    if data.get("inventory_digest"):
+        row["inventory_digest"] = data["inventory_digest"]
+    if "hooks" in data:
+        if isinstance(data["hooks"], dict):
+            row["hooks"], row["hooks_error"] = data["hooks"], None
+        elif data.get("hooks_error"):
+            row["hooks_error"] = data["hooks_error"]
+    counts = data.get("vms") if isinstance(data.get("vms"), dict) else None
+    if counts is not None:
+        row["vms_total"] = counts.get("total")
+        row["vms_by_state"] = counts.get("by_state")
+    domains = data.get("domains")
+    if isinstance(domains, list):
+        if kind == "inventory" or "hooks" in data:
+            row["inventory_at"] = at
+        _domains(b, row, host, domains, data, at)
+    if kind in ("online", "heartbeat"):
+        seq = int(row["hb_seq"] or 0) + 1
+        row["hb_seq"] = seq
+        beat = {
+            "host": host,
+            "slot": seq % st.HEARTBEAT_HISTORY,
+            "seq": seq,
+            "at": at,
+            "type": kind,
+            "queue_depth": row["queue_depth"],
+            "outbox": row["outbox"],
+            "in_flight": row["in_flight"],
+            "vms_total": row["vms_total"],
+            "vms_by_state": row["vms_by_state"],
+            "memory": data.get("memory") if isinstance(data.get("memory"), dict) else None,
+            "uptime_s": worker.get("uptime_s") if worker else None,
+        }
+        b.beats[(host, beat["slot"])] = beat
+        if kind == "heartbeat":
+            b.live.append(
+                {
+                    "id": None,
+                    "type": ev.get("type"),
+                    "kind": "host",
+                    "host": host,
+                    "at": at,
+                    "vm_uuid": None,
+                    "request_id": None,
+                    "phase": kind,
+                }
+            )
+
+
+def _domains(
+    b: _Batch,
+    row: dict[str, Any],
+    host: str,
+    domains: list[Any],
+    data: dict[str, Any],
+    at: float,
+) -> None:
+    """A host's whole domain list: each VM's state; VMs of this host not in it are gone."""
+    by_state: dict[str, int] = {}
+    for d in domains:
+        if isinstance(d, dict):
+            s = str(d.get("state") or "unknown")
+            by_state[s] = by_state.get(s, 0) + 1
+    if not isinstance(data.get("vms"), dict):
+        row["vms_total"], row["vms_by_state"] = len(domains), by_state
+    digest = _domains_digest(domains)
+    if digest == row["domains_digest"]:
+        return  # the same list as the last one folded in: nothing to tell the VM rows
+    row["domains_digest"] = digest
+    b.load_host_vms(host)
+    listed = set()
+    for d in domains:
+        if not isinstance(d, dict) or not d.get("uuid"):
+            continue
+        vm = b.vm(str(d["uuid"]), d.get("name"), host)
+        if d.get("persistent") is not None:
+            vm["persistent"] = bool(d["persistent"])
+        listed.add(vm["uuid"])
+        _observe(vm, str(d.get("state") or "unknown"), at)
+    if "data.domains" in (data.get("cut") or []):
+        return  # the list was cut to fit the event: a VM missing from it may still be there
+    for vm in list(b.vms.values()):
+        if vm["host"] == host and vm["uuid"] not in listed and vm["state"] != "undefined":
+            b.dirty_vms.add(vm["uuid"])
+            _observe(vm, "undefined", at)
+
+
+def _observe(vm: dict[str, Any], state: str, at: float) -> None:
+    """News about a VM's state at time `at`; older news than what the row has is ignored."""
+    if at < (vm["state_at"] or 0.0):
+        return
+    if state != vm["state"]:
+        vm["changed_at"] = at
+    vm["state"], vm["state_at"] = state, at
+    vm["updated_at"] = max(vm["updated_at"] or 0.0, at)
+
+
+def _state_event(
+    b: _Batch,
+    word: str,
+    host: str | None,
+    uuid: str | None,
+    vm_data: dict[str, Any],
+    data: dict[str, Any],
+    at: float,
+) -> None:
+    if not uuid:
+        return
+    vm = b.vm(str(uuid), vm_data.get("name"), host)
+    if at >= (vm["state_at"] or 0.0):
+        vm["last_change"] = f"{word} ({data.get('reason', '?')})"[:255]
+    _observe(vm, data.get("domain_state") or _STATE_OF_EVENT.get(word, "unknown"), at)
+
+
+def _op_event(
+    b: _Batch,
+    ev: dict[str, Any],
+    host: str | None,
+    uuid: str | None,
+    vm_data: dict[str, Any],
+    data: dict[str, Any],
+    at: float,
+) -> None:
+    phase = data["phase"]
+    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    error = error or {}
+    duplicate = bool(data.get("duplicate"))
+    terminal = phase in ("after", "fail")
+    if terminal and not duplicate and host:
+        m = b.minutes.setdefault((host, int(at // 60)), [0, 0])
+        m[0] += 1
+        m[1] += phase == "fail"
+    rid = ev.get("requestid") or data.get("request_id")
+    if rid:
+        _request(b, str(rid), host, uuid, vm_data, data, error, at, duplicate)
+    if not uuid:
+        return  # a message too broken to name its VM: only in the events and failures
+    vm = b.vm(str(uuid), vm_data.get("name"), host)
+    if duplicate:
+        vm["result"], vm["request_id"] = "duplicate", rid
+        return  # a re-sent old outcome: says nothing new about the VM's state
+    if phase == "progress" or at < (vm["op_at"] or 0.0):
+        return
+    vm["last_op"], vm["request_id"], vm["op_at"] = data.get("op"), rid, at
+    vm["updated_at"] = max(vm["updated_at"] or 0.0, at)
+    if phase == "before":
+        vm["result"], vm["error"] = "running", None
+        return
+    vm["result"] = "ok" if phase == "after" else "failed"
+    vm["error"] = _error_text(error) if phase == "fail" else None
+    state = data.get("state")
+    if state and state != "unknown":
+        _observe(vm, str(state), at)
+
+
+def _request(
+    b: _Batch,
+    rid: str,
+    host: str | None,
+    uuid: str | None,
+    vm_data: dict[str, Any],
+    data: dict[str, Any],
+    error: dict[str, Any],
+    at: float,
+    duplicate: bool,
+) -> None:
+    r = b.request(rid, at)
+    phase = data["phase"]
+    r["host"] = host or r["host"]
+    r["vm_uuid"] = uuid or r["vm_uuid"]
+    r["vm_name"] = vm_data.get("name") or r["vm_name"]
+    r["op"] = data.get("op") or r["op"]
+    r["correlation_id"] = data.get("correlation_id") or r["correlation_id"]
+    r["replay_of"] = data.get("replay_of") or r["replay_of"]
+    r["destination"] = data.get("destination") or r["destination"]
+    if duplicate:
+        r["duplicates"] = int(r["duplicates"] or 0) + 1
+        if r["finished_at"] is not None:
+            return  # the outcome is known: a re-sent copy adds nothing
+    if phase == "before":
+        r["started_at"] = at if r["started_at"] is None else min(r["started_at"], at)
+        if r["finished_at"] is None:
+            r["phase"], r["result"] = "before", "running"
+        return
+    if phase == "progress":
+        if r["finished_at"] is None:
+            r["phase"], r["result"] = "progress", "running"
+        return
+    if r["finished_at"] is not None and at < r["finished_at"]:
+        return  # an older outcome (a request replayed with its own id): the newer one stands
+    r["phase"] = phase
+    r["result"] = "ok" if phase == "after" else "failed"
+    r["finished_at"] = at
+    r["attempt"] = data.get("attempt")
+    r["duration_ms"] = data.get("duration_ms")
+    r["state"] = data.get("state")
+    r["error_code"] = error.get("code")
+    r["error_source"] = error.get("source")
+    r["error_message"] = error.get("message")
+    r["hook"] = _failing_hook(data, error) if phase == "fail" else None
+    r["text"] = _text(_error_text(error), error.get("stderr"), *_hooks_text(data.get("hooks")))

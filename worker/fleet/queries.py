@@ -1,0 +1,708 @@
+"""The questions asked of the fleet store: each takes a SQLAlchemy `Connection` and returns
+plain dicts and lists, ready for JSON (times as RFC 3339 strings in UTC).
+
+Lists page by keyset: `limit` rows and an opaque `cursor` (the `next` of the previous page);
+the order is stable: time descending, then row id descending (hosts by name, VMs by host,
+name, uuid). A host's status is computed when asked, by the monitor's rules (worker/monitor.py):
+`up`, `late` (its last heartbeat older than LATE_FACTOR intervals), `down` (DOWN_MISSED
+heartbeats missed), `offline` (it said so: `host.offline`), `unknown` (never heard from).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from worker.fleet import store as st
+from worker.messages import redact_body
+from worker.monitor import DOWN_FACTOR, LATE_FACTOR
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+HISTORY_MAX = 2000  # events of one VM's or request's history
+STATUSES = ("up", "late", "down", "offline", "unknown")
+
+
+class BadCursor(ValueError):
+    """A cursor this module did not make."""
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _encode(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str | None, n: int) -> list[Any] | None:
+    if not cursor:
+        return None
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError as e:
+        raise BadCursor(cursor) from e
+    if not isinstance(values, list) or len(values) != n:
+        raise BadCursor(cursor)
+    return values
+
+
+def _limit(limit: int | None) -> int:
+    return max(1, min(int(limit or DEFAULT_LIMIT), MAX_LIMIT))
+
+
+def _page(rows: list[Any], limit: int, key: Any) -> dict[str, Any]:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": rows, "next": _encode(key(rows[-1])) if more and rows else None}
+
+
+def _desc_page(
+    conn: Connection, q: sa.Select[Any], at: Any, rid: Any, limit: int | None, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    """Rows of `q` newest first (`at` desc, `rid` desc), one page of them, and the next cursor."""
+    n = _limit(limit)
+    after = _decode(cursor, 2)
+    if after is not None:
+        q = q.where(sa.or_(at < after[0], sa.and_(at == after[0], rid < after[1])))
+    rows = list(conn.execute(q.order_by(at.desc(), rid.desc()).limit(n + 1)).mappings())
+    more = len(rows) > n
+    rows = rows[:n]
+    nxt = _encode([rows[-1][at.name], rows[-1][rid.name]]) if more and rows else None
+    return rows, nxt
+
+
+# -- hosts ----------------------------------------------------------------------------------
+def status_expr(now: float) -> sa.ColumnElement[str]:
+    h = st.hosts.c
+    silent = sa.and_(h.status == "online", h.interval_s.is_not(None), h.last_seen.is_not(None))
+    return sa.case(
+        (sa.and_(silent, h.last_seen < now - DOWN_FACTOR * h.interval_s), "down"),
+        (sa.and_(silent, h.last_seen < now - LATE_FACTOR * h.interval_s), "late"),
+        (h.status == "online", "up"),
+        (h.status == "offline", "offline"),
+        else_="unknown",
+    )
+
+
+def host_status(row: dict[str, Any], now: float) -> str:
+    """The same rule as `status_expr`, for a row in hand."""
+    if row.get("status") == "online":
+        interval, seen = row.get("interval_s"), row.get("last_seen")
+        if interval and seen is not None:
+            if seen < now - DOWN_FACTOR * interval:
+                return "down"
+            if seen < now - LATE_FACTOR * interval:
+                return "late"
+        return "up"
+    return "offline" if row.get("status") == "offline" else "unknown"
+
+
+def _host(row: Any, now: float) -> dict[str, Any]:
+    r = dict(row)
+    hooks = r.get("hooks")
+    return {
+        "host": r["host"],
+        "status": host_status(r, now),
+        "said": r["status"],
+        "last_seen": iso(r["last_seen"]),
+        "silent_s": round(now - r["last_seen"], 3) if r["last_seen"] is not None else None,
+        "first_seen": iso(r["first_seen"]),
+        "interval_s": r["interval_s"],
+        "version": r["version"],
+        "pid": r["pid"],
+        "started_at": r["started_at"],
+        "uptime_s": r["uptime_s"],
+        "stopped_at": r["stopped_at"],
+        "libvirt": r["libvirt"],
+        "hypervisor": r["hypervisor"],
+        "memory": r["memory"],
+        "inventory_digest": r["inventory_digest"],
+        "inventory_at": iso(r["inventory_at"]),
+        "vms_total": r["vms_total"],
+        "vms_by_state": r["vms_by_state"],
+        "hooks_count": sum(len(v) for v in hooks.values() if isinstance(v, list))
+        if isinstance(hooks, dict)
+        else None,
+        "hooks_error": r["hooks_error"],
+        "queue_depth": r["broker_depth"] if r["broker_depth"] is not None else r["queue_depth"],
+        "queue_depth_heartbeat": r["queue_depth"],
+        "queue_depth_broker": r["broker_depth"],
+        "dead_letters": r["dead_depth"],
+        "depth_at": iso(r["depth_at"]),
+        "outbox": r["outbox"],
+        "operations_in_flight": r["in_flight"],
+        "extra": r["extra"],
+    }
+
+
+def list_hosts(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    q: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+    now: float | None = None,
+    offline_after: float | None = None,
+) -> dict[str, Any]:
+    """Hosts by name; `status` one of STATUSES; `q` a part of the name; `offline_after`
+    (seconds): leave out hosts offline (or down) for longer than that."""
+    now = time.time() if now is None else now
+    h = st.hosts.c
+    sel = sa.select(st.hosts)
+    if status:
+        sel = sel.where(status_expr(now) == status)
+    if q:
+        sel = sel.where(h.host.icontains(q, autoescape=True))
+    if offline_after is not None:
+        sel = sel.where(
+            sa.or_(
+                status_expr(now).in_(("up", "late", "unknown")),
+                h.last_seen >= now - offline_after,
+            )
+        )
+    after = _decode(cursor, 1)
+    if after is not None:
+        sel = sel.where(h.host > after[0])
+    n = _limit(limit)
+    rows = list(conn.execute(sel.order_by(h.host).limit(n + 1)).mappings())
+    return _page([_host(r, now) for r in rows], n, lambda r: [r["host"]])
+
+
+def get_host(
+    conn: Connection, host: str, *, now: float | None = None, vms_limit: int = 500
+) -> dict[str, Any] | None:
+    """One host: its row, hooks (whole), VMs, recent requests, heartbeat history, dead letters."""
+    now = time.time() if now is None else now
+    row = conn.execute(sa.select(st.hosts).where(st.hosts.c.host == host)).mappings().first()
+    if row is None:
+        return None
+    out: dict[str, Any] = _host(row, now)
+    out["hooks"] = row["hooks"]
+    down = out["status"] == "down"
+    out["vms"] = [
+        _vm(v, down)
+        for v in conn.execute(
+            sa.select(st.vms)
+            .where(st.vms.c.host == host)
+            .order_by(st.vms.c.name, st.vms.c.uuid)
+            .limit(vms_limit)
+        ).mappings()
+    ]
+    out["recent_requests"] = list_requests(conn, host=host, limit=20)["items"]
+    beats = conn.execute(
+        sa.select(st.heartbeats).where(st.heartbeats.c.host == host).order_by(st.heartbeats.c.seq)
+    ).mappings()
+    out["heartbeats"] = [
+        {
+            "seq": b["seq"],
+            "at": iso(b["at"]),
+            "type": b["type"],
+            "queue_depth": b["queue_depth"],
+            "outbox": b["outbox"],
+            "operations_in_flight": b["in_flight"],
+            "vms_total": b["vms_total"],
+            "vms_by_state": b["vms_by_state"],
+            "memory": b["memory"],
+            "uptime_s": b["uptime_s"],
+        }
+        for b in beats
+    ]
+    out["dead_letter_items"] = list_dead_letters(conn, host=host)
+    out["ops_per_minute"] = ops_per_minute(conn, host=host, now=now)
+    return out
+
+
+# -- VMs ------------------------------------------------------------------------------------
+def _vm(row: Any, host_down: bool = False) -> dict[str, Any]:
+    return {
+        "uuid": row["uuid"],
+        "name": row["name"] or None,
+        "host": row["host"] or None,
+        "state": "unknown" if host_down else row["state"],
+        "state_reported": row["state"],
+        "state_at": iso(row["state_at"] or None),
+        "changed_at": iso(row["changed_at"] or None),
+        "last_change": row["last_change"],
+        "last_op": row["last_op"],
+        "request_id": row["request_id"],
+        "result": row["result"],
+        "op_at": iso(row["op_at"] or None),
+        "error": row["error"],
+        "persistent": row["persistent"],
+    }
+
+
+def list_vms(
+    conn: Connection,
+    *,
+    host: str | None = None,
+    state: str | None = None,
+    q: str | None = None,
+    result: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """VMs by host, name, uuid; `state` as last reported; `q` a part of the name or uuid."""
+    now = time.time() if now is None else now
+    v = st.vms.c
+    down = status_expr(now) == "down"
+    sel = sa.select(st.vms, sa.func.coalesce(down, False).label("host_down")).outerjoin(
+        st.hosts, st.hosts.c.host == v.host
+    )
+    if host:
+        sel = sel.where(v.host == host)
+    if state:
+        sel = sel.where(v.state == state)
+    if result:
+        sel = sel.where(v.result == result)
+    if q:
+        sel = sel.where(
+            sa.or_(v.name.icontains(q, autoescape=True), v.uuid.icontains(q, autoescape=True))
+        )
+    after = _decode(cursor, 3)
+    if after is not None:
+        sel = sel.where(sa.tuple_(v.host, v.name, v.uuid) > sa.tuple_(*after))
+    n = _limit(limit)
+    rows = list(conn.execute(sel.order_by(v.host, v.name, v.uuid).limit(n + 1)).mappings())
+    items = [_vm(r, bool(r["host_down"])) for r in rows]
+    page = _page(items, n, lambda r: [r["host"] or "", r["name"] or "", r["uuid"]])
+    return page
+
+
+def get_vm(conn: Connection, uuid: str, *, limit: int = HISTORY_MAX) -> dict[str, Any] | None:
+    """One VM's whole history: its row, every request on it and every event about it (state
+    and operation events, hooks and their output in `event`), oldest first."""
+    row = conn.execute(sa.select(st.vms).where(st.vms.c.uuid == uuid)).mappings().first()
+    if row is None:
+        return None
+    host = None
+    if row["host"]:
+        hr = conn.execute(sa.select(st.hosts).where(st.hosts.c.host == row["host"])).mappings()
+        host = hr.first()
+    out = _vm(row, host is not None and host_status(dict(host), time.time()) == "down")
+    r = st.requests.c
+    out["requests"] = [
+        _request(x)
+        for x in conn.execute(
+            sa.select(st.requests).where(r.vm_uuid == uuid).order_by(r.at, r.id).limit(limit)
+        ).mappings()
+    ]
+    e = st.events.c
+    newest = (
+        sa.select(st.events).where(e.vm_uuid == uuid).order_by(e.at.desc(), e.id.desc())
+    ).limit(limit)
+    out["events"] = [_event(x) for x in reversed(list(conn.execute(newest).mappings()))]
+    return out
+
+
+# -- requests -------------------------------------------------------------------------------
+def _request(row: Any) -> dict[str, Any]:
+    return {
+        "request_id": row["request_id"],
+        "at": iso(row["at"]),
+        "host": row["host"],
+        "vm": row["vm_uuid"],
+        "vm_name": row["vm_name"],
+        "op": row["op"],
+        "phase": row["phase"],
+        "result": row["result"],
+        "correlation_id": row["correlation_id"],
+        "replay_of": row["replay_of"],
+        "destination": row["destination"],
+        "attempt": row["attempt"],
+        "duration_ms": row["duration_ms"],
+        "state": row["state"],
+        "error_code": row["error_code"],
+        "error_source": row["error_source"],
+        "error_message": row["error_message"],
+        "hook": row["hook"],
+        "duplicates": row["duplicates"],
+        "published_at": iso(row["published_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+    }
+
+
+def _filters(
+    cols: Any,
+    *,
+    host: str | None,
+    vm: str | None,
+    op: str | None,
+    phase: str | None,
+    error_code: str | None,
+    since: float | None,
+    until: float | None,
+    text: str | None,
+) -> list[Any]:
+    out: list[Any] = []
+    if host:
+        out.append(cols.host == host)
+    if vm:
+        out.append(cols.vm_uuid == vm)
+    if op:
+        out.append(cols.op == op)
+    if phase:
+        out.append(cols.phase == phase)
+    if error_code:
+        out.append(cols.error_code == error_code)
+    if since is not None:
+        out.append(cols.at >= since)
+    if until is not None:
+        out.append(cols.at < until)
+    if text:
+        out.append(cols.text.icontains(text, autoescape=True))
+    return out
+
+
+def list_requests(
+    conn: Connection,
+    *,
+    host: str | None = None,
+    vm: str | None = None,
+    op: str | None = None,
+    phase: str | None = None,
+    error_code: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    text: str | None = None,
+    result: str | None = None,
+    replay_of: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Requests newest first. `phase` is the request's latest (published, before, progress,
+    after, fail); `since`/`until` epoch seconds; `text` searches errors and hooks' output."""
+    r = st.requests.c
+    sel = sa.select(st.requests).where(
+        *_filters(
+            r,
+            host=host,
+            vm=vm,
+            op=op,
+            phase=phase,
+            error_code=error_code,
+            since=since,
+            until=until,
+            text=text,
+        )
+    )
+    if result:
+        sel = sel.where(r.result == result)
+    if replay_of:
+        sel = sel.where(r.replay_of == replay_of)
+    rows, nxt = _desc_page(conn, sel, r.at, r.id, limit, cursor)
+    return {"items": [_request(x) for x in rows], "next": nxt}
+
+
+def _message(row: Any) -> dict[str, Any]:
+    body: Any
+    try:
+        doc = json.loads(row["body"])
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        body = redact_body(doc)
+    else:
+        text = bytes(row["body"]).decode("utf-8", "replace")
+        body = "(not a JSON object: not shown)" if "password" in text else text
+    return {
+        "kind": "message",
+        "at": iso(row["at"]),
+        "host": row["host"],
+        "request_id": row["message_id"],
+        "correlation_id": row["correlation_id"],
+        "op": row["op"],
+        "vm": row["vm_uuid"],
+        "replay_of": row["replay_of"],
+        "headers": row["headers"],
+        "body": body,
+    }
+
+
+def get_request(
+    conn: Connection, request_id: str, *, limit: int = HISTORY_MAX
+) -> dict[str, Any] | None:
+    """One request: its row, the messages that carried it (and its replays), every event of
+    it and of its replays, state events during it (hooks and errors in `event`), and its
+    replays' rows; oldest first."""
+    r = st.requests.c
+    row = conn.execute(sa.select(st.requests).where(r.request_id == request_id)).mappings().first()
+    o = st.ops_messages.c
+    msgs = list(
+        conn.execute(
+            sa.select(st.ops_messages)
+            .where(sa.or_(o.message_id == request_id, o.replay_of == request_id))
+            .order_by(o.id)
+            .limit(limit)
+        ).mappings()
+    )
+    replays = list(
+        conn.execute(
+            sa.select(st.requests).where(r.replay_of == request_id).order_by(r.at, r.id)
+        ).mappings()
+    )
+    ids = [request_id, *(x["request_id"] for x in replays)]
+    e = st.events.c
+    evs = list(
+        conn.execute(
+            sa.select(st.events)
+            .where(
+                sa.or_(e.request_id.in_(ids), e.during_request.in_(ids), e.replay_of == request_id)
+            )
+            .order_by(e.at, e.id)
+            .limit(limit)
+        ).mappings()
+    )
+    if row is None and not msgs and not evs:
+        return None
+    out: dict[str, Any] = _request(row) if row is not None else {"request_id": request_id}
+    out["messages"] = [_message(m) for m in msgs]
+    out["events"] = [_event(x) for x in evs]
+    out["replays"] = [_request(x) for x in replays]
+    return out
+
+
+# -- events ---------------------------------------------------------------------------------
+def _event(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "at": iso(row["at"]),
+        "type": row["type"],
+        "kind": row["kind"],
+        "host": row["host"],
+        "vm": row["vm_uuid"],
+        "request_id": row["request_id"],
+        "during_request": row["during_request"],
+        "op": row["op"],
+        "phase": row["phase"],
+        "error_code": row["error_code"],
+        "replay_of": row["replay_of"],
+        "duplicate": row["duplicate"],
+        "traceparent": row["traceparent"],
+        "event": row["body"],
+    }
+
+
+def list_events(
+    conn: Connection,
+    *,
+    host: str | None = None,
+    vm: str | None = None,
+    op: str | None = None,
+    phase: str | None = None,
+    error_code: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    text: str | None = None,
+    request_id: str | None = None,
+    kind: str | None = None,
+    type: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Stored events newest first (heartbeats are not stored as events). `phase` is an
+    operation's phase or a state event's word; `kind` op | state | host."""
+    e = st.events.c
+    sel = sa.select(st.events).where(
+        *_filters(
+            e,
+            host=host,
+            vm=vm,
+            op=op,
+            phase=phase,
+            error_code=error_code,
+            since=since,
+            until=until,
+            text=text,
+        )
+    )
+    if request_id:
+        sel = sel.where(e.request_id == request_id)
+    if kind:
+        sel = sel.where(e.kind == kind)
+    if type:
+        sel = sel.where(e.type == type)
+    rows, nxt = _desc_page(conn, sel, e.at, e.id, limit, cursor)
+    return {"items": [_event(x) for x in rows], "next": nxt}
+
+
+def _failure(row: Any) -> dict[str, Any]:
+    ev = row["body"] or {}
+    data = ev.get("data") or {}
+    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    error = error or {}
+    stderr, hook = error.get("stderr"), error.get("hook")
+    bad = [
+        h for h in data.get("hooks") or [] if isinstance(h, dict) and h.get("rc") not in (0, None)
+    ]
+    if bad:
+        hook = hook or bad[0].get("name")
+        if not stderr:  # a failing after-hook or fail-hook: its own tail
+            stderr = "\n".join(h.get("stderr_tail") or "" for h in bad).strip() or None
+    vm = data.get("vm") if isinstance(data.get("vm"), dict) else {}
+    return {
+        "id": row["id"],
+        "at": iso(row["at"]),
+        "host": row["host"],
+        "vm": row["vm_uuid"],
+        "vm_name": (vm or {}).get("name"),
+        "op": row["op"],
+        "request_id": row["request_id"],
+        "replay_of": row["replay_of"],
+        "error_code": error.get("code"),
+        "error_source": error.get("source"),
+        "error_message": error.get("message"),
+        "hook": hook,
+        "stderr": stderr,
+    }
+
+
+def failures(
+    conn: Connection,
+    *,
+    since: float | None = None,
+    host: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Failed operations (`fail` events, re-sent copies left out), newest first."""
+    e = st.events.c
+    sel = sa.select(st.events).where(e.phase == "fail", e.kind == "op", e.duplicate.is_(False))
+    if since is not None:
+        sel = sel.where(e.at >= since)
+    if host:
+        sel = sel.where(e.host == host)
+    rows, nxt = _desc_page(conn, sel, e.at, e.id, limit, cursor)
+    return {"items": [_failure(x) for x in rows], "next": nxt}
+
+
+def list_dead_letters(conn: Connection, *, host: str | None = None) -> list[dict[str, Any]]:
+    """What the dead-letter queues held when last read, oldest first per host."""
+    d = st.dead_letters.c
+    sel = sa.select(st.dead_letters).order_by(d.host, d.position)
+    if host:
+        sel = sel.where(d.host == host)
+    out = []
+    for row in conn.execute(sel).mappings():
+        m = _message(dict(row) | {"at": row["published_at"], "replay_of": None})
+        m.update(
+            kind="dead_letter",
+            position=row["position"],
+            error_code=row["error_code"],
+            error_source=row["error_source"],
+            reason=row["reason"],
+            seen_at=iso(row["seen_at"]),
+        )
+        out.append(m)
+    return out
+
+
+# -- charts and the summary -----------------------------------------------------------------
+def ops_per_minute(
+    conn: Connection, *, host: str | None = None, minutes: int = 60, now: float | None = None
+) -> list[dict[str, Any]]:
+    """Operations finished (after or fail) and failed per minute, the last `minutes` minutes
+    (the current one included), oldest first, every minute present."""
+    now = time.time() if now is None else now
+    last = int(now // 60)
+    first = last - minutes + 1
+    m = st.op_minutes.c
+    sel = (
+        sa.select(m.minute, sa.func.sum(m.ops), sa.func.sum(m.failed))
+        .where(m.minute >= first, m.minute <= last)
+        .group_by(m.minute)
+    )
+    if host:
+        sel = sel.where(m.host == host)
+    got = {int(k): (int(a or 0), int(b or 0)) for k, a, b in conn.execute(sel)}
+    return [
+        {"minute": iso(k * 60.0), "ops": got.get(k, (0, 0))[0], "failed": got.get(k, (0, 0))[1]}
+        for k in range(first, last + 1)
+    ]
+
+
+def failure_rate(
+    conn: Connection, *, minutes: int = 60, now: float | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Per host, the last `minutes` minutes: operations, failures and their rate; the hosts
+    with the most failures first."""
+    now = time.time() if now is None else now
+    first = int(now // 60) - minutes + 1
+    m = st.op_minutes.c
+    ops, failed = sa.func.sum(m.ops).label("ops"), sa.func.sum(m.failed).label("failed")
+    sel = (
+        sa.select(m.host, ops, failed)
+        .where(m.minute >= first)
+        .group_by(m.host)
+        .order_by(failed.desc(), ops.desc(), m.host)
+    )
+    if limit:
+        sel = sel.limit(limit)
+    return [
+        {
+            "host": h,
+            "ops": int(o or 0),
+            "failed": int(f or 0),
+            "failure_rate": round(int(f or 0) / int(o), 4) if o else 0.0,
+        }
+        for h, o, f in conn.execute(sel)
+    ]
+
+
+def fleet_summary(conn: Connection, now: float | None = None, *, top: int = 20) -> dict[str, Any]:
+    """The fleet at a glance: hosts by status, VMs by state (`unknown` on a down host),
+    failures in the last hour, operations per minute, the `top` hosts by failures."""
+    now = time.time() if now is None else now
+    status = status_expr(now).label("status")
+    by_status = dict.fromkeys(STATUSES, 0)
+    for s, n in conn.execute(sa.select(status, sa.func.count()).group_by(status)):
+        by_status[s] = int(n)
+    v = st.vms.c
+    down = sa.func.coalesce(status_expr(now) == "down", False).label("down")
+    by_state: dict[str, int] = {}
+    q = (
+        sa.select(v.state, down, sa.func.count())
+        .select_from(st.vms.outerjoin(st.hosts, st.hosts.c.host == v.host))
+        .group_by(v.state, down)
+    )
+    for s, is_down, n in conn.execute(q):
+        key = "unknown" if is_down else s
+        by_state[key] = by_state.get(key, 0) + int(n)
+    series = ops_per_minute(conn, now=now)
+    hour_ago = now - 3600
+    e = st.events.c
+    failed_hour = conn.execute(
+        sa.select(sa.func.count()).where(
+            e.phase == "fail", e.kind == "op", e.duplicate.is_(False), e.at >= hour_ago
+        )
+    ).scalar_one()
+    h = st.hosts.c
+    depth, dead = conn.execute(
+        sa.select(
+            sa.func.sum(sa.func.coalesce(h.broker_depth, h.queue_depth)), sa.func.sum(h.dead_depth)
+        )
+    ).one()
+    return {
+        "at": iso(now),
+        "hosts": by_status | {"total": sum(by_status.values())},
+        "vms": dict(sorted(by_state.items())),
+        "vms_total": sum(by_state.values()),
+        "failures_last_hour": int(failed_hour),
+        "ops_last_hour": sum(p["ops"] for p in series),
+        "ops_per_minute": series,
+        "hosts_by_failures": failure_rate(conn, now=now, limit=top),
+        "queue_depth_total": int(depth or 0),
+        "dead_letters_total": int(dead or 0),
+    }
