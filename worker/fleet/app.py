@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +32,8 @@ from worker.fleet.live import Broadcaster
 HERE = Path(__file__).resolve().parent
 PAGE_MAX = 500  # rows one API page may ask for
 SSE_PING_S = 15.0
+CHART_HOSTS = 12  # hosts with a chart of their own on the fleet page (most failures first)
+ATTENTION_MAX = 25  # down and late hosts listed on the fleet page, each
 
 
 class ReplayIn(BaseModel):
@@ -48,6 +50,74 @@ class DrainIn(BaseModel):
     to: list[str] = Field(description="destination hosts")
     by_memory: bool = False
     dry_run: bool = True
+
+
+def epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def db(request: Request) -> Iterator[Any]:
+    """A connection to the store for one request."""
+    with request.app.state.engine.connect() as conn:
+        yield conn
+
+
+Conn = Annotated[Any, Depends(db)]
+Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="rows per page")]
+Cursor = Annotated[str | None, Query(description="`next` of the previous page")]
+
+
+def _filters(
+    host: str | None = None,
+    vm: Annotated[str | None, Query(description="VM uuid")] = None,
+    op: str | None = None,
+    phase: Annotated[str | None, Query(description="before, after, fail, ...")] = None,
+    error_code: str | None = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601")] = None,
+    text: Annotated[str | None, Query(description="text in errors and hook output")] = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    return {
+        "host": host,
+        "vm": vm,
+        "op": op,
+        "phase": phase,
+        "error_code": error_code,
+        "since": epoch(since),
+        "until": epoch(until),
+        "text": text,
+        "limit": limit,
+        "cursor": cursor,
+    }
+
+
+Filters = Annotated[dict[str, Any], Depends(_filters)]
+
+
+def operator(request: Request) -> str:
+    """Who may act: the bearer token of the configuration; else 403 (no token configured)
+    or 401 (a wrong or missing one), and the refusal is audited."""
+    settings: Settings = request.app.state.settings
+    token = settings.fleet.token
+    client = request.client.host if request.client else "unknown"
+    if not token:
+        raise HTTPException(403, "actions are disabled: no fleet.token is configured")
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
+        request.app.state.audit(
+            f"client {client}", request.url.path.rsplit("/", 1)[-1], None, {},
+            {"error": "bad or missing token", "status": 401},
+        )  # fmt: skip
+        raise HTTPException(401, "a bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
+    return f"{settings.fleet.token_name} ({client})"
+
+
+Who = Annotated[str, Depends(operator)]
 
 
 def _iso(value: Any) -> str:
@@ -102,15 +172,8 @@ def create_app(
     templates.env.filters["ago"] = lambda v: _ago(v, clock())
     templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
     templates.env.globals["bar_chart"] = bar_chart
+    templates.env.globals["series"] = series
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-
-    def db() -> Any:
-        with engine.connect() as conn:
-            yield conn
-
-    Conn = Annotated[Any, Depends(db)]
-    Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="rows per page")]
-    Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
 
     def now_dt() -> datetime:
         return datetime.fromtimestamp(clock(), UTC)
@@ -130,17 +193,24 @@ def create_app(
     @app.get("/api/v1/summary", tags=["fleet"])
     def summary(conn: Conn) -> Any:
         """Hosts by status, VMs by state, failures of the last hour, per-host charts."""
-        return queries.fleet_summary(conn, now_dt())
+        return queries.fleet_summary(conn, clock())
 
     @app.get("/api/v1/hosts", tags=["hosts"])
     def hosts(
         conn: Conn,
         status: Annotated[str | None, Query(description="up, late, down or offline")] = None,
         q: Annotated[str | None, Query(description="text in the host id")] = None,
+        offline_after: Annotated[
+            float | None, Query(description="leave out hosts offline or down this many seconds")
+        ] = None,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> Any:
-        return paged(queries.list_hosts, conn, status=status, q=q, limit=limit, cursor=cursor)
+        """Hosts by name, with their status (up, late, down, offline) computed now."""
+        return paged(
+            queries.list_hosts, conn, status=status, q=q, offline_after=offline_after,
+            limit=limit, cursor=cursor, now=clock(),
+        )  # fmt: skip
 
     @app.get("/api/v1/hosts/{host}", tags=["hosts"])
     def host(host: str, conn: Conn) -> Any:
@@ -153,48 +223,30 @@ def create_app(
         host: str | None = None,
         state: str | None = None,
         q: Annotated[str | None, Query(description="text in the name or uuid")] = None,
+        result: Annotated[str | None, Query(description="running, ok, failed, duplicate")] = None,
         limit: Limit = 100,
         cursor: Cursor = None,
     ) -> Any:
+        """VMs by host, name and uuid; `unknown` state on a host that is down."""
         return paged(
-            queries.list_vms, conn, host=host, state=state, q=q, limit=limit, cursor=cursor
-        )
+            queries.list_vms, conn, host=host, state=state, q=q, result=result,
+            limit=limit, cursor=cursor, now=clock(),
+        )  # fmt: skip
 
     @app.get("/api/v1/vms/{uuid}", tags=["vms"])
     def vm(uuid: str, conn: Conn) -> Any:
         """The VM's whole history: every request and state event, hooks with their output."""
         return found(queries.get_vm(conn, uuid), "VM")
 
-    def _filters(
-        host: str | None = None,
-        vm: Annotated[str | None, Query(description="VM uuid")] = None,
-        op: str | None = None,
-        phase: Annotated[str | None, Query(description="before, after, fail, ...")] = None,
-        error_code: str | None = None,
-        since: Annotated[datetime | None, Query(description="ISO 8601")] = None,
-        until: Annotated[datetime | None, Query(description="ISO 8601")] = None,
-        text: Annotated[str | None, Query(description="text in errors and hook output")] = None,
-        limit: Limit = 100,
-        cursor: Cursor = None,
-    ) -> dict[str, Any]:
-        return {
-            "host": host,
-            "vm": vm,
-            "op": op,
-            "phase": phase,
-            "error_code": error_code,
-            "since": since,
-            "until": until,
-            "text": text,
-            "limit": limit,
-            "cursor": cursor,
-        }
-
-    Filters = Annotated[dict[str, Any], Depends(_filters)]
-
     @app.get("/api/v1/requests", tags=["requests"])
-    def requests_(conn: Conn, f: Filters) -> Any:
-        return paged(queries.list_requests, conn, **f)
+    def requests_(
+        conn: Conn,
+        f: Filters,
+        result: Annotated[str | None, Query(description="queued, running, ok, failed")] = None,
+        replay_of: Annotated[str | None, Query(description="replays of this request")] = None,
+    ) -> Any:
+        """Requests newest first; `phase` is the request's latest."""
+        return paged(queries.list_requests, conn, **f, result=result, replay_of=replay_of)
 
     @app.get("/api/v1/requests/{request_id}", tags=["requests"])
     def request_(request_id: str, conn: Conn) -> Any:
@@ -202,28 +254,44 @@ def create_app(
         return found(queries.get_request(conn, request_id), "request")
 
     @app.get("/api/v1/events", tags=["events"])
-    def events(conn: Conn, f: Filters) -> Any:
-        return paged(queries.list_events, conn, **f)
+    def events(
+        conn: Conn,
+        f: Filters,
+        request_id: str | None = None,
+        kind: Annotated[str | None, Query(description="op, state or host")] = None,
+        type: Annotated[str | None, Query(description="vmworker.<host>.start_vm.after")] = None,
+    ) -> Any:
+        """Stored events, newest first (heartbeats are kept per host, not as events)."""
+        return paged(queries.list_events, conn, **f, request_id=request_id, kind=kind, type=type)
 
     @app.get("/api/v1/failures", tags=["requests"])
     def failures(
-        conn: Conn, since: Annotated[datetime | None, Query(description="ISO 8601")] = None
+        conn: Conn,
+        since: Annotated[datetime | None, Query(description="ISO 8601")] = None,
+        host: str | None = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
     ) -> Any:
-        return paged(queries.failures, conn, since=since)
+        """Failed operations, newest first, with the failing hook and its stderr."""
+        return paged(
+            queries.failures, conn, since=epoch(since), host=host, limit=limit, cursor=cursor
+        )
 
     @app.get("/api/v1/dead-letters", tags=["requests"])
     def dead_letters(conn: Conn, host: str | None = None) -> Any:
-        return paged(queries.list_dead_letters, conn, host=host)
+        return queries.list_dead_letters(conn, host=host)
 
     @app.get("/api/v1/charts/ops-per-minute", tags=["charts"])
     def ops_per_minute(
         conn: Conn, host: str | None = None, minutes: Annotated[int, Query(ge=1, le=1440)] = 60
     ) -> Any:
-        return queries.ops_per_minute(conn, host=host, minutes=minutes)
+        """Operations finished and failed per minute, oldest first."""
+        return queries.ops_per_minute(conn, host=host, minutes=minutes, now=clock())
 
     @app.get("/api/v1/charts/failure-rate", tags=["charts"])
     def failure_rate(conn: Conn, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> Any:
-        return queries.failure_rate(conn, minutes=minutes)
+        """Per host: operations, failures and their rate; most failures first."""
+        return queries.failure_rate(conn, minutes=minutes, now=clock())
 
     @app.get("/api/v1/stream", tags=["events"])
     async def stream(
@@ -248,27 +316,6 @@ def create_app(
         return EventSourceResponse(gen(), ping=int(SSE_PING_S))
 
     # -- actions -----------------------------------------------------------------------------
-    def operator(request: Request) -> str:
-        """Who may act: the bearer token of the configuration; else 403 (no token configured)
-        or 401 (a wrong or missing one), and the refusal is audited."""
-        token = settings.fleet.token
-        client = request.client.host if request.client else "unknown"
-        if not token:
-            raise HTTPException(403, "actions are disabled: no fleet.token is configured")
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
-            _audit(
-                f"client {client}", request.url.path.rsplit("/", 1)[-1], None, {},
-                {"error": "bad or missing token", "status": 401},
-            )  # fmt: skip
-            raise HTTPException(
-                401, "a bearer token is needed", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return f"{settings.fleet.token_name} ({client})"
-
-    Who = Annotated[str, Depends(operator)]
-
     def _audit(
         who: str, action: str, target: str | None, params: dict[str, Any], result: Any
     ) -> None:
@@ -284,6 +331,8 @@ def create_app(
                 result=result,
                 dry_run=bool(params.get("dry_run")),
             )
+
+    app.state.audit = _audit
 
     def act(
         who: str, action: str, target: str, params: dict[str, Any], run: Callable[[], Any]
@@ -340,7 +389,21 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def fleet_page(request: Request, conn: Conn) -> HTMLResponse:
-        return page(request, "fleet.html", s=queries.fleet_summary(conn, now_dt()))
+        now = clock()
+        s = queries.fleet_summary(conn, now, top=CHART_HOSTS)
+        attention = [
+            h
+            for status in ("down", "late")
+            for h in queries.list_hosts(conn, status=status, limit=ATTENTION_MAX, now=now)["items"]
+        ]
+        per_host = {
+            r["host"]: series(queries.ops_per_minute(conn, host=r["host"], now=now), "ops")
+            for r in s["hosts_by_failures"]
+        }
+        recent = queries.failures(conn, limit=8)["items"]
+        return page(
+            request, "fleet.html", s=s, attention=attention, per_host=per_host, recent=recent
+        )
 
     @app.get("/ui", include_in_schema=False)
     def ui_root() -> RedirectResponse:
@@ -354,14 +417,16 @@ def create_app(
         q: str | None = None,
         cursor: str | None = None,
     ) -> HTMLResponse:
-        rows = paged(queries.list_hosts, conn, status=status, q=q, limit=100, cursor=cursor)
+        rows = paged(
+            queries.list_hosts, conn, status=status, q=q, limit=100, cursor=cursor, now=clock()
+        )
         return page(request, "hosts.html", rows=rows, status=status, q=q)
 
     @app.get("/hosts/{host}", include_in_schema=False)
     def host_page(request: Request, host: str, conn: Conn) -> HTMLResponse:
-        h = found(queries.get_host(conn, host), "host")
-        ops = queries.ops_per_minute(conn, host=host, minutes=60)
-        return page(request, "host.html", h=h, host=host, ops=ops)
+        h = found(queries.get_host(conn, host, now=clock()), "host")
+        beats = [(str(b["at"])[11:19], float(b["queue_depth"] or 0)) for b in h["heartbeats"]]
+        return page(request, "host.html", h=h, beats=beats, live_host=host)
 
     @app.get("/vms", include_in_schema=False)
     def vms_page(
@@ -372,12 +437,15 @@ def create_app(
         q: str | None = None,
         cursor: str | None = None,
     ) -> HTMLResponse:
-        rows = paged(queries.list_vms, conn, host=host, state=state, q=q, limit=100, cursor=cursor)
+        rows = paged(
+            queries.list_vms, conn, host=host, state=state, q=q, limit=100, cursor=cursor,
+            now=clock(),
+        )  # fmt: skip
         return page(request, "vms.html", rows=rows, host=host, state=state, q=q)
 
     @app.get("/vms/{uuid}", include_in_schema=False)
     def vm_page(request: Request, uuid: str, conn: Conn) -> HTMLResponse:
-        return page(request, "vm.html", v=found(queries.get_vm(conn, uuid), "VM"), uuid=uuid)
+        return page(request, "vm.html", v=found(queries.get_vm(conn, uuid), "VM"), live_vm=uuid)
 
     @app.get("/requests", include_in_schema=False)
     def requests_page(request: Request, conn: Conn, f: Filters) -> HTMLResponse:
@@ -390,12 +458,16 @@ def create_app(
         return page(request, "request.html", r=r, request_id=request_id)
 
     @app.get("/failures", include_in_schema=False)
-    def failures_page(request: Request, conn: Conn) -> HTMLResponse:
+    def failures_page(
+        request: Request, conn: Conn, host: str | None = None, cursor: str | None = None
+    ) -> HTMLResponse:
         return page(
             request,
             "failures.html",
-            rows=paged(queries.failures, conn),
-            dead=paged(queries.list_dead_letters, conn),
+            rows=paged(queries.failures, conn, host=host, limit=50, cursor=cursor),
+            dead=queries.list_dead_letters(conn, host=host),
+            rates=queries.failure_rate(conn, now=clock()),
+            host=host,
         )
 
     @app.exception_handler(HTTPException)
@@ -412,6 +484,11 @@ def create_app(
         )
 
     return app
+
+
+def series(points: list[dict[str, Any]], key: str) -> list[tuple[str, float]]:
+    """A chart's points from `ops_per_minute`: (HH:MM, value), oldest first."""
+    return [(str(p["minute"])[11:16], float(p[key] or 0)) for p in points]
 
 
 def _brief(out: Any) -> dict[str, Any]:

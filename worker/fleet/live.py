@@ -9,9 +9,30 @@ import asyncio
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 QUEUE_MAX = 1000  # events held for one slow client before the oldest are dropped
+
+
+def slim(row: dict[str, Any]) -> dict[str, Any]:
+    """What a live client is told of a stored event: what it is and what it is about (the
+    whole event is at /api/v1/events or in the request's history)."""
+    at = row.get("at")
+    if isinstance(at, int | float):
+        at = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    return {
+        "id": row.get("id"),
+        "at": at,
+        "type": row.get("type"),
+        "kind": row.get("kind"),
+        "host": row.get("host"),
+        "vm": row.get("vm_uuid") or row.get("vm"),
+        "request_id": row.get("request_id"),
+        "op": row.get("op"),
+        "phase": row.get("phase"),
+        "error_code": row.get("error_code"),
+    }
 
 
 @dataclass(eq=False)
@@ -27,7 +48,7 @@ class Subscriber:
     def wants(self, ev: dict[str, Any]) -> bool:
         if self.host and ev.get("host") != self.host:
             return False
-        return not (self.vm and ev.get("vm") != self.vm and ev.get("vm_uuid") != self.vm)
+        return not (self.vm and ev.get("vm") != self.vm)
 
     def offer(self, ev: dict[str, Any]) -> None:
         """In the subscriber's event loop."""
@@ -61,8 +82,8 @@ class Broadcaster:
             return len(self._subs)
 
     def publish(self, events: Iterable[dict[str, Any]]) -> None:
-        """From any thread (the ingest's `on_commit`)."""
-        batch = list(events)
+        """From any thread (the ingest's `on_commit`): each stored event, as `slim` makes it."""
+        batch = [slim(ev) for ev in events]
         with self._lock:
             subs = list(self._subs)
             self.published += len(batch)
