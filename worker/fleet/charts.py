@@ -43,6 +43,6 @@ def bar_chart(
         f"{''.join(bars)}"
         f'<text x="0" y="{height - 2}" class="axis">{first}</text>'
         f'<text x="{width}" y="{height - 2}" class="axis" text-anchor="end">{last}</text>'
-        f'<text x="{width}" y="10" class="axis" text-anchor="end">max {escape(peak)}</text>'
+        f'<text x="2" y="9" class="axis">max {escape(peak)}</text>'
         "</svg>"
     )

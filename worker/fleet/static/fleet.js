@@ -40,8 +40,12 @@
     while (ticker.children.length > 6) ticker.lastChild.remove();
   }
 
-  if (window.EventSource) {
-    const es = new EventSource("/api/v1/stream?" + params.toString());
+  // One live stream per page, closed when the page goes (a page kept in the back-forward
+  // cache would otherwise hold its connection: browsers allow only a few per server).
+  let es = null;
+  function connect() {
+    if (!window.EventSource || es) return;
+    es = new EventSource("/api/v1/stream?" + params.toString());
     es.addEventListener("hello", () => { dot.className = "live on"; dot.textContent = "live"; });
     es.addEventListener("stored", (e) => {
       try { tick(JSON.parse(e.data)); } catch (err) { /* not JSON: ignore */ }
@@ -49,6 +53,9 @@
     });
     es.onerror = () => { dot.className = "live off"; dot.textContent = "reconnecting"; };
   }
+  window.addEventListener("pagehide", () => { if (es) { es.close(); es = null; } });
+  window.addEventListener("pageshow", (e) => { if (e.persisted) { connect(); soon(0); } });
+  connect();
   // Hosts go late or down without any event: redraw now and then all the same.
   setInterval(() => soon(0), 10000);
 
