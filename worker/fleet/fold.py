@@ -132,7 +132,8 @@ class _Batch:
                 if it.routing_key:
                     host_keys.add(it.routing_key)
                 continue
-            ev, data = it.event, it.event.get("data") or {}
+            ev = it.event
+            data: dict[str, Any] = ev["data"] if isinstance(ev.get("data"), dict) else {}
             host = _host_of(ev, it.routing_key)
             if host:
                 host_keys.add(host)

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import click
 import sqlalchemy as sa
 import structlog
 from kombu import Connection, Consumer
 from kombu.message import Message
 from sqlalchemy.engine import Engine
 
+from worker import logs
+from worker.amqp import connect
+from worker.cliopts import connection_options, settings_or_exit
 from worker.config import Settings
 from worker.fleet import store as st
 from worker.fleet.fold import StreamEvent, apply_batch
@@ -38,7 +44,7 @@ log = structlog.get_logger()
 
 BATCH_SIZE = 200
 BATCH_WAIT = 0.1  # seconds
-PREFETCH = 2000
+PREFETCH_BATCHES = 4  # the broker sends this many batches ahead (acked once committed)
 POLL_INTERVAL = 15.0  # seconds between reading the queue depths from the broker
 
 OnCommit = Callable[[list[dict[str, Any]]], None]
@@ -68,12 +74,15 @@ class Ingest:
         batch_wait: float = BATCH_WAIT,
         poll_interval: float = POLL_INTERVAL,
     ) -> None:
+        self.settings = topology if isinstance(topology, Settings) else None
         if isinstance(topology, Settings):
-            broker = broker or topology.broker
             topology = Topology.from_settings(topology)
         self.engine = engine
         self.topology = topology
-        self.broker = broker or "amqp://guest:guest@127.0.0.1:5672//"
+        self._broker_given = broker is not None
+        self.broker = broker or (
+            self.settings.broker if self.settings else "amqp://guest:guest@127.0.0.1:5672//"
+        )
         self.on_commit = on_commit
         self.batch_size = batch_size
         self.batch_wait = batch_wait
@@ -95,6 +104,12 @@ class Ingest:
     def apply(self, conn: sa.Connection, message: Any) -> list[dict[str, Any]]:
         """Fold one event (a dict, or a StreamEvent) or ops log message (LogMessage)."""
         return apply_batch(conn, [message])
+
+    def connect(self, heartbeat: int = 0) -> Connection:
+        """A connection as the worker makes them (failover, TLS) when built from settings."""
+        if self.settings is not None and not self._broker_given:
+            return connect(self.settings, heartbeat=heartbeat)
+        return Connection(self.broker, heartbeat=heartbeat)
 
     def start_offsets(self) -> dict[str, object]:
         with self.engine.connect() as conn:
@@ -123,10 +138,11 @@ class Ingest:
     def _follow(self, stop: threading.Event) -> None:
         t = self.topology
         starts = self.start_offsets()
-        with Connection(self.broker, heartbeat=30) as conn:
+        hb = self.settings.amqp_heartbeat if self.settings else 30
+        with self.connect(heartbeat=hb) as conn:
             conn.ensure_connection(max_retries=3)
             ch = conn.channel()
-            ch.basic_qos(0, PREFETCH, False)
+            ch.basic_qos(0, PREFETCH_BATCHES * self.batch_size, False)
             qe = stream(t.events_log.name, t.events, t.events_max_age, starts[self.events_stream])
             qo = stream(t.ops_log.name, t.ops, t.ops_max_age, starts[self.ops_stream])
 
@@ -144,10 +160,15 @@ class Ingest:
             ]
             for c in consumers:
                 c.consume()
+            log.info(
+                "fleet ingest: following", prefix=t.prefix, **{k: str(v) for k, v in starts.items()}
+            )
             first_at: float | None = None
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     conn.drain_events(timeout=self.batch_wait)
+                if hb:
+                    conn.heartbeat_check()
                 if self._pending and first_at is None:
                     first_at = time.monotonic()
                 due = first_at is not None and time.monotonic() - first_at >= self.batch_wait
@@ -189,7 +210,7 @@ class Ingest:
         dead_seen: dict[str, int] = {}
         while not stop.is_set():
             try:
-                with Connection(self.broker, heartbeat=0) as conn:
+                with self.connect() as conn:
                     conn.ensure_connection(max_retries=3)
                     while not stop.is_set():
                         self.poll(conn, dead_seen)
@@ -269,8 +290,12 @@ class Ingest:
                     }
                 )
         finally:
-            for raw in [p.raw for p in chosen if p.raw is not None] + rest:
+            held = [p.raw for p in chosen if p.raw is not None] + rest
+            for raw in held:
                 raw.reject(requeue=True)
+            if held:  # take_queued's channel
+                with contextlib.suppress(Exception):
+                    held[0].channel.close()
         with self.engine.begin() as db:
             db.execute(st.dead_letters.delete().where(st.dead_letters.c.host == host))
             if rows:
@@ -284,3 +309,31 @@ def _depth(conn: Connection, name: str) -> int | None:
             return int(ch.queue_declare(name, passive=True).message_count)
     except conn.channel_errors:
         return None
+
+
+@click.command()
+@connection_options
+@click.option("--url", help="the store's database URL (default: sqlite in the state directory)")
+@click.option("--poll-interval", type=float, default=POLL_INTERVAL, show_default=True)
+@click.option("--batch-size", type=int, default=BATCH_SIZE, show_default=True)
+def main(
+    broker: str | None,
+    prefix: str | None,
+    config: Path | None,
+    url: str | None,
+    poll_interval: float,
+    batch_size: int,
+) -> None:
+    """Follow the events and ops logs into the fleet store until SIGTERM/SIGINT (the data
+    side of `vmworker fleet serve`, alone)."""
+    s = settings_or_exit(config, broker=broker, prefix=prefix)
+    logs.configure(s.log_level, host="fleet")
+    engine = st.open_store(url or st.default_url(s.state_dir))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Ingest(engine, s, poll_interval=poll_interval, batch_size=batch_size).run(stop)
+
+
+if __name__ == "__main__":
+    main()
