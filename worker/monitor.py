@@ -511,6 +511,7 @@ def load_fleet(
     "--refresh", type=float, default=1.0, show_default=True, help="seconds between redraws"
 )
 @click.option("--width", type=int, help="terminal width for --once (default: detected)")
+@click.option("--fleet-url", help="ask this fleet server instead of reading the streams")
 def monitor(
     broker: str | None,
     prefix: str | None,
@@ -519,6 +520,7 @@ def monitor(
     idle: float,
     refresh: float,
     width: int | None,
+    fleet_url: str | None = None,
 ) -> None:
     """A live view of hosts and VMs, from events only: each VM's state, its last operation and
     result, failures with the failing hook's stderr, hosts whose heartbeat is late or that are
@@ -528,9 +530,14 @@ def monitor(
     from worker.subscribe import live_queue, read_events
     from worker.topology import Topology
 
-    s = settings_or_exit(config, broker=broker, prefix=prefix)
+    s = settings_or_exit(config, broker=broker, prefix=prefix, fleet_url=fleet_url)
     topo = Topology.from_settings(s)
     console = Console(width=width) if width else Console()
+    if s.fleet_url:  # the fleet server answers (worker/fleet/remote.py)
+        from worker.fleet import remote
+
+        title = f"vmworker fleet ({s.fleet_url})"
+        return remote.monitor(s.fleet_url, console, once=once, refresh=refresh, title=title)
     depths = BrokerDepths(lambda: connect_or_exit(s), s.prefix, every=max(refresh, 2.0))
     with connect_or_exit(s) as conn, contextlib.closing(depths):
         if s.declare_shared:

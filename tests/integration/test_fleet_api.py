@@ -334,3 +334,97 @@ def _ops_log(conn: Any, fleet: Fleet) -> list[Any]:
     from tests.support import read_stream
 
     return read_stream(conn, f"{fleet.env.prefix}.ops.log", timeout=1.0)
+
+
+def test_monitor_and_history_answer_from_the_fleet_server(fleet: Fleet):
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    run = lambda *args: CliRunner().invoke(main, [*args, "--fleet-url", fleet.url])  # noqa: E731
+    res = run("monitor", "--once", "--width", "240")
+    assert res.exit_code == 0, res.output
+    screen = res.output
+    assert fleet.env.host in screen and fleet.host_b in screen
+    paused = next(line for line in screen.splitlines() if fleet.vms["paused"]["name"] in line)
+    assert "paused" in paused and "pause_vm" in paused and "ok" in paused
+    assert HOOK_STDERR in screen and "50_quota" in screen  # the failure, with its stderr
+
+    rid = fleet.requests["paused"]
+    res = run("history", "--request-id", rid, "--json")
+    assert res.exit_code == 0, res.output
+    from_fleet = json.loads(res.output)
+    # the same timeline as the streams give
+    res = CliRunner().invoke(
+        main,
+        ["history", "--request-id", rid, "--json", "--broker", fleet.settings.broker,
+         "--prefix", fleet.env.prefix, "--idle", "0.5"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    from_streams = json.loads(res.output)
+    shape = lambda es: [(e["kind"], e["what"], e["request_id"], e["time"]) for e in es]  # noqa: E731
+    assert shape(from_fleet) == shape(from_streams)
+    assert [e["what"] for e in from_fleet] == ["published", "pause_vm.before", "pause_vm.after"]
+
+    res = run("history", "--vm", fleet.vms["bad"]["uuid"])
+    assert res.exit_code == 0, res.output
+    assert "published" in res.output and "hook_failed" in res.output and HOOK_STDERR in res.output
+    res = run("history", "--request-id", "no-such-request")
+    assert res.exit_code != 0 and "nothing found" in res.output
+    res = CliRunner().invoke(main, ["history", "--vm", "x", "--fleet-url", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "fleet server http://127.0.0.1:9" in res.output
+
+
+def test_fleet_serve_binds_the_loopback_by_default_and_follows_the_streams(
+    fleet: Fleet, tmp_path: Path
+):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fleetweb import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "VMWORKER_BROKER": fleet.settings.broker,
+        "VMWORKER_PREFIX": fleet.env.prefix,
+        "VMWORKER_FLEET__PORT": str(port),
+    }
+    env.pop("VMWORKER_CONFIG", None)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "fleet", "serve", "--state-dir", str(tmp_path)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        said = wait_for(
+            lambda: re.search(r'"url": "(http://[^"]+)"', log.read_text()), 30, "serving"
+        )
+        assert said.group(1) == f"http://127.0.0.1:{port}/"
+        assert '"actions_disabled"' in log.read_text() or "actions_disabled" in log.read_text()
+
+        def both_hosts() -> Any:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/summary", timeout=5)
+            except httpx.HTTPError:
+                return None
+            return r.status_code == 200 and r.json()["hosts"]["total"] == 2
+
+        wait_for(both_hosts, 30, "the served store to have both hosts")
+        assert (tmp_path / "fleet.db").exists()  # SQLite under the state dir: the default
+        listening = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout
+        [local] = [line.split()[3] for line in listening.splitlines()]
+        assert local == f"127.0.0.1:{port}", listening
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # a clean stop: uvicorn shuts down, then re-raises the signal (systemd's "success")
+        assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()[-2000:]
+        assert "Traceback" not in log.read_text()
