@@ -27,7 +27,16 @@ from typing import Any
 
 import structlog
 
-from bench import broker_ceiling, celery_baseline, hooks, migration, qemu, scale, vmworker_ops
+from bench import (
+    broker_ceiling,
+    celery_baseline,
+    fleet,
+    hooks,
+    migration,
+    qemu,
+    scale,
+    vmworker_ops,
+)
 from bench.common import REPO, exit_on_sigterm, now_iso, say, summary
 from bench.meter import loadavg
 
@@ -153,6 +162,11 @@ def scale_section(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
     res["sections"]["scale"] = {"vms": _fields(vms), "concurrent": _fields(conc)}
 
 
+def fleet_section(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
+    """The fleet store: ingest rate and lag, queries on a big store (bench/fleet.py)."""
+    fleet.section(tmp, res["smoke"], res)
+
+
 # -- targets -----------------------------------------------------------------------------------
 def _med(res: dict[str, Any], *path: str) -> float | None:
     node: Any = res["sections"]
@@ -197,6 +211,7 @@ TARGETS: list[tuple[str, tuple[str, ...], str, float, str]] = [
         "x",
     ),
     ("worker RSS with 1,000 VMs", ("scale", "vms", "rss_loaded_mib"), "<=", 100.0, "MiB"),
+    *fleet.TARGETS,
 ]
 
 
@@ -366,6 +381,7 @@ def markdown(res: dict[str, Any], images: dict[str, str]) -> str:
         )
         lines.append(_row("… ideal for the concurrency", c["ideal_s"], "s"))
         lines.append(_row("… ÷ ideal", c["ratio"], "x"))
+    lines += fleet.markdown_lines(res, hdr, _row)
     if images:
         lines.append("")
         for title, path in images.items():
@@ -501,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         action="append",
-        choices=["core", "hooks", "qemu", "migration", "scale"],
+        choices=["core", "hooks", "qemu", "migration", "scale", "fleet"],
         help="run only these parts (repeatable)",
     )
     ap.add_argument("--no-doc", action="store_true", help="never touch docs/performance.md")
@@ -533,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         ("qemu", qemu_section),
         ("migration", migration.section),
         ("scale", scale_section),
+        ("fleet", fleet_section),
     ]
     failed = []
     t0 = time.monotonic()

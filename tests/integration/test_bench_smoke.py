@@ -24,6 +24,7 @@ SECTIONS = (
     "hooks",
     "qemu",
     "scale",
+    "fleet",
 )
 
 
@@ -70,6 +71,11 @@ def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
     assert s["qemu"]["ratio"]["median"] > 0
     assert s["scale"]["vms"]["rss_loaded_mib"]["median"] > 0
     assert s["scale"]["concurrent"]["ratio"]["median"] > 0
+    for kind in ("sqlite", "postgresql"):  # the fleet store on both backends
+        assert s["fleet"][kind]["ingest"]["catchup_msgs_s"]["median"] > 0
+        assert s["fleet"][kind]["ingest"]["live_lag_max_s"]["median"] >= 0
+        assert s["fleet"][kind]["big"]["request_history_ms"]["median"] > 0
+        assert s["fleet"][kind]["big"]["fleet_summary_ms"]["median"] > 0
     # every target of the parts it ran has a value (a plain smoke pass leaves migration out)
     assert {t["target"] for t in res["targets"]} and all(
         t["value"] is not None
@@ -78,7 +84,7 @@ def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
     )
     assert "migration" not in s
     text = md.read_text()
-    for heading in ("Throughput and latency", "Hooks", "Real QEMU", "Scale"):
+    for heading in ("Throughput and latency", "Hooks", "Real QEMU", "Scale", "Fleet store"):
         assert heading in text
     assert "| target |" in text
 

@@ -439,32 +439,26 @@ def get_request(
     replays' rows; oldest first."""
     r = st.requests.c
     row = conn.execute(sa.select(st.requests).where(r.request_id == request_id)).mappings().first()
-    o = st.ops_messages.c
-    msgs = list(
-        conn.execute(
-            sa.select(st.ops_messages)
-            .where(sa.or_(o.message_id == request_id, o.replay_of == request_id))
-            .order_by(o.id)
-            .limit(limit)
-        ).mappings()
-    )
     replays = list(
         conn.execute(
             sa.select(st.requests).where(r.replay_of == request_id).order_by(r.at, r.id)
         ).mappings()
     )
     ids = [request_id, *(x["request_id"] for x in replays)]
-    e = st.events.c
-    evs = list(
+    o = st.ops_messages.c
+    msgs = list(
         conn.execute(
-            sa.select(st.events)
-            .where(
-                sa.or_(e.request_id.in_(ids), e.during_request.in_(ids), e.replay_of == request_id)
-            )
-            .order_by(e.at, e.id)
-            .limit(limit)
+            sa.select(st.ops_messages).where(o.message_id.in_(ids)).order_by(o.id).limit(limit)
         ).mappings()
     )
+    # one query per index (an OR of two columns would scan the table)
+    e = st.events.c
+    found: dict[int, Any] = {}
+    for col in (e.request_id, e.during_request):
+        sel = sa.select(st.events).where(col.in_(ids)).limit(limit)  # sorted below
+        for x in conn.execute(sel).mappings():
+            found[x["id"]] = x
+    evs = sorted(found.values(), key=lambda x: (x["at"], x["id"]))[:limit]
     if row is None and not msgs and not evs:
         return None
     out: dict[str, Any] = _request(row) if row is not None else {"request_id": request_id}
