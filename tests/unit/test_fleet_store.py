@@ -264,6 +264,47 @@ def test_state_events_move_the_vm_and_show_in_the_request_they_happened_during(e
     assert [v["uuid"] for v in shut] == [vm]
 
 
+def test_a_migrated_vm_moves_to_its_destination_and_a_failed_one_stays(engine):
+    vm, r, r2 = str(uuid.uuid4()), rid(), rid()
+    feed(engine, fd.online("src", T0, [fd.domain(vm, "web")]), fd.online("dst", T0, []))
+
+    def migration(rid_: str, t: float, ok: bool) -> list[Any]:
+        dst = {"source": "src", "migration_request": rid_, "correlation_id": rid_}
+        end = "after" if ok else "fail"
+        mig = {"destination": "dst"}
+        return [
+            fd.op("src", "migrate_vm", "before", t, vm, rid_, **mig),
+            fd.op("dst", "prepare_incoming", "after", t + 1, vm, f"{rid_}.prepare", **dst),
+            fd.op(
+                "src",
+                "migrate_vm",
+                end,
+                t + 2,
+                vm,
+                rid_,
+                state="undefined" if ok else "running",
+                destination_state="running",
+                **mig,
+            ),
+            fd.op("dst", "finish_incoming", end, t + 3, vm, f"{rid_}.finish", **dst),
+        ]
+
+    feed(engine, *migration(r, T0 + 10, ok=False))
+    with engine.connect() as c:
+        v = q.get_vm(c, vm, now=T0 + 15)
+    assert v is not None and (v["host"], v["state"], v["result"]) == ("src", "running", "failed")
+    feed(engine, *migration(r2, T0 + 20, ok=True))
+    with engine.connect() as c:
+        v = q.get_vm(c, vm, now=T0 + 25)
+        req = q.get_request(c, r2)
+    assert v is not None and (v["host"], v["state"], v["last_op"]) == (
+        "dst",
+        "running",
+        "finish_incoming",
+    )
+    assert req is not None and req["destination"] == "dst" and req["result"] == "ok"
+
+
 def test_a_set_ticket_password_is_never_shown(engine):
     vm, r = str(uuid.uuid4()), rid()
     secret = "hunter2-very-secret"
@@ -308,6 +349,17 @@ def test_heartbeats_keep_the_host_row_current_and_a_bounded_history_but_no_event
     assert seqs == sorted(seqs) and seqs[-1] == st.HEARTBEAT_HISTORY + 6  # online + beats
     assert host["heartbeats"][-1]["queue_depth"] == st.HEARTBEAT_HISTORY + 4
     assert host["hooks"] == {}  # the last heartbeat's (old shape: it carries them)
+
+
+def test_the_depths_the_broker_gave_survive_the_next_heartbeats(engine):
+    feed(engine, fd.online("h1", T0))
+    with engine.begin() as c:
+        c.execute(st.hosts.update().values(broker_depth=12, dead_depth=3, depth_at=T0 + 1))
+    feed(engine, fd.heartbeat("h1", T0 + 30, queue_depth=4))
+    with engine.connect() as c:
+        host = q.get_host(c, "h1", now=T0 + 31)
+    assert host is not None and host["queue_depth_heartbeat"] == 4
+    assert (host["queue_depth"], host["queue_depth_broker"], host["dead_letters"]) == (12, 12, 3)
 
 
 def test_an_old_heartbeat_seen_late_changes_nothing(engine):

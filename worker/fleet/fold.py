@@ -42,6 +42,8 @@ _HOST_KEYS = {
     "stopped_at",
 }
 _CHUNK = 500  # keys per IN (...) when reading the rows a batch touches
+# what the broker says of a host's queues: written by the ingest's poller, never by a batch
+_NOT_OURS = ("broker_depth", "dead_depth", "depth_at")
 
 
 @dataclass
@@ -249,7 +251,7 @@ class _Batch:
             self.conn.execute(table.insert(), [rows[k] for k in sorted(new)])
         changed = sorted(dirty - new)
         if changed:
-            cols = [c.name for c in table.columns if c.name not in (key, "id")]
+            cols = [c.name for c in table.columns if c.name not in (key, "id", *_NOT_OURS)]
             stmt = (
                 table.update()
                 .where(table.c[key] == sa.bindparam("_key"))
@@ -556,6 +558,9 @@ def _op_event(
         _request(b, str(rid), host, uuid, vm_data, data, error, at, duplicate)
     if not uuid:
         return  # a message too broken to name its VM: only in the events and failures
+    op = data.get("op")
+    if op == "prepare_incoming" or (op == "finish_incoming" and phase != "after"):
+        return  # a destination's part of a migration: the VM is still the source's
     vm = b.vm(str(uuid), vm_data.get("name"), host)
     if duplicate:
         vm["result"], vm["request_id"] = "duplicate", rid
@@ -570,6 +575,9 @@ def _op_event(
     vm["result"] = "ok" if phase == "after" else "failed"
     vm["error"] = _error_text(error) if phase == "fail" else None
     state = data.get("state")
+    if op == "migrate_vm" and phase == "after" and data.get("destination"):
+        vm["host"] = str(data["destination"])  # it runs there now
+        state = data.get("destination_state") or state
     if state and state != "unknown":
         _observe(vm, str(state), at)
 

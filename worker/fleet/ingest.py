@@ -192,8 +192,8 @@ class Ingest:
             live = apply_batch(conn, [item for _, _, item in pending])
             for name, off in last.items():
                 st.set_offset(conn, name, off)
-        for _, m, _ in pending:
-            m.ack()
+        # one ack for the batch: both consumers share a channel, whose delivery tags grow
+        max(pending, key=lambda x: x[1].delivery_tag)[1].ack(multiple=True)
         self.stored += len(pending)
         self.batches += 1
         newest = max((r["at"] for r in live if r.get("at")), default=None)
@@ -227,16 +227,20 @@ class Ingest:
             names = [r[0] for r in db.execute(sa.select(st.hosts.c.host))]
         now = time.time()
         depths: list[dict[str, Any]] = []
-        for host in names:
-            ht = Topology(self.topology.prefix, host)
-            depths.append(
-                {
-                    "_host": host,
-                    "broker_depth": _depth(conn, ht.host_queue.name),
-                    "dead_depth": _depth(conn, ht.dead_queue.name),
-                    "depth_at": now,
-                }
-            )
+        probe = _Depths(conn)
+        try:
+            for host in names:
+                ht = Topology(self.topology.prefix, host)
+                depths.append(
+                    {
+                        "_host": host,
+                        "broker_depth": probe.depth(ht.host_queue.name),
+                        "dead_depth": probe.depth(ht.dead_queue.name),
+                        "depth_at": now,
+                    }
+                )
+        finally:
+            probe.close()
         with self.engine.begin() as db:
             if depths:
                 db.execute(
@@ -303,12 +307,26 @@ class Ingest:
         return len(rows)
 
 
-def _depth(conn: Connection, name: str) -> int | None:
-    try:
-        with conn.channel() as ch:
-            return int(ch.queue_declare(name, passive=True).message_count)
-    except conn.channel_errors:
-        return None
+class _Depths:
+    """Passive declares on one channel (a missing queue closes it: the next one is opened)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.ch: Any = None
+
+    def depth(self, name: str) -> int | None:
+        try:
+            if self.ch is None:
+                self.ch = self.conn.channel()
+            return int(self.ch.queue_declare(name, passive=True).message_count)
+        except self.conn.channel_errors:
+            self.ch = None  # the broker closed it
+            return None
+
+    def close(self) -> None:
+        if self.ch is not None:
+            with contextlib.suppress(Exception):
+                self.ch.close()
 
 
 @click.command()

@@ -280,7 +280,9 @@ def list_vms(
     return page
 
 
-def get_vm(conn: Connection, uuid: str, *, limit: int = HISTORY_MAX) -> dict[str, Any] | None:
+def get_vm(
+    conn: Connection, uuid: str, *, limit: int = HISTORY_MAX, now: float | None = None
+) -> dict[str, Any] | None:
     """One VM's whole history: its row, every request on it and every event about it (state
     and operation events, hooks and their output in `event`), oldest first."""
     row = conn.execute(sa.select(st.vms).where(st.vms.c.uuid == uuid)).mappings().first()
@@ -290,7 +292,7 @@ def get_vm(conn: Connection, uuid: str, *, limit: int = HISTORY_MAX) -> dict[str
     if row["host"]:
         hr = conn.execute(sa.select(st.hosts).where(st.hosts.c.host == row["host"])).mappings()
         host = hr.first()
-    out = _vm(row, host is not None and host_status(dict(host), time.time()) == "down")
+    out = _vm(row, host is not None and host_status(dict(host), now or time.time()) == "down")
     r = st.requests.c
     out["requests"] = [
         _request(x)
@@ -664,24 +666,18 @@ def fleet_summary(conn: Connection, now: float | None = None, *, top: int = 20) 
     for s, n in conn.execute(sa.select(status, sa.func.count()).group_by(status)):
         by_status[s] = int(n)
     v = st.vms.c
-    down = sa.func.coalesce(status_expr(now) == "down", False).label("down")
+    # VMs by state and host (an index scan), then those of down hosts counted as unknown
+    down = {
+        h for (h,) in conn.execute(sa.select(st.hosts.c.host).where(status_expr(now) == "down"))
+    }
     by_state: dict[str, int] = {}
-    q = (
-        sa.select(v.state, down, sa.func.count())
-        .select_from(st.vms.outerjoin(st.hosts, st.hosts.c.host == v.host))
-        .group_by(v.state, down)
-    )
-    for s, is_down, n in conn.execute(q):
-        key = "unknown" if is_down else s
+    q = sa.select(v.state, v.host, sa.func.count()).group_by(v.state, v.host)
+    for s, host, n in conn.execute(q):
+        key = "unknown" if host in down else s
         by_state[key] = by_state.get(key, 0) + int(n)
     series = ops_per_minute(conn, now=now)
-    hour_ago = now - 3600
-    e = st.events.c
-    failed_hour = conn.execute(
-        sa.select(sa.func.count()).where(
-            e.phase == "fail", e.kind == "op", e.duplicate.is_(False), e.at >= hour_ago
-        )
-    ).scalar_one()
+    # from the per-minute counters: the last 60 minutes, the current one included
+    failed_hour = sum(p["failed"] for p in series)
     h = st.hosts.c
     depth, dead = conn.execute(
         sa.select(

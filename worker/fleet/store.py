@@ -99,7 +99,7 @@ vms = sa.Table(
     sa.Column("persistent", sa.Boolean()),
     sa.Column("updated_at", Time, nullable=False, default=0.0),
     sa.Index("ix_vms_host_name", "host", "name", "uuid"),
-    sa.Index("ix_vms_state", "state"),
+    sa.Index("ix_vms_state_host", "state", "host"),  # the state filter; the summary's counts
 )
 
 requests = sa.Table(
