@@ -23,10 +23,11 @@ def bar_chart(
     top = max(max_value or 0.0, *(v for _, v in points), 0.0) if points else (max_value or 0.0)
     top = top or 1.0
     plot_h = height - 14
+    room = plot_h - 11  # the top 11 px hold the "max" label
     bar_w = width / n
     bars = []
     for i, (name, value) in enumerate(points):
-        h = 0.0 if value <= 0 else max(1.0, plot_h * value / top)
+        h = 0.0 if value <= 0 else max(1.0, room * value / top)
         shown = f"{value:g}{unit}"
         bars.append(
             f'<rect x="{i * bar_w:.2f}" y="{plot_h - h:.2f}" width="{max(bar_w - 1, 0.5):.2f}"'
