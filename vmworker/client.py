@@ -519,7 +519,7 @@ class Client:
                 rest += [p.raw for p in planned if p.raw is not None]
                 raise
             for p in planned:
-                self._send_replay(p)  # confirmed
+                self.send_replay(p)  # confirmed
                 if p.raw is not None:
                     p.raw.ack()
         finally:
@@ -527,7 +527,8 @@ class Client:
                 raw.reject(requeue=True)
         return planned
 
-    def _send_replay(self, p: Planned) -> None:
+    def send_replay(self, p: Planned) -> None:
+        """Publish one planned replay (confirmed); its handle goes in `p.request`."""
         m = p.message
         replay_of = m.message_id if p.new_id != m.message_id else None
         user = None

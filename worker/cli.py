@@ -255,6 +255,9 @@ def _add_optional_groups() -> None:
     from worker.brokeradmin import broker
 
     main.add_command(broker)
+    from worker.fleet.serve import fleet
+
+    main.add_command(fleet)
     try:
         from worker.hooks.cli import hooks
     except ImportError:  # pragma: no cover - while the hooks CLI is being written

@@ -70,6 +70,19 @@ class TracingSettings(BaseModel):
         None, description="OTLP transport; None: OTEL_EXPORTER_OTLP_PROTOCOL or http/protobuf"
     )
     service_name: str = Field("vmworker", description="resource service.name")
+class FleetSettings(BaseModel):
+    """The fleet server (`vmworker fleet serve`): its store, where it listens, its action token."""
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the store; None: sqlite:///<state_dir>/fleet.db",
+    )
+    bind: str = Field("127.0.0.1", description="address the HTTP server listens on")
+    port: int = Field(8470, ge=1, le=65535, description="port of the HTTP server")
+    token: str | None = Field(
+        None, description="bearer token that allows actions (replay, drain); None: no actions"
+    )
+    token_name: str = Field("operator", description="who the token is, in the audit table")
 
 
 class Settings(BaseSettings):
@@ -145,6 +158,10 @@ class Settings(BaseSettings):
         default_factory=dict, description="host id -> how a migration reaches it"
     )
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
+    fleet_url: str | None = Field(
+        None, description="fleet server URL: monitor and history ask it, not the streams"
+    )
     log_level: str = "info"
 
     @field_validator("host")

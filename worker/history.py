@@ -327,6 +327,7 @@ def print_timeline(entries: list[dict[str, Any]]) -> None:
     show_default=True,
     help="a stream is read once nothing arrives for this many seconds",
 )
+@click.option("--fleet-url", help="ask this fleet server instead of reading the streams")
 def history(
     request_id: str | None,
     vm: str | None,
@@ -335,19 +336,26 @@ def history(
     prefix: str | None,
     config: Path | None,
     idle: float,
+    fleet_url: str | None = None,
 ) -> None:
     """Everything that happened to a request or a VM, from the ops and events logs."""
 
     if bool(request_id) == bool(vm):
         raise click.UsageError("give exactly one of --request-id and --vm")
-    s = settings_or_exit(config, broker=broker, prefix=prefix)
-    topo = Topology.from_settings(s)
-    with connect_or_exit(s) as conn:
-        if s.declare_shared:
-            topo.declare_shared(conn)
-        ops = read_ops_log(conn, topo, idle=idle)
-        evs = read_events_log(conn, topo, idle=idle)
-    entries = timeline(ops, evs, request_id=request_id, vm=vm)
+    s = settings_or_exit(config, broker=broker, prefix=prefix, fleet_url=fleet_url)
+    if s.fleet_url:  # the fleet server answers (worker/fleet/remote.py)
+        from worker.fleet.remote import FleetClient, history_entries
+
+        with FleetClient(s.fleet_url) as client:
+            entries = history_entries(client, request_id=request_id, vm=vm)
+    else:
+        topo = Topology.from_settings(s)
+        with connect_or_exit(s) as conn:
+            if s.declare_shared:
+                topo.declare_shared(conn)
+            ops = read_ops_log(conn, topo, idle=idle)
+            evs = read_events_log(conn, topo, idle=idle)
+        entries = timeline(ops, evs, request_id=request_id, vm=vm)
     if as_json:
         click.echo(json.dumps(entries, indent=2, default=str))
         return

@@ -683,6 +683,7 @@ def progress_line(view: FleetView, at: float | None, now: float | None = None) -
     "--refresh", type=float, default=1.0, show_default=True, help="seconds between redraws"
 )
 @click.option("--width", type=int, help="terminal width for --once (default: detected)")
+@click.option("--fleet-url", help="ask this fleet server instead of reading the streams")
 def monitor(
     broker: str | None,
     prefix: str | None,
@@ -694,6 +695,7 @@ def monitor(
     idle: float,
     refresh: float,
     width: int | None,
+    fleet_url: str | None = None,
 ) -> None:
     """A live view of hosts and VMs, from events only: recent failures with the failing hook's
     stderr on top, then hosts and VMs, those needing attention first (down or late hosts, failed
@@ -704,12 +706,23 @@ def monitor(
     from worker.subscribe import live_queue, read_events
     from worker.topology import Topology
 
-    s = settings_or_exit(config, broker=broker, prefix=prefix)
+    s = settings_or_exit(config, broker=broker, prefix=prefix, fleet_url=fleet_url)
     topo = Topology.from_settings(s)
     console = Console(width=width) if width else Console()
+    after = s.monitor_offline_after if offline_after is None else offline_after
+    if s.fleet_url:  # the fleet server answers (worker/fleet/remote.py)
+        from worker.fleet import remote
+
+        draw = partial(
+            render,
+            title=f"vmworker fleet ({s.fleet_url})",
+            hosts=hosts,
+            offline_after=after,
+            max_vms=max_vms or 200,
+        )
+        return remote.monitor(s.fleet_url, console, once=once, refresh=refresh, draw=draw)
     err = Console(stderr=True)
     depths = BrokerDepths(lambda: connect_or_exit(s), s.prefix, every=max(refresh, 2.0))
-    after = s.monitor_offline_after if offline_after is None else offline_after
     with connect_or_exit(s) as conn, contextlib.closing(depths):
         if s.declare_shared:
             topo.declare_shared(conn)

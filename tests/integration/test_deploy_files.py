@@ -29,6 +29,7 @@ from worker.config import Settings, load_settings
 
 COMPOSE = REPO / "docker-compose.yml"
 UNIT = REPO / "deploy" / "vmworker@.service"
+FLEET_UNIT = REPO / "deploy" / "vmworker-fleet.service"
 EXAMPLE = REPO / "deploy" / "vmworker.toml"
 DEFINITIONS = REPO / "deploy" / "rabbitmq" / "definitions.json"
 RABBIT_CONF = REPO / "deploy" / "rabbitmq" / "rabbitmq.conf"
@@ -107,16 +108,21 @@ def test_every_compose_command_is_a_valid_vmworker_invocation_and_every_setting_
         if cmd and cmd[0] == "vmworker":
             parse_cli(cmd[1:])
             commands += 1
-        env = svc.get("environment") or {}
+        env = {k: v for k, v in (svc.get("environment") or {}).items() if k.startswith("VMWORKER")}
         fields = {f"VMWORKER_{k.upper()}": k for k in Settings.model_fields}
-        for var in env:
-            assert var in fields, (name, var)
-        if env:
-            values = {fields[k]: v for k, v in env.items()}
+        values: dict[str, Any] = {}
+        for var, value in env.items():
+            top, _, sub = var.partition("__")  # a nested setting: VMWORKER_FLEET__TOKEN
+            assert top in fields, (name, var)
+            if sub:
+                values.setdefault(fields[top], {})[sub.lower()] = value
+            else:
+                values[fields[top]] = value
+        if values:
             if "allowed_publishers" in values:
                 values["allowed_publishers"] = values["allowed_publishers"].split(",")
             Settings(**values)  # every value valid
-    assert commands == 4  # two workers, the monitor, the control plane's tool
+    assert commands == 5  # two workers, the monitor, the fleet server, the control plane's tool
 
 
 def test_compose_identities_are_the_ones_broker_grant_makes():
@@ -153,6 +159,36 @@ def test_compose_identities_are_the_ones_broker_grant_makes():
                 same(publisher, control_plane_grant("vm", publisher))
         elif name == "monitor":
             same(user, monitor_grant("vm", user))
+        elif name == "fleet":  # it reads both streams and publishes replays: a control plane
+            same(user, control_plane_grant("vm", user))
+
+
+def test_compose_fleet_server_uses_postgres_and_publishes_its_port_on_the_loopback_only():
+    services = _compose()["services"]
+    fleet, db = services["fleet"], services["postgres"]
+    ctx = parse_cli(fleet["command"][1:])
+    assert ctx.command.name == "serve" and ctx.parent and ctx.parent.command.name == "fleet"
+    # inside its container it must listen beyond the loopback; the host sees it on 127.0.0.1
+    assert ctx.params["bind"] == "0.0.0.0" and ctx.params["port"] == 8470
+    assert fleet["ports"] == ["127.0.0.1:8470:8470"]
+    url = urlsplit(fleet["environment"]["VMWORKER_FLEET__DATABASE_URL"])
+    assert url.scheme == "postgresql+psycopg" and url.hostname == "postgres"
+    env = db["environment"]
+    assert (url.username, url.password, url.path.lstrip("/")) == (
+        env["POSTGRES_USER"],
+        env["POSTGRES_PASSWORD"],
+        env["POSTGRES_DB"],
+    )
+    assert db["image"].startswith("postgres:") and "pg_isready" in db["healthcheck"]["test"]
+    assert fleet["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "ports" not in db  # the database is the fleet server's business only
+    assert fleet["environment"]["VMWORKER_FLEET__TOKEN"]  # actions work in the try-out stack
+
+
+def test_fleet_server_binds_the_loopback_unless_told_otherwise():
+    assert Settings().fleet.bind == "127.0.0.1"
+    ctx = parse_cli(["fleet", "serve"])
+    assert ctx.params["bind"] is None  # no flag: the setting's default decides
 
 
 def test_broker_definitions_are_what_vmworker_broker_definitions_prints():
@@ -221,13 +257,32 @@ def test_systemd_unit_is_valid_and_starts_the_cli_sandboxed():
     assert "Install" in cp and cp["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path):
+def test_fleet_systemd_unit_is_valid_and_serves_sandboxed():
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string(FLEET_UNIT.read_text())
+    svc = cp["Service"]
+    exe, *argv = shlex.split(svc["ExecStart"])
+    assert exe.endswith("/bin/vmworker")
+    ctx = parse_cli(argv)
+    assert ctx.command.name == "serve" and ctx.params["bind"] is None  # 127.0.0.1: the default
+    assert str(ctx.params["state_dir"]) == "/var/lib/" + svc["StateDirectory"]
+    assert svc["ProtectSystem"] == "strict" and svc["NoNewPrivileges"] == "yes"
+    assert "/etc/vmworker" in svc["ReadOnlyPaths"].split()
+    assert svc["EnvironmentFile"] == "-/etc/vmworker/fleet.env"  # its token and credentials
+    assert svc["Environment"] == "VMWORKER_CONFIG=/etc/vmworker/vmworker.toml"
+    assert cp["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.parametrize("name", ["vmworker@host-a.service", "vmworker-fleet.service"])
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path, name: str):
     if shutil.which("systemd-analyze") is None:
         pytest.fail("systemd-analyze missing (Debian systemd): run scripts/bootstrap libvirtd")
     # an instance of the template, with ExecStart pointing at this checkout's vmworker
     vmworker = Path(sys.executable).with_name("vmworker")
-    unit = tmp_path / "vmworker@host-a.service"
-    unit.write_text(UNIT.read_text().replace("/opt/vmworker/bin/vmworker", str(vmworker)))
+    source = FLEET_UNIT if name == "vmworker-fleet.service" else UNIT
+    unit = tmp_path / name
+    unit.write_text(source.read_text().replace("/opt/vmworker/bin/vmworker", str(vmworker)))
     res = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)],
         capture_output=True,

@@ -130,7 +130,7 @@ class Ingest:
             except Exception as e:  # a broker failure: reconnect from the stored offsets
                 if stop.is_set():
                     break
-                log.warning("fleet ingest: reconnecting", error=str(e))
+                log.warning("fleet.ingest_reconnecting", error=str(e))
                 self._pending.clear()  # not stored: they come again from the stored offset
                 stop.wait(1.0)
         poller.join(timeout=5)
@@ -161,7 +161,7 @@ class Ingest:
             for c in consumers:
                 c.consume()
             log.info(
-                "fleet ingest: following", prefix=t.prefix, **{k: str(v) for k, v in starts.items()}
+                "fleet.ingest_following", prefix=t.prefix, **{k: str(v) for k, v in starts.items()}
             )
             first_at: float | None = None
             while not stop.is_set():
@@ -203,7 +203,7 @@ class Ingest:
             try:
                 self.on_commit(live)
             except Exception as e:  # a listener's failure is not the ingest's
-                log.warning("fleet ingest: on_commit failed", error=str(e))
+                log.warning("fleet.ingest_on_commit_failed", error=str(e))
 
     # -- the broker's side: queue depths and dead letters -----------------------------------
     def _poll_loop(self, stop: threading.Event) -> None:
@@ -216,7 +216,7 @@ class Ingest:
                         self.poll(conn, dead_seen)
                         stop.wait(self.poll_interval)
             except Exception as e:
-                log.warning("fleet ingest: queue depths", error=str(e))
+                log.warning("fleet.ingest_depths_failed", error=str(e))
                 stop.wait(self.poll_interval)
 
     def poll(self, conn: Connection, dead_seen: dict[str, int] | None = None) -> None:
@@ -267,7 +267,7 @@ class Ingest:
                 conn, self.topology, host, Selection(), as_new=False, to_host=None, dead=True
             )
         except NoSuchQueue as e:  # a host without one (yet)
-            log.info("fleet ingest: no dead letters read", host=host, error=str(e))
+            log.info("fleet.ingest_dead_letters_unread", host=host, error=str(e))
             return 0
         now = time.time()
         rows = []
