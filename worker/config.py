@@ -70,6 +70,8 @@ class TracingSettings(BaseModel):
         None, description="OTLP transport; None: OTEL_EXPORTER_OTLP_PROTOCOL or http/protobuf"
     )
     service_name: str = Field("vmworker", description="resource service.name")
+
+
 class FleetSettings(BaseModel):
     """The fleet server (`vmworker fleet serve`): its store, where it listens, its action token."""
 
