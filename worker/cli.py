@@ -237,11 +237,12 @@ def asyncapi(as_json: bool, prefix: str | None) -> None:
 
 @main.command()
 @click.option("--slow", type=float, default=0.0, help="pause between steps (seconds)")
-def demo(slow: float) -> None:
+@click.option("--serve", is_flag=True, help="then serve the demo's fleet store (web UI, API)")
+def demo(slow: float, serve: bool) -> None:
     """The whole path in one process, no services: kombu memory:// and libvirt test:///default."""
     from worker.demo import run_demo
 
-    sys.exit(run_demo(pause=slow))
+    sys.exit(run_demo(pause=slow, serve=serve))
 
 
 def _add_optional_groups() -> None:

@@ -128,8 +128,32 @@ def _channels(uri: str, vm_uuid: str) -> list[str]:
     return [str(t.get("name")) for t in tree.iterfind("devices/channel/target")]
 
 
-def run_demo(pause: float = 0.0) -> int:
-    """Run the scripted session; 0 if every step ended as expected."""
+def _fleet_store(state: Path, seen: list[dict[str, Any]], console: Console) -> str:
+    """Fold every event the demo saw into a fleet store (SQLite, in the demo's state dir) the
+    way `vmworker fleet serve` does, and show what it answers; returns the store's URL."""
+    from worker.fleet.fold import apply_batch
+    from worker.fleet.queries import fleet_summary, list_requests
+    from worker.fleet.store import open_store
+
+    url = f"sqlite:///{state / 'fleet.db'}"
+    engine = open_store(url)
+    with engine.begin() as db:
+        apply_batch(db, seen)
+    with engine.connect() as db:
+        summary = fleet_summary(db)
+        requests = list_requests(db, limit=100)["items"]
+    engine.dispose()
+    failed = sum(1 for r in requests if r.get("result") == "failed")
+    console.print(
+        f"fleet store ({url}): {len(seen)} events, {len(requests)} requests "
+        f"({failed} failed), {summary['vms_total']} VM(s)"
+    )
+    return url
+
+
+def run_demo(pause: float = 0.0, serve: bool = False) -> int:
+    """Run the scripted session; 0 if every step ended as expected. `serve`: then serve the
+    demo's fleet store (web UI and API on 127.0.0.1:8470) until interrupted."""
     logs.configure("error")
     console = Console(highlight=False)
     state = Path(tempfile.mkdtemp(prefix="vmworker-demo-"))
@@ -161,11 +185,13 @@ def run_demo(pause: float = 0.0) -> int:
         tap = live_queue(topo, HOST)
         tap.bind(conn.default_channel).declare()
         stream: Iterator[dict[str, Any]] = read_events(conn, topo, queue=tap, idle_timeout=20)
+        seen: list[dict[str, Any]] = []  # every event, for the fleet store at the end
         for n, (title, op, body, expected) in enumerate(_steps(vm_uuid), 1):
             rid = publish_op(conn, topo, body)
             console.print(f"[bold]{n}. {title}[/]  [dim]{op} request {rid[:8]}[/]")
             got = None
             for ev in stream:
+                seen.append(ev)
                 if ev.get("requestid") != rid:
                     continue
                 console.print(_describe(ev))
@@ -187,5 +213,13 @@ def run_demo(pause: float = 0.0) -> int:
         f"\n{s.received} messages, {s.ran} operations run, {s.published} events published, "
         f"{dead.message_count} dead-lettered to {topo.dead_queue.name}"
     )
+    url = _fleet_store(state, seen, console)
     console.print("[green]demo OK[/]" if not failures else f"[red]{failures} step(s) failed[/]")
+    if serve and not failures:
+        from worker.cli import main as cli
+
+        console.print("the fleet server on the demo's store: http://127.0.0.1:8470/ (Ctrl-C ends)")
+        cli.main(["fleet", "serve", "--no-ingest", "--database-url", url], standalone_mode=False)
+    else:
+        console.print(f"[dim]browse it: vmworker fleet serve --no-ingest --database-url {url}[/]")
     return 1 if failures else 0

@@ -28,3 +28,10 @@ def test_demo_prints_before_and_after_for_every_step_and_exits_0():
     assert "policy: VMs named forbidden-* may not run here" in text  # a before hook said no
     assert re.search(r"channels, after the hooks: .*tools-guest-agent\.0", text)
     assert "4 dead-lettered" in text
+    # the fleet store it filled answers: the requests, the failed ones, the VMs
+    store = re.search(
+        r"fleet store \((sqlite:///\S+)\): \d+ events, (\d+) requests \((\d+) failed\)", text
+    )
+    assert store, text
+    assert int(store.group(2)) >= 8 and int(store.group(3)) >= 1
+    assert f"vmworker fleet serve --no-ingest --database-url {store.group(1)}" in text
