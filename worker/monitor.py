@@ -27,7 +27,16 @@ from rich.text import Text
 
 from worker.bounds import cell, cut
 from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
-from worker.fleetview import Failure, FleetView, HostRow, VmRow, parse_time
+from worker.fleetview import (  # noqa: F401 (the constants: imported from here by worker/fleet/)
+    _STATE_OF_EVENT,
+    DOWN_FACTOR,
+    LATE_FACTOR,
+    Failure,
+    FleetView,
+    HostRow,
+    VmRow,
+    parse_time,
+)
 
 TEXT_CELL_MAX = 400  # characters of a stderr cell
 TEXT_CELL_LINES = 6  # lines of a stderr cell
