@@ -3,7 +3,9 @@ watch events, replay messages (docs/client.md).
 
 `Client` is synchronous and single-threaded: every broker read happens in the thread that
 waits (`Request.result`, iterating a `Watch`, `Client.poll`). `AsyncClient` (vmworker/aio.py,
-importable from here) runs one `Client` in a thread of its own for asyncio programs.
+importable from here) runs one `Client` in a thread of its own for asyncio programs. The handles
+it gives (`Request`, `Watch`, `Event`) and the errors they raise are in vmworker/handles.py, the
+encoding of a message's body and headers in vmworker/encode.py; all are importable from here.
 
 Each client has one exclusive, auto-deleted queue `<prefix>.events.tap.client-<id>` on the
 events exchange. Before a message is published, the queue is bound to the keys its events will
@@ -18,21 +20,27 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import importlib
 import json
-import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.message import Message
-from pydantic import SecretStr
 
-from handlers.message import OpMessage, secret_paths
+from handlers.message import OpMessage
+from vmworker.encode import dump_message, message_body, op_of, trace_headers
+from vmworker.handles import (
+    Event,
+    InvalidMessage,
+    OperationFailed,
+    Request,
+    RequestTimeout,
+    Watch,
+)
 from vmworker.replay import (
     NoSuchQueue,
     Planned,
@@ -67,215 +75,8 @@ __all__ = [
 
 log = structlog.get_logger()
 
-TERMINAL = ("after", "fail")
 _SEEN_MAX = 100_000  # event ids remembered, to give each event once across a reconnect
 _RECOVER_MARGIN = timedelta(seconds=5)  # the events log is read from this long before a loss
-
-
-class InvalidMessage(ValueError):
-    """The message is not one the worker would take (its own check, worker.messages); nothing
-    was sent."""
-
-
-class Event(dict[str, Any]):
-    """One event: the CloudEvent as published (a dict), with shortcuts to what is looked at
-    most."""
-
-    @property
-    def data(self) -> dict[str, Any]:
-        d = self.get("data")
-        return d if isinstance(d, dict) else {}
-
-    @property
-    def request_id(self) -> str | None:
-        rid = self.get("requestid") or self.data.get("request_id")
-        return str(rid) if rid else None
-
-    @property
-    def phase(self) -> str | None:
-        return self.data.get("phase")
-
-    @property
-    def host(self) -> str | None:
-        return self.data.get("host")
-
-    @property
-    def duplicate(self) -> bool:
-        return bool(self.data.get("duplicate"))
-
-    @property
-    def error(self) -> dict[str, Any] | None:
-        err = self.data.get("error")
-        return err if isinstance(err, dict) else None
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase in TERMINAL
-
-
-class OperationFailed(Exception):
-    """The request's terminal event is `fail`: `error` is its `data.error` (`source`, `code`,
-    `message`, ...), `event` the whole event."""
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-        self.error: dict[str, Any] = event.error or {}
-        self.code: str | None = self.error.get("code")
-        self.source: str | None = self.error.get("source")
-        where = f"{event.data.get('op')} on {event.host}"
-        dup = " (a duplicate: the recorded outcome)" if event.duplicate else ""
-        super().__init__(
-            f"{where} failed{dup}: {self.source}/{self.code}: {self.error.get('message')}"
-        )
-
-
-class RequestTimeout(TimeoutError):
-    """No terminal event within the time given. The request is left alone: it may still run
-    and finish, and `result()` may be called again."""
-
-    def __init__(self, request_id: str, timeout: float | None) -> None:
-        self.request_id = request_id
-        super().__init__(
-            f"no outcome of request {request_id} within {timeout} s (it was not cancelled)"
-        )
-
-
-class Request:
-    """The handle of one submitted message: its events as they come (`events`), and its
-    outcome (`result`). Kept by its client until its terminal event arrives."""
-
-    def __init__(
-        self, client: Client, request_id: str, host: str, op: str | None, correlation_id: str | None
-    ) -> None:
-        self.client = client
-        self.request_id = request_id
-        self.host = host
-        self.op = op
-        self.correlation_id = correlation_id
-        self.events: list[Event] = []
-        self.terminal: Event | None = None
-        self._listeners: list[Callable[[Event], None]] = []
-
-    def __repr__(self) -> str:
-        state = self.terminal.phase if self.terminal else (self.phase or "sent")
-        return f"<Request {self.request_id} {self.op} on {self.host}: {state}>"
-
-    @property
-    def phase(self) -> str | None:
-        """The phase of the last event seen (`before`, `progress`, `after`, `fail`), or None."""
-        return self.events[-1].phase if self.events else None
-
-    def subscribe(self, callback: Callable[[Event], None]) -> None:
-        """Call `callback` with each event of the request: those already seen, then each new one
-        (in the thread that reads the broker)."""
-        for ev in self.events:
-            callback(ev)
-        self._listeners.append(callback)
-
-    def done(self) -> bool:
-        """Whether the terminal event has arrived (reads what the broker has, without waiting)."""
-        if self.terminal is None:
-            self.client.poll(0)
-        return self.terminal is not None
-
-    def wait_phase(self, phase: str, timeout: float | None = None) -> Event:
-        """The first event of `phase` (`before`, `progress`, ...); RequestTimeout if none came."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            for ev in self.events:
-                if ev.phase == phase:
-                    return ev
-            if self.terminal is not None and phase not in TERMINAL:
-                raise LookupError(f"request {self.request_id} ended with no {phase} event")
-            self._tick(end, timeout)
-
-    def result(self, timeout: float | None = None) -> Event:
-        """The terminal `after` event (a duplicate's too); OperationFailed on `fail`;
-        RequestTimeout after `timeout` seconds, leaving the request as it is."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while self.terminal is None:
-            self._tick(end, timeout)
-        if self.terminal.phase == "fail":
-            raise OperationFailed(self.terminal)
-        return self.terminal
-
-    def _tick(self, end: float | None, timeout: float | None) -> None:
-        left = None if end is None else end - time.monotonic()
-        if left is not None and left <= 0:
-            raise RequestTimeout(self.request_id, timeout)
-        self.client.poll(0.5 if left is None else min(0.5, left))
-
-    def _feed(self, ev: Event) -> None:
-        if self.terminal is not None:
-            return  # one outcome: a later copy (a duplicate's) changes nothing
-        self.events.append(ev)
-        if ev.terminal:
-            self.terminal = ev
-        for cb in self._listeners:
-            cb(ev)
-
-
-class Watch(Iterator[Event]):
-    """Events of a host and/or a VM (or of the given binding keys), in the order they arrive;
-    from when `Client.watch` returned. Iterating blocks until the next event; with `idle`, the
-    iteration ends after that many quiet seconds. `poll()` returns what has come, waiting at
-    most its timeout."""
-
-    def __init__(
-        self,
-        client: Client,
-        host: str | None,
-        vm: str | None,
-        idle: float | None,
-        sink: Callable[[Event], None] | None = None,
-        keys: list[str] | None = None,
-    ) -> None:
-        self.client, self.host, self.vm, self.idle = client, host, vm, idle
-        self.keys = [_topic_re(k) for k in keys or []]
-        self._buf: collections.deque[Event] = collections.deque()
-        self._sink = sink
-        self.closed = False
-
-    def matches(self, ev: Event, routing_key: str | None = None) -> bool:
-        if self.keys and not any(k.fullmatch(routing_key or "") for k in self.keys):
-            return False
-        if self.host and ev.host != self.host and ev.get("source") != f"vmworker://{self.host}":
-            return False
-        return not (self.vm and ev.get("subject") != self.vm)
-
-    def _feed(self, ev: Event) -> None:
-        if self._sink is not None:
-            self._sink(ev)
-        else:
-            self._buf.append(ev)
-
-    def __next__(self) -> Event:
-        last = time.monotonic()
-        while not self._buf:
-            if self.closed:
-                raise StopIteration
-            if self.idle is not None and time.monotonic() - last > self.idle:
-                raise StopIteration
-            self.client.poll(0.2)
-        return self._buf.popleft()
-
-    def poll(self, timeout: float = 0.2) -> list[Event]:
-        if not self._buf:
-            self.client.poll(timeout)
-        out = list(self._buf)
-        self._buf.clear()
-        return out
-
-    def close(self) -> None:
-        self.closed = True
-        with contextlib.suppress(ValueError):
-            self.client._watches.remove(self)
-
-    def __enter__(self) -> Watch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Client:
@@ -373,7 +174,7 @@ class Client:
     ) -> OpMessage:
         """The typed message (the op's pydantic model); InvalidMessage if the worker would
         refuse it."""
-        body = _body(op, vm, params, custom)
+        body = message_body(op, vm, params, custom)
         return self._parse(json.dumps(body).encode())
 
     def submit(
@@ -408,7 +209,7 @@ class Client:
                 deadline = datetime.now(UTC) + deadline
             hdrs["x-deadline"] = deadline.astimezone(UTC).isoformat()
         hdrs.update(trace_headers(traceparent, tracestate))
-        op_name = _op_of(raw)
+        op_name = op_of(raw)
         req = Request(self, request_id, host, op_name, correlation_id)
         self._retry(lambda: self._send(req, raw, hdrs, user_id, check_queue))
         return req
@@ -572,7 +373,7 @@ class Client:
         elif isinstance(op, Mapping):
             raw = json.dumps(dict(op)).encode()
         else:
-            raw = json.dumps(_body(op, vm or {}, params, custom)).encode()
+            raw = json.dumps(message_body(op, vm or {}, params, custom)).encode()
         if validate:
             self._parse(raw)
         return raw
@@ -725,69 +526,6 @@ class Client:
                 self.recovered += len(self._seen) - before
         except self.conn.channel_errors as exc:  # no events log: what passed is not known
             log.warning("client.recover_failed", error=repr(exc)[:300])
-
-
-def _topic_re(key: str) -> re.Pattern[str]:
-    """A topic binding key as a pattern of routing keys (`*` one word, `#` any number)."""
-    parts = []
-    for word in key.split("."):
-        parts.append(r"[^.]+" if word == "*" else r".*" if word == "#" else re.escape(word))
-    return re.compile(r"\.".join(parts).replace(r".*\.", r"(?:.*\.)?"))
-
-
-def _body(
-    op: str,
-    vm: Mapping[str, Any],
-    params: Mapping[str, Any] | None,
-    custom: Mapping[str, str] | None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"version": 1, "op": op, "vm": dict(vm)}
-    if params:
-        body["params"] = dict(params)
-    if custom:
-        body["custom"] = dict(custom)
-    return body
-
-
-def _op_of(raw: bytes) -> str | None:
-    with contextlib.suppress(ValueError):
-        doc = json.loads(raw)
-        if isinstance(doc, dict) and isinstance(doc.get("op"), str):
-            from worker.messages import OP_MODELS
-
-            op = str(doc["op"])
-            return op if op in OP_MODELS else "invalid"
-    return "invalid"
-
-
-def dump_message(msg: OpMessage) -> dict[str, Any]:
-    """A typed message as its JSON body, with its secrets' real values (what the worker must
-    receive; a plain JSON dump would mask them)."""
-    doc: dict[str, Any] = msg.model_dump(mode="json", exclude_unset=True)
-    for path in secret_paths(type(msg)):
-        value: Any = msg
-        node: Any = doc
-        for i, name in enumerate(path):
-            value = getattr(value, name, None)
-            if i < len(path) - 1:
-                node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(value, SecretStr) and isinstance(node, dict) and path[-1] in node:
-            node[path[-1]] = value.get_secret_value()
-    return doc
-
-
-def trace_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
-    """W3C trace context headers: the given ones, else the current OpenTelemetry context's
-    (when the API package is installed and a span is current), else none."""
-    if traceparent:
-        return {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate else {})}
-    try:
-        propagate = importlib.import_module("opentelemetry.propagate")
-    except ImportError:
-        return {}
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return {k: carrier[k] for k in ("traceparent", "tracestate") if k in carrier}
 
 
 def __getattr__(name: str) -> Any:

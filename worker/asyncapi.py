@@ -18,143 +18,32 @@ appearing in a schema makes the generator fail rather than say something else th
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from typing import Any
 
 from handlers.message import MESSAGE_VERSION
-from handlers.operations import OPERATIONS
-from worker import events
+from worker.asyncapi_messages import (
+    AMQP_BINDING,
+    OP_PROPERTIES,
+    PEER_OPS,
+    dead_letter_messages,
+    envelope,
+    event_kind_messages,
+    op_headers,
+    operation_messages,
+    ref,
+)
+from worker.asyncapi_schema import (
+    SchemaConversionError,
+    event_kinds,
+    event_message_name,
+    to_draft07,
+)
 from worker.config import Settings
-from worker.eventschema import event_schema
-from worker.messages import HOST_CHECKS, OP_MODELS, message_schema
 from worker.topology import Topology
 
 ASYNCAPI_VERSION = "3.0.0"
-AMQP_BINDING = "0.3.0"
-DRAFT_07 = "application/schema+json;version=draft-07"
-SCHEMAS = "#/components/schemas/"
-# keywords of JSON Schema 2019-09/2020-12 that draft-07 does not have (or reads otherwise)
-_NEWER_KEYWORDS = frozenset(
-    {
-        "prefixItems",
-        "unevaluatedItems",
-        "unevaluatedProperties",
-        "dependentRequired",
-        "dependentSchemas",
-        "$anchor",
-        "$dynamicRef",
-        "$dynamicAnchor",
-        "$recursiveRef",
-        "$recursiveAnchor",
-        "$vocabulary",
-        "minContains",
-        "maxContains",
-    }
-)
-# what an event type's pattern (worker/eventschema.py) says, segment by segment
-_OP_WORD = "[a-z][a-z0-9_]*"
-_ANY_WORD = "[A-Za-z0-9_-]+"
-_LITERAL = re.compile(r"[a-z_]+")
-_ALTERNATIVES = re.compile(r"\(([a-z_|]+)\)")
-_TRACEPARENT = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
-
-
-class SchemaConversionError(ValueError):
-    """A schema this module cannot say in draft-07 as it is."""
-
-
-def to_draft07(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
-    """`schema` (2020-12) as the AsyncAPI parser reads it: its `$defs` moved into `schemas`
-    (`components.schemas`), references to them rewritten, `$schema`/`$id` dropped."""
-    out = copy.deepcopy(schema)
-    out.pop("$schema", None)
-    out.pop("$id", None)
-    defs = out.pop("$defs", {})
-    for name, sub in defs.items():
-        sub = _rewrite(sub)
-        if name in schemas and schemas[name] != sub:
-            raise SchemaConversionError(f"two different schemas named {name!r}")
-        schemas[name] = sub
-    return _rewrite(out)
-
-
-def _rewrite(node: Any, under: str | None = None) -> Any:
-    if isinstance(node, list):
-        return [_rewrite(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if under in ("properties", "patternProperties"):  # names of fields, not keywords
-            out[key] = _rewrite(value)
-            continue
-        if key in _NEWER_KEYWORDS or key == "$defs":
-            raise SchemaConversionError(f"{key} has no draft-07 equivalent here")
-        if key == "$ref":
-            if not value.startswith("#/$defs/"):
-                raise SchemaConversionError(f"a $ref outside $defs: {value}")
-            out[key] = SCHEMAS + value.removeprefix("#/$defs/")
-        elif key in ("default", "const", "enum", "examples"):
-            out[key] = value
-        else:
-            out[key] = _rewrite(value, key)
-    return out
-
-
-# ---- events: kinds from worker/eventschema.py ------------------------------------------------
-
-
-def event_kinds() -> list[dict[str, Any]]:
-    """Every kind of event `event_schema()` names, one per routing-key template: `words`
-    (after `<host>.`, `{op}`/`{state}` for parameters), `type` (a pattern of the CloudEvents
-    `type`) and `data` (its schema)."""
-    out = []
-    for branch in event_schema()["oneOf"]:
-        pattern = branch["properties"]["type"]["pattern"]
-        data = branch["properties"]["data"]
-        for words in _templates(pattern):
-            out.append({"words": words, "type": _type_pattern(words), "data": data})
-    return out
-
-
-def _templates(pattern: str) -> list[list[str]]:
-    """`^vmworker\\.host\\.(online|heartbeat)$` -> [["host", "online"], ["host", "heartbeat"]]."""
-    if not (pattern.startswith("^vmworker\\.") and pattern.endswith("$")):
-        raise SchemaConversionError(f"event type pattern {pattern!r}: not ^vmworker\\....$")
-    options: list[list[str]] = [[]]
-    segments = pattern.removeprefix("^vmworker\\.").removesuffix("$").split("\\.")
-    for i, seg in enumerate(segments):
-        if seg == _OP_WORD and i == 0:
-            words = ["{op}"]
-        elif seg == _ANY_WORD and i > 0 and _LITERAL.fullmatch(segments[i - 1]):
-            words = ["{" + segments[i - 1] + "}"]  # state.{state}
-        elif _LITERAL.fullmatch(seg):
-            words = [seg]
-        elif m := _ALTERNATIVES.fullmatch(seg):
-            words = m.group(1).split("|")
-        else:
-            raise SchemaConversionError(
-                f"event type pattern {pattern!r}: cannot read {seg!r} as a routing-key word"
-                " (worker/asyncapi.py knows an op, a word after a literal, literals and"
-                " (a|b) alternatives)"
-            )
-        options = [[*o, w] for o in options for w in words]
-    return options
-
-
-def _type_pattern(words: list[str]) -> str:
-    regex = {"{op}": _OP_WORD}
-    parts = [regex.get(w, _ANY_WORD if w.startswith("{") else re.escape(w)) for w in words]
-    return "^vmworker\\." + "\\.".join(parts) + "$"
-
-
-def _event_message_name(words: list[str]) -> str:
-    if words[0] == "{op}":
-        return "event_operation_" + "_".join(words[1:])
-    return "event_" + "_".join(w.strip("{}") for w in words if w != "{" + words[0] + "}")
-
 
 # ---- the document -----------------------------------------------------------------------------
 
@@ -256,250 +145,12 @@ def _params(address: str, **enums: list[str]) -> dict[str, Any]:
     return out
 
 
-def _ref(*path: str) -> dict[str, str]:
-    return {"$ref": "#/" + "/".join(path)}
-
-
-def _op_headers() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": "AMQP headers (the headers table) the worker reads; any other header is"
-        " kept (a dead letter carries it).",
-        "properties": {
-            "x-deadline": {
-                "description": "Optional. Past it, the worker does not run the message: `fail`,"
-                " `expired`. An ISO 8601 time (UTC if it names no zone) or an AMQP timestamp"
-                " (field type `T`, seconds since the epoch); anything else fails as"
-                " `validation/bad_deadline`.",
-                "anyOf": [{"type": "string"}, {"type": "integer"}],
-                "examples": ["2026-11-22T04:20:00+00:00"],
-            },
-            "traceparent": {
-                "type": "string",
-                "pattern": _TRACEPARENT,
-                "description": "Optional. W3C Trace Context: the caller's span; every event of"
-                " the request carries the trace on.",
-            },
-            "tracestate": {
-                "type": "string",
-                "description": "Optional. W3C Trace Context: vendor state, with `traceparent`.",
-            },
-            "x-replay-of": {
-                "type": "string",
-                "description": "Set by `vmworker replay --as-new`: the request id this message"
-                " replays (events carry it as `data.replay_of`).",
-            },
-            "x-replayed-at": {
-                "type": "string",
-                "description": "Set by `vmworker replay`: when (ISO 8601).",
-            },
-            "compression": {
-                "type": "string",
-                "description": "kombu's body compression (`application/x-gzip`, ...); a body"
-                " that cannot be undone fails as `validation/undecodable`.",
-            },
-        },
-        "additionalProperties": True,
-    }
-
-
-_OP_PROPERTIES: dict[str, Any] = {
-    "type": "object",
-    "description": "The AMQP basic properties (not headers) of an operation message: AsyncAPI"
-    " has no place for them, so they are given here as a JSON Schema.",
-    "properties": {
-        "message_id": {
-            "type": "string",
-            "minLength": 1,
-            "description": "Required: the request id, the idempotency key"
-            " (`validation/no_message_id` without it).",
-        },
-        "correlation_id": {
-            "type": "string",
-            "description": "Optional; copied into every event of the request.",
-        },
-        "content_type": {"const": "application/json"},
-        "delivery_mode": {"const": 2, "description": "persistent"},
-        "user_id": {
-            "type": "string",
-            "description": "The publishing user (RabbitMQ checks it against the connection);"
-            " with `allowed_publishers` set, anything else fails as `unauthorized`.",
-        },
-        "timestamp": {"type": "integer", "description": "Not read; kept in a dead letter."},
-        "reply_to": {"type": "string", "description": "Not read; kept in a dead letter."},
-        "priority": {"type": "integer", "description": "Not read; kept in a dead letter."},
-        "expiration": {
-            "type": "string",
-            "description": "Not read; a dead letter keeps it as `x-original-expiration`.",
-        },
-        "type": {"type": "string", "description": "Not read; kept in a dead letter."},
-        "app_id": {"type": "string", "description": "Not read; kept in a dead letter."},
-    },
-    "required": ["message_id"],
-}
-
-
-def _op_messages(schemas: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for op in sorted(OP_MODELS):
-        schema = message_schema(op)
-        payload = to_draft07(schema, schemas)
-        title = payload.get("title", op)
-        if title in schemas and schemas[title] != payload:
-            raise SchemaConversionError(f"two different schemas named {title!r}")
-        schemas[title] = payload
-        declared = OPERATIONS[op]
-        chains = ", ".join(_chain(c, declared.point) for c in declared.chains)
-        summary = f"Hook point `{declared.point}` (chains: {chains})." if chains else "No hooks."
-        if op in _PEER_OPS:
-            summary += " Sent by a migration's source worker, never by a control plane."
-        if declared.control:
-            summary += " A control operation: it runs at once, not behind the VM's queue."
-        out[op] = {
-            "name": op,
-            "title": f"operation {op}",
-            "summary": summary,
-            "description": "Published to the operations exchange with the host id as routing"
-            f" key (docs/protocol.md, Operation messages). {HOST_CHECKS}",
-            "contentType": "application/json",
-            "correlationId": _ref("components", "correlationIds", "request"),
-            "headers": _ref("components", "schemas", "OperationHeaders"),
-            "payload": {"schemaFormat": DRAFT_07, "schema": _ref("components", "schemas", title)},
-            "x-amqp-properties": _ref("components", "schemas", "OperationProperties"),
-        }
-    return out
-
-
-def _chain(chain: str, point: str) -> str:
-    """("after_fail", "vm_start") -> after_vm_start_fail, as docs/hooks.md names chains."""
-    when, _, fail = chain.partition("_")
-    return f"{when}_{point}" + (f"_{fail}" if fail else "")
-
-
-def _envelope() -> dict[str, Any]:
-    """The CloudEvents 1.0 envelope every event has: `event_schema()` without its kinds."""
-    env = to_draft07(event_schema(), {})
-    env.pop("oneOf")
-    env["title"] = "CloudEvents 1.0 envelope"
-    return env
-
-
-def _event_messages(kinds: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {}
-    for kind in kinds:
-        words = kind["words"]
-        name = _event_message_name(words)
-        branch = {
-            "properties": {"type": {"pattern": kind["type"]}, "data": kind["data"]},
-            "required": ["type", "data"],
-        }
-        out[name] = {
-            "name": name,
-            "title": "event <host>." + ".".join(words),
-            "summary": f"CloudEvents type vmworker.{'.'.join(words)} (docs/protocol.md, Events).",
-            "contentType": events.CONTENT_TYPE,
-            "correlationId": _ref("components", "correlationIds", "event"),
-            "payload": {
-                "schemaFormat": DRAFT_07,
-                "schema": {"allOf": [_ref("components", "schemas", "CloudEvent"), branch]},
-            },
-            "bindings": {"amqp": {"contentEncoding": "utf-8", "bindingVersion": AMQP_BINDING}},
-            "x-amqp-properties": {
-                "type": "object",
-                "properties": {
-                    "message_id": {"type": "string", "description": "the event's `id`"},
-                    "correlation_id": {
-                        "type": "string",
-                        "description": "the request's `correlation_id` (`data.correlation_id`)",
-                    },
-                    "content_type": {"const": events.CONTENT_TYPE},
-                    "content_encoding": {"const": "utf-8"},
-                    "delivery_mode": {"const": 2},
-                },
-                "required": ["message_id", "content_type", "delivery_mode"],
-            },
-        }
-    return out
-
-
-def _dead_letter_messages() -> dict[str, Any]:
-    reason = {
-        "x-vmworker-error-code": {"type": "string", "description": "the `error.code`"},
-        "x-vmworker-error-source": {"type": "string", "description": "the `error.source`"},
-        "x-vmworker-reason": {
-            "type": "string",
-            "maxLength": 1000,
-            "description": "the error message",
-        },
-        "x-original-user-id": {
-            "type": "string",
-            "description": "the publisher's `user_id` (empty if none)",
-        },
-        "x-original-expiration": {
-            "type": "string",
-            "description": "the publisher's `expiration`, if it set one",
-        },
-    }
-    body = {
-        "description": "The original body, byte for byte (a refused message need not be JSON;"
-        " a body the worker decompressed is kept uncompressed)."
-    }
-    common = (
-        " The body, every AMQP property the publisher set (`user_id` and `expiration` as"
-        " headers) and every header it set (docs/protocol.md, Dead letters)."
-    )
-    return {
-        "dead_letter": {
-            "name": "dead_letter",
-            "title": "dead letter (refused by the worker)",
-            "summary": "An operation message that ended in `fail` (not `expired`), as published.",
-            "description": "Republished by the worker to the dead-letter exchange."
-            + common
-            + _ANY_CONTENT,
-            "correlationId": _ref("components", "correlationIds", "request"),
-            "headers": {
-                "type": "object",
-                "properties": reason,
-                "required": [
-                    "x-vmworker-error-code",
-                    "x-vmworker-error-source",
-                    "x-vmworker-reason",
-                    "x-original-user-id",
-                ],
-                "additionalProperties": True,
-            },
-            "payload": body,
-        },
-        "dead_letter_delivery_limit": {
-            "name": "dead_letter_delivery_limit",
-            "title": "dead letter (past the delivery limit)",
-            "summary": "A message that made the worker die more than `x-delivery-limit` times.",
-            "description": "Dead-lettered by RabbitMQ itself (an `x-death` header, no"
-            " `x-vmworker-*` header); at its next start the worker publishes the request's"
-            " `fail` with `error.code: delivery_limit`." + _ANY_CONTENT,
-            "correlationId": _ref("components", "correlationIds", "request"),
-            "headers": {
-                "type": "object",
-                "properties": {"x-death": {"type": "array", "description": "RabbitMQ's"}},
-                "required": ["x-death"],
-                "additionalProperties": True,
-            },
-            "payload": body,
-        },
-    }
-
-
-# what one worker sends another's queue (docs/protocol.md, Migration)
-_PEER_OPS = ("prepare_incoming", "finish_incoming")
-_ANY_CONTENT = " Its content type is the original's (`content_type` property), often none."
-
-
 def _msgs(names: list[str]) -> dict[str, Any]:
-    return {n: _ref("components", "messages", n) for n in names}
+    return {n: ref("components", "messages", n) for n in names}
 
 
 def _op_refs(channel: str, names: list[str]) -> list[dict[str, str]]:
-    return [_ref("channels", channel, "messages", n) for n in names]
+    return [ref("channels", channel, "messages", n) for n in names]
 
 
 def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
@@ -507,13 +158,13 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
     prefix = prefix or _default("prefix")
     t = _topology(prefix)
     schemas: dict[str, Any] = {}
-    op_messages = _op_messages(schemas)
+    op_messages = operation_messages(schemas)
     ops = list(op_messages)
     kinds = event_kinds()
-    event_messages = _event_messages(kinds)
-    schemas["OperationHeaders"] = _op_headers()
-    schemas["OperationProperties"] = _OP_PROPERTIES
-    schemas["CloudEvent"] = _envelope()
+    event_messages = event_kind_messages(kinds)
+    schemas["OperationHeaders"] = op_headers()
+    schemas["OperationProperties"] = OP_PROPERTIES
+    schemas["CloudEvent"] = envelope()
 
     channels: dict[str, Any] = {
         "operations": {
@@ -569,7 +220,7 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
             phases.append(words[1])
         else:
             key = "{host}." + ".".join(words)
-        by_channel.setdefault(key, []).append(_event_message_name(words))
+        by_channel.setdefault(key, []).append(event_message_name(words))
     event_channels = {}
     for address, names in by_channel.items():
         cid = _channel_id(address)
@@ -614,11 +265,11 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
             "title": "Run an operation",
             "summary": "The worker consumes its host queue (manual acks) and answers each"
             " request with events: one `before`, then exactly one terminal `after` or `fail`.",
-            "channel": _ref("channels", "hostQueue"),
+            "channel": ref("channels", "hostQueue"),
             "messages": _op_refs("hostQueue", ops),
             "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
             "reply": {
-                "channel": _ref("channels", "operationEvents"),
+                "channel": ref("channels", "operationEvents"),
                 "messages": _op_refs(
                     "operationEvents",
                     [n for n in by_channel["{host}.{op}.{phase}"] if not n.endswith("_progress")],
@@ -628,7 +279,7 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
         "sendDeadLetter": {
             "action": "send",
             "title": "Dead-letter a failed message",
-            "channel": _ref("channels", "deadLetters"),
+            "channel": ref("channels", "deadLetters"),
             "messages": _op_refs("deadLetters", ["dead_letter"]),
         },
         "sendPeerOperation": {
@@ -636,14 +287,14 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
             "title": "Ask another host's worker (migration)",
             "summary": "The source of a migrate_vm publishes prepare_incoming and"
             " finish_incoming to the destination's queue (docs/protocol.md, Migration).",
-            "channel": _ref("channels", "operations"),
-            "messages": _op_refs("operations", list(_PEER_OPS)),
+            "channel": ref("channels", "operations"),
+            "messages": _op_refs("operations", list(PEER_OPS)),
             "bindings": {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}},
         },
         "receivePeerAnswer": {
             "action": "receive",
             "title": "Read another host's answer (migration)",
-            "channel": _ref("channels", "peerAnswers"),
+            "channel": ref("channels", "peerAnswers"),
             "messages": _op_refs("peerAnswers", ["event_operation_after", "event_operation_fail"]),
         },
     }
@@ -651,7 +302,7 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
         operations["send" + cid[0].upper() + cid[1:]] = {
             "action": "send",
             "title": f"Publish {address}",
-            "channel": _ref("channels", cid),
+            "channel": ref("channels", cid),
             "messages": _op_refs(cid, by_channel[address]),
             "bindings": {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}},
         }
@@ -676,7 +327,7 @@ def asyncapi_document(prefix: str | None = None) -> dict[str, Any]:
         "operations": operations,
         "components": {
             "schemas": dict(sorted(schemas.items())),
-            "messages": {**op_messages, **event_messages, **_dead_letter_messages()},
+            "messages": {**op_messages, **event_messages, **dead_letter_messages()},
             "correlationIds": {
                 "request": {
                     "description": "The AMQP property `message_id` (a basic property, not a"
@@ -715,7 +366,7 @@ def _server(protocol: str, port: int, title: str, *security: str) -> dict[str, A
             "broker": {"default": "localhost", "description": "the broker's host"},
             "port": {"default": str(port)},
         },
-        "security": [_ref("components", "securitySchemes", s) for s in security],
+        "security": [ref("components", "securitySchemes", s) for s in security],
     }
 
 

@@ -21,7 +21,7 @@ from referencing.jsonschema import DRAFT7
 from tests.schemagen import Generator, ecma, validator
 from tests.unit.test_contract_events import TERMINAL, VM, _op
 from tests.unit.test_contract_schema import _ODD, _paths, _set
-from worker import asyncapi, events
+from worker import asyncapi_schema, events
 from worker.asyncapi import SchemaConversionError, asyncapi_document, to_draft07, to_yaml
 from worker.cli import main
 from worker.eventschema import event_schema
@@ -122,7 +122,8 @@ def test_queues_carry_the_topology_s_arguments() -> None:
 def test_every_event_kind_of_the_events_schema_is_a_message() -> None:
     msgs = DOC["components"]["messages"]
     kinds = {n for n in msgs if n.startswith("event_")}
-    assert kinds == {asyncapi._event_message_name(k["words"]) for k in asyncapi.event_kinds()}
+    names = {asyncapi_schema.event_message_name(k["words"]) for k in asyncapi_schema.event_kinds()}
+    assert kinds == names
     assert kinds >= {
         "event_operation_before",
         "event_operation_after",
@@ -148,7 +149,7 @@ def test_a_new_event_kind_appears_without_touching_the_generator(monkeypatch) ->
         )
         return schema
 
-    monkeypatch.setattr(asyncapi, "event_schema", more)
+    monkeypatch.setattr(asyncapi_schema, "event_schema", more)
     doc = asyncapi_document()
     assert doc["channels"]["hostInventoryEvents"]["address"] == "{host}.host.inventory"
     assert "event_host_inventory" in doc["components"]["messages"]
@@ -161,7 +162,7 @@ def test_what_cannot_be_said_in_draft_07_or_as_a_routing_key_fails_loudly() -> N
     with pytest.raises(SchemaConversionError, match="two different"):
         to_draft07({"$defs": {"Spec": {"type": "integer"}}}, {"Spec": {"type": "string"}})
     with pytest.raises(SchemaConversionError, match="routing-key word"):
-        asyncapi._templates(r"^vmworker\.host\.[0-9]+$")
+        asyncapi_schema._templates(r"^vmworker\.host\.[0-9]+$")
     # a field named like a keyword is a field, not a keyword
     assert to_draft07({"properties": {"prefixItems": {"$ref": "#/$defs/A"}}}, {}) == {
         "properties": {"prefixItems": {"$ref": "#/components/schemas/A"}}

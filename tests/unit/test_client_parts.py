@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from vmworker.client import Event, OperationFailed, _topic_re, dump_message, trace_headers
+from vmworker.client import Event, OperationFailed, dump_message, trace_headers
+from vmworker.handles import topic_re
 from worker.messages import OP_MODELS, parse_operation
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -65,7 +66,7 @@ def test_a_typed_message_keeps_its_secret_and_parses_back():
     ],
 )
 def test_binding_keys_match_as_the_broker_routes(key: str, routing_key: str, match: bool):
-    assert bool(_topic_re(key).fullmatch(routing_key)) is match
+    assert bool(topic_re(key).fullmatch(routing_key)) is match
 
 
 def test_a_fail_event_as_an_exception():
