@@ -134,7 +134,7 @@ def ingest_once(tmp: Path, kind: str, p: dict[str, Any]) -> dict[str, Any]:
                 ],
                 tmp / f"ingest-{prefix}.log",
                 env,
-                "fleet ingest: following",
+                "fleet.ingest_following",
             ).start()
             t0, cpu0 = time.monotonic(), cpu_seconds(proc.pid)
             while _stored(engine, fleet) < backlog:
