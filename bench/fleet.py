@@ -13,6 +13,9 @@ Two measurements, on SQLite and on PostgreSQL:
   the broker) with H hosts, V VMs and E events (E/2 requests); a separate process then times
   a request's history (`get_request`), a VM's, the fleet summary, the first pages of the lists,
   and reports its memory.
+
+The generator is in bench/fleet_gen.py, the big store and its query timings in
+bench/fleet_big.py; this module runs the measurements and reports them.
 """
 
 from __future__ import annotations
@@ -27,27 +30,22 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from kombu import Connection, Producer
+from kombu import Connection
 
 from bench.common import BROKER, REPO, Process, delete_topology, say, summary, unique
+from bench.fleet_big import build_big_store, query_times
+from bench.fleet_gen import HEARTBEAT_S, Fleet, Publisher, paced
 from bench.meter import cpu_seconds, rss_kib
-from worker.fleet import queries as q
 from worker.fleet import store as st
-from worker.fleet.fold import _error_text
-from worker.topology import Topology
 
 PG_ADMIN = os.environ.get(
     "VMWORKER_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-HEARTBEAT_S = 30.0
-FAIL_EVERY = 20
-OPS = ("start_vm", "stop_vm", "pause_vm", "resume_vm", "set_memory", "attach_disk")
 
 
 # hosts, ops/s, seconds of live load, backlog, and the big store's hosts, VMs, events
@@ -58,215 +56,6 @@ _KEYS = ("hosts", "ops_s", "live_s", "backlog", "big_hosts", "big_vms", "big_eve
 
 def params(smoke: bool) -> dict[str, Any]:
     return dict(zip(_KEYS, _SMOKE if smoke else _FULL, strict=True))
-
-
-def iso(t: float) -> str:
-    return q.iso(t) or ""
-
-
-# -- the generator ----------------------------------------------------------------------------
-class Fleet:
-    """N simulated hosts, with VMs, publishing what real ones would."""
-
-    def __init__(self, prefix: str, hosts: int, vms_per_host: int = 10) -> None:
-        self.prefix = prefix
-        self.hosts = [f"bhost{i:05d}" for i in range(hosts)]
-        self.vms = {h: [str(uuid.uuid4()) for _ in range(vms_per_host)] for h in self.hosts}
-        self.topo = Topology(prefix, "x")
-        self.events = 0  # published to each stream
-        self.ops = 0
-        self.n_ops = 0
-
-    def heartbeat(self, host: str) -> dict[str, Any]:
-        now = time.time()
-        return {
-            "specversion": "1.0",
-            "id": str(uuid.uuid4()),
-            "source": f"vmworker://{host}",
-            "type": "vmworker.host.heartbeat",
-            "time": iso(now),
-            "datacontenttype": "application/json",
-            "data": {
-                "host": host,
-                "worker": {
-                    "version": "0.1.0",
-                    "pid": 100,
-                    "started_at": iso(now - 600),
-                    "uptime_s": 600.0,
-                },
-                "interval_s": HEARTBEAT_S,
-                "inventory_digest": "sha256:0f1e2d",
-                "vms": {"total": len(self.vms[host]), "by_state": {"running": len(self.vms[host])}},
-                "memory": {"total_mib": 262144, "free_mib": 131072},
-                "queue_depth": 0,
-                "outbox": 0,
-                "operations_in_flight": 0,
-            },
-        }
-
-    def operation(self, host: str) -> list[tuple[str, str, dict[str, Any]]]:
-        """(exchange kind, routing key, body) of one operation: its message and events."""
-        self.n_ops += 1
-        vm = random.choice(self.vms[host])
-        op = random.choice(OPS)
-        rid = str(uuid.uuid4())
-        now = time.time()
-        fail = self.n_ops % FAIL_EVERY == 0
-        phase = "fail" if fail else "after"
-        msg: dict[str, Any] = {"version": 1, "op": op, "vm": {"uuid": vm, "name": f"vm-{vm[:8]}"}}
-        base: dict[str, Any] = {
-            "specversion": "1.0",
-            "source": f"vmworker://{host}",
-            "datacontenttype": "application/json",
-            "subject": vm,
-            "requestid": rid,
-        }
-        common: dict[str, Any] = {
-            "op": op,
-            "host": host,
-            "vm": {"uuid": vm, "name": f"vm-{vm[:8]}"},
-            "request_id": rid,
-            "correlation_id": None,
-            "redelivered": False,
-        }
-        hook = {
-            "name": "50_vm_channels",
-            "kind": "script",
-            "point": f"before_{op.removesuffix('_vm')}",
-            "rc": 1 if fail else 0,
-            "unexpected_rc": False,
-            "duration_ms": 3.1,
-            "sha256": "ab" * 32,
-            "changed_xml": True,
-            "stderr_tail": "storage gateway refused: pool locked" if fail else "",
-            "stdout_tail": "channel org.qemu.guest_agent.0 added",
-            "refused": None,
-            "timed_out": False,
-            "discarded": None,
-        }
-        end: dict[str, Any] = {
-            **common,
-            "phase": phase,
-            "recovered": False,
-            "attempt": 1,
-            "duration_ms": 41.0,
-            "state": "running",
-            "noop": False,
-            "hooks": [hook],
-        }
-        if fail:
-            end["error"] = {
-                "code": "hook_failed",
-                "source": "hook",
-                "message": "50_vm_channels failed (rc=1)",
-                "libvirt_code": None,
-                "hook": "50_vm_channels",
-                "stderr": "storage gateway refused: pool locked",
-            }
-        out: list[tuple[str, str, dict[str, Any]]] = [
-            ("ops", host, msg | {"_rid": rid}),
-            (
-                "events",
-                f"{host}.{op}.before",
-                base
-                | {
-                    "id": str(uuid.uuid4()),
-                    "type": f"vmworker.{op}.before",
-                    "time": iso(now),
-                    "data": common | {"phase": "before", "recovered": False},
-                },
-            ),
-            (
-                "events",
-                f"{host}.{op}.{phase}",
-                base
-                | {
-                    "id": str(uuid.uuid4()),
-                    "type": f"vmworker.{op}.{phase}",
-                    "time": iso(now + 0.04),
-                    "data": end,
-                },
-            ),
-        ]
-        if self.n_ops % 10 == 0:
-            out.append(
-                (
-                    "events",
-                    f"{host}.state.resumed",
-                    base
-                    | {
-                        "id": str(uuid.uuid4()),
-                        "type": "vmworker.state.resumed",
-                        "time": iso(now + 0.05),
-                        "data": {
-                            "host": host,
-                            "vm": common["vm"],
-                            "state": "resumed",
-                            "reason": "unpaused",
-                            "domain_state": "running",
-                        },
-                    },
-                )
-            )
-        return out
-
-
-class Publisher:
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-        self.conn = Connection(BROKER)
-        ch = self.conn.channel()
-        self.producers = {
-            "events": Producer(ch, exchange=fleet.topo.events),
-            "ops": Producer(ch, exchange=fleet.topo.ops),
-        }
-
-    def send(self, kind: str, key: str, body: dict[str, Any]) -> None:
-        if kind == "ops":
-            rid = body.pop("_rid")
-            self.producers["ops"].publish(
-                json.dumps(body),
-                routing_key=key,
-                message_id=rid,
-                content_type="application/json",
-                timestamp=int(time.time()),
-            )
-            self.fleet.ops += 1
-        else:
-            self.producers["events"].publish(
-                json.dumps(body), routing_key=key, content_type="application/cloudevents+json"
-            )
-            self.fleet.events += 1
-
-    def heartbeat(self, host: str) -> None:
-        self.send("events", f"{host}.host.heartbeat", self.fleet.heartbeat(host))
-
-    def operation(self) -> None:
-        for kind, key, body in self.fleet.operation(random.choice(self.fleet.hosts)):
-            self.send(kind, key, body)
-
-    def close(self) -> None:
-        self.conn.release()
-
-
-def paced(pub: Publisher, seconds: float, ops_s: float, stop: threading.Event) -> None:
-    """Publish for `seconds`: every host's heartbeat once per HEARTBEAT_S, spread evenly, and
-    `ops_s` operations per second."""
-    hosts = pub.fleet.hosts
-    hb_s = len(hosts) / HEARTBEAT_S
-    t0 = time.monotonic()
-    hb_done = ops_done = 0
-    while not stop.is_set():
-        el = time.monotonic() - t0
-        if el >= seconds:
-            break
-        while hb_done < int(el * hb_s):
-            pub.heartbeat(hosts[hb_done % len(hosts)])
-            hb_done += 1
-        while ops_done < int(el * ops_s):
-            pub.operation()
-            ops_done += 1
-        time.sleep(0.01)
 
 
 # -- the ingest, measured -----------------------------------------------------------------------
@@ -345,7 +134,7 @@ def ingest_once(tmp: Path, kind: str, p: dict[str, Any]) -> dict[str, Any]:
                 ],
                 tmp / f"ingest-{prefix}.log",
                 env,
-                "fleet ingest: following",
+                "fleet.ingest_following",
             ).start()
             t0, cpu0 = time.monotonic(), cpu_seconds(proc.pid)
             while _stored(engine, fleet) < backlog:
@@ -404,244 +193,6 @@ def ingest_once(tmp: Path, kind: str, p: dict[str, Any]) -> dict[str, Any]:
         if proc is not None:
             proc.stop()
         delete_topology(prefix, [])
-    return out
-
-
-# -- the big store --------------------------------------------------------------------------------
-def build_big_store(
-    url: str,
-    *,
-    hosts: int = 1000,
-    vms: int = 50_000,
-    events: int = 5_000_000,
-    now: float | None = None,
-    seed: int = 7,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Load a store at `url` directly (the bulk path, no broker) with `hosts` hosts (all up),
-    `vms` VMs spread over them and `events` operation events (`events // 2` requests, each a
-    `before` and an `after` or, one in FAIL_EVERY, a `fail` with a hook's stderr), over the
-    last 7 days, the last hour at the busiest. Returns samples to query: request ids, VM
-    uuids, host names, `now`."""
-    rnd = random.Random(seed)
-    now = time.time() if now is None else now
-    engine = st.open_store(url)
-    host_names = [f"host{i:05d}" for i in range(hosts)]
-    vm_ids = [str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(vms)]
-    vm_host = {v: host_names[i % hosts] for i, v in enumerate(vm_ids)}
-    n_req = events // 2
-    span = 7 * 86400.0
-    samples: dict[str, Any] = {
-        "request_ids": [],
-        "vms": vm_ids[:: max(1, vms // 50)][:50],
-        "hosts": host_names[:: max(1, hosts // 20)][:20],
-        "now": now,
-    }
-    with engine.begin() as c:
-        st.bulk_insert(
-            c,
-            st.hosts,
-            (
-                {
-                    "host": h,
-                    "status": "online",
-                    "first_seen": now - span,
-                    "last_seen": now - 5,
-                    "interval_s": HEARTBEAT_S,
-                    "version": "0.1.0",
-                    "pid": 100,
-                    "hb_seq": 1,
-                    "libvirt": {"uri": "qemu:///system", "version": "9.0.0"},
-                    "vms_total": vms // hosts,
-                    "vms_by_state": {"running": vms // hosts},
-                    "queue_depth": 0,
-                    "outbox": 0,
-                    "in_flight": 0,
-                }
-                for h in host_names
-            ),
-        )
-        st.bulk_insert(
-            c,
-            st.vms,
-            (
-                {
-                    "uuid": v,
-                    "name": f"vm-{v[:8]}",
-                    "host": vm_host[v],
-                    "state": "running",
-                    "state_at": now - 60,
-                    "changed_at": now - 3600,
-                    "op_at": now - 60,
-                    "updated_at": now - 60,
-                    "result": "ok",
-                    "last_op": "start_vm",
-                }
-                for v in vm_ids
-            ),
-        )
-    pick = max(1, n_req // 200)
-    minutes: dict[tuple[str, int], list[int]] = {}
-    chunk = 20_000
-    done = 0
-    t0 = time.monotonic()
-    while done < n_req:
-        reqs, evs = [], []
-        for i in range(done, min(n_req, done + chunk)):
-            # a tenth of the requests in the last hour, the rest over the week
-            at = now - (rnd.random() * 3600 if i % 10 == 0 else rnd.random() * span)
-            vm = vm_ids[rnd.randrange(vms)]
-            host = vm_host[vm]
-            op = OPS[i % len(OPS)]
-            rid = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
-            fail = i % FAIL_EVERY == 0
-            phase = "fail" if fail else "after"
-            if i % pick == 0:
-                samples["request_ids"].append(rid)
-            err = (
-                {
-                    "code": "hook_failed",
-                    "source": "hook",
-                    "message": "50_gate failed (rc=2)",
-                    "hook": "50_gate",
-                    "stderr": f"pool {i % 97} locked",
-                }
-                if fail
-                else {}
-            )
-            hook = {
-                "name": "50_gate",
-                "rc": 2 if fail else 0,
-                "stderr_tail": err.get("stderr", ""),
-                "stdout_tail": "ok",
-            }
-            text = "\n".join(x for x in (_error_text(err), err.get("stderr"), "ok") if x)
-            reqs.append(
-                {
-                    "request_id": rid,
-                    "at": at,
-                    "host": host,
-                    "vm_uuid": vm,
-                    "vm_name": f"vm-{vm[:8]}",
-                    "op": op,
-                    "phase": phase,
-                    "result": "failed" if fail else "ok",
-                    "attempt": 1,
-                    "duration_ms": 40.0,
-                    "state": "running",
-                    "error_code": err.get("code"),
-                    "error_source": err.get("source"),
-                    "error_message": err.get("message"),
-                    "hook": "50_gate" if fail else None,
-                    "duplicates": 0,
-                    "published_at": at,
-                    "started_at": at,
-                    "finished_at": at + 0.04,
-                    "updated_at": at + 0.04,
-                    "text": text,
-                }
-            )
-            for ph, t in (("before", at), (phase, at + 0.04)):
-                data: dict[str, Any] = {
-                    "op": op,
-                    "phase": ph,
-                    "host": host,
-                    "vm": {"uuid": vm, "name": f"vm-{vm[:8]}"},
-                    "request_id": rid,
-                }
-                if ph != "before":
-                    data |= {"attempt": 1, "duration_ms": 40.0, "state": "running", "hooks": [hook]}
-                    if fail:
-                        data["error"] = err
-                evs.append(
-                    {
-                        "at": t,
-                        "type": f"vmworker.{op}.{ph}",
-                        "kind": "op",
-                        "host": host,
-                        "vm_uuid": vm,
-                        "request_id": rid,
-                        "op": op,
-                        "phase": ph,
-                        "error_code": err.get("code") if ph == phase else None,
-                        "duplicate": False,
-                        "text": text if ph != "before" else None,
-                        "event_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
-                        "body": {
-                            "specversion": "1.0",
-                            "type": f"vmworker.{op}.{ph}",
-                            "source": f"vmworker://{host}",
-                            "time": iso(t),
-                            "subject": vm,
-                            "requestid": rid,
-                            "data": data,
-                        },
-                    }
-                )
-            for key in (host, st.FLEET):
-                m = minutes.setdefault((key, int((at + 0.04) // 60)), [0, 0])
-                m[0] += 1
-                m[1] += fail
-        with engine.begin() as c:
-            st.bulk_insert(c, st.requests, reqs)
-            st.bulk_insert(c, st.events, evs)
-        done += len(reqs)
-        if progress:
-            say(f"big store: {done * 2:,} events ({time.monotonic() - t0:.0f} s)")
-    with engine.begin() as c:
-        st.bulk_insert(
-            c,
-            st.op_minutes,
-            (
-                {"host": h, "minute": k, "ops": v[0], "failed": v[1]}
-                for (h, k), v in minutes.items()
-            ),
-        )
-        c.exec_driver_sql("ANALYZE")  # the planner's statistics, as after a day of use
-    engine.dispose()
-    samples["load_s"] = time.monotonic() - t0
-    return samples
-
-
-def _timed(fn: Any, reps: list[Any]) -> dict[str, Any]:
-    times = []
-    for arg in reps:
-        t = time.perf_counter()
-        fn(arg)
-        times.append((time.perf_counter() - t) * 1e3)
-    return summary(times)
-
-
-def query_times(url: str, samples: dict[str, Any]) -> dict[str, Any]:
-    """Each query timed on the store at `url` (warm: each run twice, the second kept)."""
-    engine = st.open_store(url, create=False)
-    now = samples["now"]
-    out: dict[str, Any] = {}
-    with engine.connect() as c:
-        rids, vms, hosts = samples["request_ids"][:100], samples["vms"], samples["hosts"]
-        cases: dict[str, tuple[Any, list[Any]]] = {
-            "request_history_ms": (lambda r: q.get_request(c, r), rids),
-            "vm_history_ms": (lambda v: q.get_vm(c, v, limit=200), vms[:20]),
-            "fleet_summary_ms": (lambda _: q.fleet_summary(c, now), [0] * 5),
-            "hosts_page_ms": (lambda _: q.list_hosts(c, now=now, limit=50), [0] * 5),
-            "host_page_ms": (lambda h: q.get_host(c, h, now=now), hosts[:10]),
-            "vms_page_ms": (lambda _: q.list_vms(c, now=now, limit=50), [0] * 5),
-            "requests_page_ms": (lambda _: q.list_requests(c, limit=50), [0] * 5),
-            "requests_host_page_ms": (lambda h: q.list_requests(c, host=h, limit=50), hosts[:10]),
-            "failures_page_ms": (lambda _: q.failures(c, since=now - 3600, limit=50), [0] * 5),
-            "events_page_ms": (lambda _: q.list_events(c, limit=50), [0] * 5),
-            "text_search_ms": (
-                lambda _: q.list_requests(c, text="pool 13 locked", limit=50),
-                [0] * 2,
-            ),
-        }
-        for name, (fn, args) in cases.items():
-            _timed(fn, args[:2])  # warm
-            out[name] = _timed(fn, args)
-    engine.dispose()
-    mem = rss_kib(os.getpid())
-    out["query_rss_mib"] = mem.get("VmRSS", 0) / 1024
-    out["query_rss_peak_mib"] = mem.get("VmHWM", 0) / 1024
     return out
 
 
