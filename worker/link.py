@@ -114,6 +114,17 @@ class Link:
             transport_options={**options, **self.transport_options},
         )
 
+    def side_connection(self) -> Connection:
+        """A new (lazy) connection for another thread's own use (the heartbeat's queue depth):
+        py-amqp's own frame reading and writing. Never `connection()` for that: its frames
+        would go through this link's `FrameIO`, which serves one connection at a time (the
+        link's)."""
+        return connect(
+            self.settings,
+            heartbeat=self.settings.amqp_heartbeat,
+            transport_options=dict(self.transport_options),
+        )
+
     # -- connecting and reconnecting -------------------------------------------------------
     def run(
         self, serve: Callable[[], None], *, done: Callable[[], bool], idle: Callable[[], None]

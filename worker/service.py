@@ -246,7 +246,7 @@ class Service:
             sink=self.journal.enqueue,
             libvirt_conn=self.lv,
             hooks=self.hooks,
-            queue_depth=QueueDepth(self.link.connection, self.topology.host_queue.name),
+            queue_depth=QueueDepth(self.link.side_connection, self.topology.host_queue.name),
             outbox_size=self.journal.outbox_size,
             in_flight=lambda: len(self.scheduler),
             on_beat=self.metrics.heartbeats.inc,
