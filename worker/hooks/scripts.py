@@ -136,15 +136,16 @@ def discover(root: Path, point: str) -> list[Script]:
 
 # root -> (its stat key, the names it held): what `_absent` answers from without listing
 _ROOT_LISTINGS: dict[str, tuple[tuple[int, int, int, int, int], frozenset[str]]] = {}
-_SETTLED_NS = 2_000_000_000  # a listing is kept once the root's times are this much older
+_SETTLED_NS = 2_000_000_000  # a listing is kept once the root's mtime is this much older
 
 
 def _absent(root: Path, point: str) -> bool:
     """Whether `<root>/<point>` is certainly not there, told by one `stat` of a readable root
     whose entries were listed before and whose times have not moved since (an entry made or
-    removed in it changes its mtime). A listing is kept only when the root's times were already
-    older than `_SETTLED_NS` when it was made, so that a change within the file system's clock
-    tick cannot hide behind an unchanged time. False when unsure: the caller then looks."""
+    removed in it changes its mtime; its mode or owner, its ctime). A listing is kept only when
+    the root's mtime was already `_SETTLED_NS` old when it was made, so that a change within
+    the file system's clock tick cannot hide behind an unchanged time. False when unsure: the
+    caller then looks."""
     r = os.fspath(root)
     try:
         st = os.stat(r)
@@ -155,7 +156,7 @@ def _absent(root: Path, point: str) -> bool:
     if hit is not None and hit[0] == key:
         return point not in hit[1]
     now = time.time_ns()
-    if now - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS or not stat.S_ISDIR(st.st_mode):
+    if now - st.st_mtime_ns < _SETTLED_NS or not stat.S_ISDIR(st.st_mode):
         return False
     if not os.access(r, os.R_OK | os.X_OK):
         return False
