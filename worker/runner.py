@@ -151,7 +151,7 @@ class Runner:
         change the launch-flags file); a missing hook directory is told by one `stat`."""
         bases = [handler.point] + ([handler.devices] if handler.devices else [])
         points = [f"{w}_{b}{tail}" for b in bases for w, tail in _FLAG_CHAINS]
-        return any(self.hooks.has_hooks(p) for p in points if p in POINTS)
+        return self.hooks.may_have_hooks(p for p in points if p in POINTS)
 
     def _devices(
         self,

@@ -43,3 +43,11 @@ def test_a_removed_root_is_still_reported(tmp_path: Path) -> None:
     root.rmdir()
     found = scripts.discover(root, "before_vm_start")
     assert [s.refused for s in found] == [f"hooks root {root} does not exist"]
+
+
+def test_none_of_several_points_told_by_one_listing(tmp_path: Path) -> None:
+    root = tmp_path / "hooks"
+    (root / "after_vm_start").mkdir(parents=True)
+    _settle(root)
+    assert scripts.all_absent(root, ["before_vm_start", "before_device_create"])
+    assert not scripts.all_absent(root, ["before_vm_start", "after_vm_start"])

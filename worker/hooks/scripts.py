@@ -14,6 +14,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +141,11 @@ _SETTLED_NS = 2_000_000_000  # a listing is kept once the root's mtime is this m
 
 
 def _absent(root: Path, point: str) -> bool:
-    """Whether `<root>/<point>` is certainly not there, told by one `stat` of a readable root
+    return all_absent(root, (point,))
+
+
+def all_absent(root: Path, points: Iterable[str]) -> bool:
+    """Whether every `<root>/<point>` is certainly not there, told by one `stat` of a readable root
     whose entries were listed before and whose times have not moved since (an entry made or
     removed in it changes its mtime; its mode or owner, its ctime). A listing is kept only when
     the root's mtime was already `_SETTLED_NS` old when it was made, so that a change within
@@ -154,7 +159,7 @@ def _absent(root: Path, point: str) -> bool:
     key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
     hit = _ROOT_LISTINGS.get(r)
     if hit is not None and hit[0] == key:
-        return point not in hit[1]
+        return hit[1].isdisjoint(points)
     now = time.time_ns()
     if now - st.st_mtime_ns < _SETTLED_NS or not stat.S_ISDIR(st.st_mode):
         return False
@@ -165,7 +170,7 @@ def _absent(root: Path, point: str) -> bool:
     except OSError:
         return False
     _ROOT_LISTINGS[r] = (key, names)
-    return point not in names
+    return names.isdisjoint(points)
 
 
 def has_entries(root: Path, point: str) -> bool:
