@@ -146,6 +146,13 @@ class Runner:
             point, payload, vm_id=str(op.vm.uuid), custom=custom, error=error, context=context
         )
 
+    def _flags_readable(self, handler: Operation[Any]) -> bool:
+        """Whether a chain `handler`'s operation runs may hold a hook (which could read or
+        change the launch-flags file); a missing hook directory is told by one `stat`."""
+        bases = [handler.point] + ([handler.devices] if handler.devices else [])
+        points = [f"{w}_{b}{tail}" for b in bases for w, tail in _FLAG_CHAINS]
+        return self.hooks.may_have_hooks(p for p in points if p in POINTS)
+
     def _devices(
         self,
         point: str,
@@ -302,7 +309,11 @@ class Runner:
             payload = handler.prepare(ctx)
             runs = handler.chains
             if flags_dir is not None and handler.launch_flags:  # as VDSM: before every chain
-                launchflags.dump(flags_dir, vm_id, handler.launch_flags(ctx))
+                if self._flags_readable(handler):
+                    launchflags.dump(flags_dir, vm_id, handler.launch_flags(ctx))
+                else:  # no hook of this op could read or change the file: what it would hold
+                    ctx.launch_flags = handler.launch_flags(ctx)
+                    flags_dir = None
             if handler.devices and "before" in runs:  # as VDSM: the devices' chains first
                 devices = self._devices(f"before_{handler.devices}", payload, op, context)
                 hooks += devices.hooks
@@ -378,6 +389,10 @@ class Runner:
                 state = ctx.state()
         notes = dict(ctx.notes) if ctx is not None else {}
         return Outcome(False, state, _ms(t0), attempts, hooks, err, notes=notes)
+
+
+# (when, suffix) of each chain around an operation that could see its launch-flags file
+_FLAG_CHAINS = (("before", ""), ("after", ""), ("after", "_fail"))
 
 
 def _secrets(op: OpMessage) -> list[str]:

@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 
 from worker import events
-from worker.bounds import EVENT_MAX, FIELD_MAX, TEXT_MAX, cut
+from worker.bounds import EVENT_MAX, FIELD_MAX, TEXT_MAX, bound, cut
 from worker.history import format_entry
 from worker.messages import peek
 from worker.monitor import FleetView, render
@@ -122,3 +122,8 @@ def test_the_monitor_and_history_cut_long_cells():
     assert len(console.export_text().splitlines()) < 80
     entry = {"kind": "event", "time": "t", "what": "start_vm.fail", "request_id": huge, "event": ev}
     assert sum(len(line) for line in format_entry(entry)) < 2000
+
+
+def test_a_small_event_is_returned_as_it_is() -> None:
+    ev = {"specversion": "1.0", "id": "x", "data": {"name": "é" * 100, "n": 1, "l": [1, None]}}
+    assert bound(ev) is ev

@@ -3,6 +3,7 @@ judged by them (libvirt's in-process test driver; no daemon)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -86,3 +87,26 @@ def test_a_recovered_start_its_hooks_asked_to_be_paused_is_done_once_paused(
     again = runner.run(op, request_id="r1", context={"attempt": 2})
     assert (again.ok, again.noop, again.state) == (True, True, "paused"), again.error
     assert not launchflags.path(state / "hooks", paused_domain).exists()  # removed after the run
+
+
+def test_a_start_no_hook_can_see_writes_no_file_and_starts_as_asked(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    settings = Settings(host="h", libvirt_uri="test:///default", state_dir=state)
+    (tmp_path / "hooks").mkdir(mode=0o755)
+    engine = HookEngine(tmp_path / "hooks", state_dir=state / "hooks")
+    runner = Runner(settings, LibvirtConnection("test:///default"), engine)
+    vm = str(uuid.uuid4())
+    spec = {"uuid": vm, "name": f"lf-{vm[:8]}", "memory_mib": 64, "vcpus": 1}
+    body = {"version": 1, "op": "start_vm", "vm": spec, "params": {"paused": True}}
+    op = parse_operation(json.dumps(body).encode(), max_bytes=4096)
+    out = runner.run(op, request_id="r1", context={"attempt": 1})
+    try:
+        assert (out.ok, out.state) == (True, "paused"), out.error  # params.paused still applies
+        assert not (state / "hooks" / vm).exists()  # no file, not even its directory
+    finally:
+        conn = libvirt.open("test:///default")
+        dom = conn.lookupByUUIDString(vm)
+        dom.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.undefine()
+        conn.close()

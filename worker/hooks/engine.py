@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,7 +38,7 @@ from worker.hooks.points import POINTS, HookPoint, get_point
 from worker.hooks.prewarm import ForkServerRunner
 from worker.hooks.results import ChainResult, Kind, ScriptResult
 from worker.hooks.runner import Completed, ProcessRunner, Runner
-from worker.hooks.scripts import Script, check_root, discover, has_entries
+from worker.hooks.scripts import Script, all_absent, check_root, discover, has_entries
 from worker.logs import tail as log_tail
 
 HOOKLIB = Path(__file__).resolve().parent.parent / "hooklib"
@@ -133,6 +133,15 @@ class HookEngine:
         parsed or started (what a caller checks before building a payload nobody reads)."""
         get_point(point)
         return bool(self._inproc_steps().get(point)) or has_entries(self.root, point)
+
+    def may_have_hooks(self, points: Iterable[str]) -> bool:
+        """Whether any of `points`' chains may have a step (`has_hooks` of each; one `stat`
+        of the root when none of their directories is there)."""
+        points = list(points)
+        steps = self._inproc_steps()
+        if any(steps.get(p) for p in points):
+            return True
+        return not all_absent(self.root, points) and any(has_entries(self.root, p) for p in points)
 
     def _inproc_steps(self) -> dict[str, list[_Step]]:
         """point -> the steps of its in-process hooks (made once, as the hooks are found)."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,8 @@ def _is_executable_file(path: Path) -> os.stat_result | None:
 
 def discover(root: Path, point: str) -> list[Script]:
     """The scripts of `<root>/<point>/` in run order, each with why it is refused (or None)."""
+    if _absent(root, point):
+        return []
     try:  # (os.path: each chain of each operation lists its directory; pathlib is slower)
         names = sorted(n for n in os.listdir(os.path.join(root, point)) if not n.startswith("."))
     except (FileNotFoundError, NotADirectoryError) as exc:
@@ -131,9 +135,49 @@ def discover(root: Path, point: str) -> list[Script]:
     return found
 
 
+# root -> (its stat key, the names it held): what `_absent` answers from without listing
+_ROOT_LISTINGS: dict[str, tuple[tuple[int, int, int, int, int], frozenset[str]]] = {}
+_SETTLED_NS = 2_000_000_000  # a listing is kept once the root's mtime is this much older
+
+
+def _absent(root: Path, point: str) -> bool:
+    return all_absent(root, (point,))
+
+
+def all_absent(root: Path, points: Iterable[str]) -> bool:
+    """Whether every `<root>/<point>` is certainly not there, told by one `stat` of a readable root
+    whose entries were listed before and whose times have not moved since (an entry made or
+    removed in it changes its mtime; its mode or owner, its ctime). A listing is kept only when
+    the root's mtime was already `_SETTLED_NS` old when it was made, so that a change within
+    the file system's clock tick cannot hide behind an unchanged time. False when unsure: the
+    caller then looks."""
+    r = os.fspath(root)
+    try:
+        st = os.stat(r)
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+    hit = _ROOT_LISTINGS.get(r)
+    if hit is not None and hit[0] == key:
+        return hit[1].isdisjoint(points)
+    now = time.time_ns()
+    if now - st.st_mtime_ns < _SETTLED_NS or not stat.S_ISDIR(st.st_mode):
+        return False
+    if not os.access(r, os.R_OK | os.X_OK):
+        return False
+    try:
+        names = frozenset(os.listdir(r))
+    except OSError:
+        return False
+    _ROOT_LISTINGS[r] = (key, names)
+    return names.isdisjoint(points)
+
+
 def has_entries(root: Path, point: str) -> bool:
     """Whether `<root>/<point>/` may hold a script: it lists a name (dotfiles aside), or cannot
     be listed for another reason than not being there (the chain then reports why)."""
+    if _absent(root, point):
+        return False
     try:
         return any(not n.startswith(".") for n in os.listdir(os.path.join(root, point)))
     except (FileNotFoundError, NotADirectoryError) as exc:
