@@ -194,7 +194,29 @@ class Runner:
             return n
 
     def _attempts(self, policy_op: str, fn: Any, done: Any, span: Any) -> int:
+        """The first attempt is made here; tenacity is engaged only when it fails transiently
+        (most calls succeed at once, and a Retrying loop costs about as much as the libvirt
+        call). The failed first attempt is then tenacity's first: the same waits, logs, stop
+        rules and attempt numbers as if tenacity had made it."""
+        started = time.monotonic()
+        try:
+            try:
+                fn()
+                return 1
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc) from None
+        except OpError as exc:
+            if not exc.transient:
+                exc.details["attempts"] = 1
+                raise
+            first = exc
+        return self._retry(policy_op, fn, done, span, first, started)
+
+    def _retry(
+        self, policy_op: str, fn: Any, done: Any, span: Any, first: OpError, started: float
+    ) -> int:
         policy = self.settings.retry_policy(policy_op)
+        spent = time.monotonic() - started  # the first attempt counts against the deadline
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -219,7 +241,8 @@ class Runner:
 
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.deadline_s),
+            stop=stop_after_attempt(policy.attempts)
+            | stop_after_delay(max(policy.deadline_s - spent, 0.0)),
             wait=wait_exponential_jitter(
                 multiplier=policy.initial_s, max=policy.max_backoff_s, jitter=policy.initial_s
             ),
@@ -231,8 +254,10 @@ class Runner:
             for attempt in retrying:
                 with attempt:
                     n += 1
+                    if n == 1:
+                        raise first  # made by _attempts
                     try:
-                        if n > 1 and done is not None and done():
+                        if done is not None and done():
                             break  # the failed attempt had taken effect after all
                         fn()
                     except libvirt.libvirtError as exc:

@@ -81,11 +81,14 @@ def _runner(tmp_path, **retry: Any) -> Runner:  # type: ignore[no-untyped-def]
     return Runner(settings, LibvirtConnection("test:///default"), HookEngine(tmp_path))
 
 
-def _flaky(monkeypatch, errors: list[libvirt.libvirtError]) -> list[float]:  # type: ignore[no-untyped-def]
-    """Register op `flaky_vm`: its call raises `errors` one by one, then succeeds."""
+def _flaky(monkeypatch, errors: list[libvirt.libvirtError], each: Any = None) -> list[float]:  # type: ignore[no-untyped-def]
+    """Register op `flaky_vm`: its call raises `errors` one by one, then succeeds (`each`, if
+    given, is called first on every call)."""
     calls: list[float] = []
 
     def execute(_ctx: Any, _xml: str) -> None:
+        if each is not None:
+            each()
         calls.append(time.monotonic())
         if errors:
             raise errors.pop(0)
@@ -135,6 +138,22 @@ def test_retries_stop_at_the_policy_attempts(tmp_path, monkeypatch):
     out = _runner(tmp_path, attempts=3).run(_op(), request_id="r3")
     assert not out.ok and out.attempts == 3 and len(calls) == 3
     assert out.error is not None and out.error.code == "resource_busy"
+
+
+def test_the_first_attempts_time_counts_against_the_retry_deadline(tmp_path, monkeypatch):
+    """The first attempt is made before any retry machinery; a slow failed first attempt has
+    spent the deadline all the same (the clock jumps 31 s during it; the deadline is 30 s)."""
+    busy = libvirt.VIR_ERR_OPERATION_TIMEOUT, libvirt.VIR_FROM_QEMU
+    real, skew = time.monotonic, [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: real() + skew[0])
+    calls = _flaky(
+        monkeypatch,
+        [lv_error(*busy) for _ in range(3)],
+        each=lambda: skew.__setitem__(0, skew[0] + 31.0),
+    )
+    out = _runner(tmp_path).run(_op(), request_id="r4")
+    assert not out.ok and out.attempts == 1 and len(calls) == 1
+    assert out.error is not None and out.error.code == "operation_timeout"
 
 
 # -- the journal ---------------------------------------------------------------------------
