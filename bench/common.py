@@ -501,6 +501,31 @@ def say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+def skipping(smoke: bool, why: str | None, needs: str, what: str) -> bool:
+    """Whether `what` cannot run (`why` says why, None when it can): the full benchmark stops
+    there (it needs `needs`); a smoke run says what it skips and goes on."""
+    if not why:
+        return False
+    if not smoke:
+        raise SystemExit(f"the full benchmark needs {needs}: {why}")
+    say(f"SKIPPING {what}: {why}")
+    return True
+
+
+def remove_domain(conn: Any, uuid: str) -> None:
+    """Destroy and undefine a domain of libvirt connection `conn`, if it is there (untimed)."""
+    import libvirt
+
+    import handlers.connection  # noqa: F401  (libvirt prints no "domain not found" here)
+
+    with contextlib.suppress(libvirt.libvirtError):
+        dom = conn.lookupByUUIDString(uuid)
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.undefine()
+
+
 @dataclass
 class Measured:
     """What one throughput + latency measurement of a consumer gave."""

@@ -37,7 +37,16 @@ from typing import Any
 import sqlalchemy as sa
 from kombu import Connection
 
-from bench.common import BROKER, REPO, Process, delete_topology, say, summary, unique
+from bench.common import (
+    BROKER,
+    REPO,
+    Process,
+    delete_topology,
+    say,
+    skipping,
+    summary,
+    unique,
+)
 from bench.fleet_big import build_big_store, query_times
 from bench.fleet_gen import HEARTBEAT_S, Fleet, Publisher, paced
 from bench.meter import cpu_seconds, rss_kib
@@ -239,10 +248,7 @@ def section(
     why = postgres_available()
     out: dict[str, Any] = {}
     for kind in kinds:
-        if kind == "postgresql" and why:
-            if not smoke:
-                raise SystemExit(f"the full benchmark needs PostgreSQL: {why}")
-            say(f"SKIPPING fleet on PostgreSQL: {why}")
+        if kind == "postgresql" and skipping(smoke, why, "PostgreSQL", "fleet on PostgreSQL"):
             out[kind] = {"skipped": why}
             continue
         say(f"fleet ingest on {kind}: {p['hosts']} hosts, {p['ops_s']} ops/s")

@@ -32,7 +32,9 @@ from bench.common import (
     OpPublisher,
     delete_topology,
     hooks_root,
+    remove_domain,
     say,
+    skipping,
     summary,
     unique,
     worker_process,
@@ -106,18 +108,9 @@ def _start_direct(conn: Any, tag: str) -> str:
 
 
 def _remove_all(conns: list[Any], uuids: list[str]) -> None:
-    import libvirt
-
-    import handlers.connection  # noqa: F401  (libvirt prints no "domain not found" here)
-
     for conn in conns:
         for u in uuids:
-            with contextlib.suppress(libvirt.libvirtError):
-                dom = conn.lookupByUUIDString(u)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.destroy()
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.undefine()
+            remove_domain(conn, u)
 
 
 class Hosts:
@@ -289,10 +282,7 @@ DRAIN_PARALLEL = (1, 2, 4)  # the --parallel values a drain is measured with (sm
 
 def section(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
     why = available()
-    if why:
-        if not res["smoke"]:
-            raise SystemExit(f"the full benchmark needs two libvirt hosts: {why}")
-        say(f"SKIPPING migration: {why}")
+    if skipping(res["smoke"], why, "two libvirt hosts", "migration"):
         res["sections"]["migration"] = {"skipped": why}
         return
     parallels = (2,) if res["smoke"] else DRAIN_PARALLEL

@@ -37,7 +37,7 @@ from bench import (
     scale,
     vmworker_ops,
 )
-from bench.common import REPO, exit_on_sigterm, now_iso, say, summary
+from bench.common import REPO, exit_on_sigterm, now_iso, say, skipping, summary
 from bench.meter import loadavg
 
 DEFAULT_OUT = REPO / "bench" / "results"
@@ -80,10 +80,7 @@ SPLIT_PROCESSES = max(2, os.cpu_count() or 1)
 def core(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
     """Ceiling, Celery and vmworker, interleaved run by run; ratios within each run."""
     celery_skip = celery_baseline.available()
-    if celery_skip:
-        if not res["smoke"]:
-            raise SystemExit(f"the full benchmark needs Celery: {celery_skip}")
-        say(f"SKIPPING the Celery baseline: {celery_skip}")
+    if skipping(res["smoke"], celery_skip, "Celery", "the Celery baseline"):
         res["sections"]["celery"] = {"skipped": celery_skip}
     ceil_runs, cel_runs, vmw_runs, split_runs, ratios = [], [], [], [], []
     for i in range(p["runs"]):
@@ -140,10 +137,7 @@ def hooks_section(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
 
 def qemu_section(tmp: Path, p: dict[str, int], res: dict[str, Any]) -> None:
     why = qemu.available()
-    if why:
-        if not res["smoke"]:
-            raise SystemExit(f"the full benchmark needs qemu:///system: {why}")
-        say(f"SKIPPING real QEMU: {why}")
+    if skipping(res["smoke"], why, "qemu:///system", "real QEMU"):
         res["sections"]["qemu"] = {"skipped": why}
         return
     runs = []

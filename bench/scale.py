@@ -16,19 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    EventTap,
-    OpPublisher,
     check_ok,
     hooks_root,
     rate,
     say,
     start_body,
-    topology,
     unique,
     write_hook,
 )
 from bench.meter import children_rss_kib, rss_kib
-from bench.vmworker_ops import start_worker
+from bench.vmworker_ops import worker_running
 from worker.config import Settings
 
 HOOK_S = 0.2
@@ -39,29 +36,17 @@ sleep {HOOK_S}
 
 
 def vms_once(tmp: Path, n: int, idle_s: float = 2.0) -> dict[str, Any]:
-    prefix, host = unique("bench"), unique("h")
-    with topology(prefix, host) as topo:
-        tap = EventTap(topo.events).start()
-        worker = start_worker(tmp, prefix, host)
-        pub = None
-        try:
-            worker.start()
-            time.sleep(idle_s)  # the observers and the first heartbeat settle
-            idle = rss_kib(worker.pid)["VmRSS"]
-            pub = OpPublisher(topo.ops, host)
-            t0 = time.monotonic()
-            rids = [pub.publish(start_body()) for _ in range(n)]
-            seen = tap.wait_all(rids)
-            elapsed = time.monotonic() - t0
-            check_ok(seen)
-            time.sleep(idle_s)
-            loaded = rss_kib(worker.pid)
-            helpers = children_rss_kib(worker.pid)
-        finally:
-            if pub is not None:
-                pub.close()
-            worker.stop()
-            tap.stop()
+    with worker_running(tmp) as (worker, tap, pub):
+        time.sleep(idle_s)  # the observers and the first heartbeat settle
+        idle = rss_kib(worker.pid)["VmRSS"]
+        t0 = time.monotonic()
+        rids = [pub.publish(start_body()) for _ in range(n)]
+        seen = tap.wait_all(rids)
+        elapsed = time.monotonic() - t0
+        check_ok(seen)
+        time.sleep(idle_s)
+        loaded = rss_kib(worker.pid)
+        helpers = children_rss_kib(worker.pid)
     out = {
         "vms": n,
         "rss_idle_mib": idle / 1024,
@@ -79,30 +64,18 @@ def vms_once(tmp: Path, n: int, idle_s: float = 2.0) -> dict[str, Any]:
 
 
 def concurrent_once(tmp: Path, n: int) -> dict[str, Any]:
-    prefix, host = unique("bench"), unique("h")
     concurrency = Settings().concurrency
-    run_dir = tmp / f"{prefix}-hooks"
+    run_dir = tmp / unique("bench-hooks")
     run_dir.mkdir(parents=True, exist_ok=True)
     root = hooks_root(run_dir)
     write_hook(root, "before_vm_start", "50_slow", SLEEP_HOOK)
-    with topology(prefix, host) as topo:
-        tap = EventTap(topo.events).start()
-        worker = start_worker(tmp, prefix, host, hooks_root=root)
-        pub = None
-        try:
-            worker.start()
-            pub = OpPublisher(topo.ops, host)
-            bodies = [start_body() for _ in range(n)]
-            t0 = time.monotonic()
-            rids = [pub.publish(b) for b in bodies]
-            seen = tap.wait_all(rids)
-            check_ok(seen)
-            elapsed = max(s.at for s in seen) - t0
-        finally:
-            if pub is not None:
-                pub.close()
-            worker.stop()
-            tap.stop()
+    with worker_running(tmp, hooks_root=root) as (_, tap, pub):
+        bodies = [start_body() for _ in range(n)]
+        t0 = time.monotonic()
+        rids = [pub.publish(b) for b in bodies]
+        seen = tap.wait_all(rids)
+        check_ok(seen)
+        elapsed = max(s.at for s in seen) - t0
     ideal = math.ceil(n / concurrency) * HOOK_S
     out = {
         "ops": n,

@@ -8,7 +8,9 @@ Throughput is measured over a pre-filled queue (the rate between the first and t
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,26 @@ def start_worker(tmp: Path, prefix: str, host: str, **kw: Any) -> Process:
     )
 
 
+@contextlib.contextmanager
+def worker_running(tmp: Path, **worker_kw: Any) -> Iterator[tuple[Process, EventTap, OpPublisher]]:
+    """A worker process (`worker_kw` for start_worker) on a topology of its own, started, a tap
+    on its events and a publisher to it; all stopped at the end."""
+    prefix, host = unique("bench"), unique("h")
+    with topology(prefix, host) as topo:
+        tap = EventTap(topo.events).start()
+        worker = start_worker(tmp, prefix, host, **worker_kw)
+        pub = None
+        try:
+            worker.start()
+            pub = OpPublisher(topo.ops, host)
+            yield worker, tap, pub
+        finally:
+            if pub is not None:
+                pub.close()
+            worker.stop()
+            tap.stop()
+
+
 def run_once(tmp: Path, n: int, m: int, **worker_kw: Any) -> dict[str, Any]:
     """One run: n operations from a pre-filled queue, then m closed-loop operations."""
     prefix, host = unique("bench"), unique("h")
@@ -80,21 +102,9 @@ def run_once(tmp: Path, n: int, m: int, **worker_kw: Any) -> dict[str, Any]:
 
 def latency_once(tmp: Path, m: int, **worker_kw: Any) -> list[float]:
     """m closed-loop operations through a worker started with `worker_kw`; seconds each."""
-    prefix, host = unique("bench"), unique("h")
-    with topology(prefix, host) as topo:
-        tap = EventTap(topo.events).start()
-        worker = start_worker(tmp, prefix, host, **worker_kw)
-        try:
-            worker.start()
-            pub = OpPublisher(topo.ops, host)
-            try:
-                closed_loop(pub, tap, [start_body()])  # warm-up: first imports, fork server
-                return closed_loop(pub, tap, (start_body() for _ in range(m)))
-            finally:
-                pub.close()
-        finally:
-            worker.stop()
-            tap.stop()
+    with worker_running(tmp, **worker_kw) as (_, tap, pub):
+        closed_loop(pub, tap, [start_body()])  # warm-up: first imports, fork server
+        return closed_loop(pub, tap, (start_body() for _ in range(m)))
 
 
 def split_once(tmp: Path, n: int, processes: int) -> dict[str, Any]:

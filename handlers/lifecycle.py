@@ -164,10 +164,18 @@ def start_flags(flags: int) -> int:
     return flags & ~_RESTORE_ONLY
 
 
+def _arrived(ctx: Ctx[OpMessage]) -> bool:
+    """Whether the VM got to the state the op asks for while the before_* hooks ran: the run
+    is then a no-op (and noted as one)."""
+    if require_state(ctx):
+        ctx.notes["noop"] = True
+        return True
+    return False
+
+
 def _start(ctx: Ctx[StartVm], xml: str) -> None:
     flags = start_flags(_launch_flags(ctx) if ctx.launch_flags is None else ctx.launch_flags)
-    if require_state(ctx):  # got there while the before_* hooks ran
-        ctx.notes["noop"] = True
+    if _arrived(ctx):
         return
     # the persistent definition is the spec; hook edits apply to this run only (as in VDSM)
     if _has_spec(ctx):
@@ -183,10 +191,6 @@ def _start(ctx: Ctx[StartVm], xml: str) -> None:
         ctx.conn.createXML(xml, flags & ~paused).suspend()  # drivers without the flag (test)
 
 
-def _start_done(ctx: Ctx[StartVm]) -> bool:
-    return require_state(ctx)
-
-
 declare(
     Operation(
         StartVm,
@@ -195,7 +199,7 @@ declare(
         expects=("defined", "started", "resumed", "paused"),
         prepare=_start_prepare,
         execute=_start,
-        done=_start_done,
+        done=require_state,
         devices="device_create",
         launch_flags=_launch_flags,
     )
@@ -213,8 +217,7 @@ def _is_off(ctx: Ctx[OpMessage]) -> bool:
 
 
 def _shutdown(ctx: Ctx[ShutdownVm], _xml: str) -> None:
-    if require_state(ctx):  # got there while the before_* hooks ran
-        ctx.notes["noop"] = True
+    if _arrived(ctx):
         return
     dom = ctx.domain()
     if ctx.state() == "paused":
@@ -238,10 +241,6 @@ def _shutdown(ctx: Ctx[ShutdownVm], _xml: str) -> None:
     )
 
 
-def _shutdown_done(ctx: Ctx[OpMessage]) -> bool:
-    return require_state(ctx)
-
-
 declare(
     Operation(
         ShutdownVm,
@@ -250,14 +249,13 @@ declare(
         expects=("shutdown", "stopped"),
         prepare=_domain_xml,
         execute=_shutdown,
-        done=_shutdown_done,
+        done=require_state,
     )
 )
 
 
 def _destroy(ctx: Ctx[DestroyVm], _xml: str) -> None:
-    if require_state(ctx):  # got there while the before_* hooks ran
-        ctx.notes["noop"] = True
+    if _arrived(ctx):
         return
     flags = libvirt.VIR_DOMAIN_DESTROY_GRACEFUL if ctx.op.params.graceful else 0
     ctx.domain().destroyFlags(flags)
@@ -271,7 +269,7 @@ declare(
         expects=("shutdown", "stopped"),
         prepare=_domain_xml,
         execute=_destroy,
-        done=_shutdown_done,
+        done=require_state,
         devices="device_destroy",
     )
 )
@@ -303,8 +301,7 @@ def _declare_cpu_switch(
     state it asks for while the before_* hooks ran (a no-op); done when it is already there."""
 
     def execute(ctx: Ctx[M], _xml: str) -> None:
-        if require_state(ctx):  # got there while the before_* hooks ran
-            ctx.notes["noop"] = True
+        if _arrived(ctx):
             return
         act(ctx.domain())
 

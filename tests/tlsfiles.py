@@ -13,6 +13,10 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise RuntimeError(f"openssl {args[0]} failed: {res.stderr.decode(errors='replace')}")
 
 
+# a new unencrypted EC P-256 key (with `-keyout`): `openssl req`'s arguments for it
+NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
 @dataclass
 class Pair:
     cert: Path
@@ -33,11 +37,7 @@ class TestCA:
         _openssl(
             "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+            *NEW_KEY,
             "-keyout",
             str(self.key),
             "-out",
@@ -69,11 +69,7 @@ class TestCA:
         ext.write_text("\n".join(lines) + "\n")
         _openssl(
             "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+            *NEW_KEY,
             "-keyout",
             str(key),
             "-out",

@@ -17,6 +17,7 @@ from worker.cliopts import (
     broker_option,
     config_option,
     connect_or_exit,
+    idle_option,
     settings_or_exit,
 )
 from worker.topology import Topology
@@ -164,13 +165,7 @@ def _validate(body: dict[str, Any], max_bytes: int) -> None:
 @click.option("--vm", help="only this VM's events (uuid)")
 @click.option("--follow", is_flag=True, help="keep waiting for new events")
 @click.option("--from-start", is_flag=True, help="read the whole events log stream first")
-@click.option(
-    "--idle",
-    type=float,
-    default=2.0,
-    show_default=True,
-    help="without --follow: stop after this many quiet seconds",
-)
+@idle_option("without --follow: stop after this many quiet seconds", default=2.0)
 @_broker
 @_config
 def events(

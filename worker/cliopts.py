@@ -1,5 +1,5 @@
-"""What the CLI commands share: the connection options, settings, the broker connection, and
-broker failures turned into one line with exit code 2 (worker.brokererrors)."""
+"""What the CLI commands share: the connection options and --idle, settings, the broker
+connection, and broker failures turned into one line with exit code 2 (worker.brokererrors)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ config_option = click.option("--config", type=click.Path(path_type=Path), help="
 prefix_option = click.option(
     "--prefix", help="name prefix of exchanges and queues (default: config, else vm)"
 )
+
+
+def idle_option(help: str, default: float = 1.0) -> Callable[[F], F]:
+    """--idle: the quiet seconds after which a command takes a stream as read to its end."""
+    return click.option("--idle", type=float, default=default, show_default=True, help=help)
+
 
 # the broker URL this command connected to (or last tried), for messages about later failures
 _url: str | None = None

@@ -22,7 +22,7 @@ from kombu import Connection, Consumer, Queue
 from kombu.message import Message
 
 from worker.bounds import cell
-from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
+from worker.cliopts import connect_or_exit, connection_options, idle_option, settings_or_exit
 from worker.messages import redact_body
 from worker.monitor import parse_time
 from worker.subscribe import vouched
@@ -320,13 +320,7 @@ def print_timeline(entries: list[dict[str, Any]]) -> None:
 @click.option("--vm", help="this VM (uuid): every operation and state event")
 @click.option("--json", "as_json", is_flag=True, help="the entries as a JSON array")
 @connection_options
-@click.option(
-    "--idle",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="a stream is read once nothing arrives for this many seconds",
-)
+@idle_option("a stream is read once nothing arrives for this many seconds")
 @click.option("--fleet-url", help="ask this fleet server instead of reading the streams")
 def history(
     request_id: str | None,

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from worker.bounds import cell, cut
-from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
+from worker.cliopts import connect_or_exit, connection_options, idle_option, settings_or_exit
 from worker.fleetview import (  # noqa: F401 (the constants: imported from here by worker/fleet/)
     _STATE_OF_EVENT,
     DOWN_FACTOR,
@@ -296,13 +296,7 @@ def progress_line(view: FleetView, at: float | None, now: float | None = None) -
     help="VM rows shown, those needing attention first (default: what fits the terminal; "
     "200 with --once)",
 )
-@click.option(
-    "--idle",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="the log replay is over after this many quiet seconds",
-)
+@idle_option("the log replay is over after this many quiet seconds")
 @click.option(
     "--refresh", type=float, default=1.0, show_default=True, help="seconds between redraws"
 )

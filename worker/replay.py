@@ -38,7 +38,7 @@ import click
 
 from vmworker.replay import Planned, Selection
 from worker.bounds import cell
-from worker.cliopts import connect_or_exit, connection_options, settings_or_exit
+from worker.cliopts import connect_or_exit, connection_options, idle_option, settings_or_exit
 from worker.topology import Topology
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -110,13 +110,7 @@ def outcome_word(ev: dict[str, Any] | None) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="report as JSON")
 @connection_options
-@click.option(
-    "--idle",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="the ops log is read once nothing arrives for this many seconds",
-)
+@idle_option("the ops log is read once nothing arrives for this many seconds")
 def replay(
     from_dead: str | None,
     from_queue: str | None,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,23 +29,30 @@ SECTIONS = (
 )
 
 
+def _smoke(tmp_path: Path, *args: str, timeout: float) -> tuple[dict[str, Any], str, str]:
+    """`python -m bench.run --smoke` with `args`: its results (the JSON), its Markdown, its
+    stderr."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", *args, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (js,) = out.glob("*-smoke.json")
+    (md,) = out.glob("*-smoke.md")
+    return json.loads(js.read_text()), md.read_text(), proc.stderr
+
+
 @pytest.mark.qemu
 @pytest.mark.timeout(480)
 def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
     broker: None, qemu: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=450,  # ~30 s on a quiet machine; once over 170 s on a slow one
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (js,) = out.glob("*-smoke.json")
-    (md,) = out.glob("*-smoke.md")
-    res = json.loads(js.read_text())
+    # ~30 s on a quiet machine; once over 170 s on a slow one
+    res, text, stderr = _smoke(tmp_path, timeout=450)
     assert res["smoke"] is True
     for name in SECTIONS:
         sec = res["sections"].get(name)
@@ -54,7 +62,7 @@ def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
         import celery  # noqa: F401
     except ImportError:
         assert "skipped" in res["sections"]["celery"]
-        assert "SKIPPING the Celery baseline" in proc.stderr
+        assert "SKIPPING the Celery baseline" in stderr
     else:
         assert res["sections"]["celery"]["ops_s"]["median"] > 0
         assert res["sections"]["ratios"]["vmworker_vs_celery"]["median"] > 0
@@ -83,7 +91,6 @@ def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
         if "celery" not in t["path"][-1] and t["path"][0] != "migration"
     )
     assert "migration" not in s
-    text = md.read_text()
     for heading in ("Throughput and latency", "Hooks", "Real QEMU", "Scale", "Fleet store"):
         assert heading in text
     assert "| target |" in text
@@ -94,23 +101,13 @@ def test_bench_smoke_pass_writes_json_and_markdown_with_every_section(
 def test_bench_migration_smoke_pass_measures_worker_direct_downtime_and_drain(
     broker: None, qemu: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", "--only", "migration", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=140,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (js,) = out.glob("*-smoke.json")
-    m = json.loads(js.read_text())["sections"]["migration"]
+    res, text, _ = _smoke(tmp_path, "--only", "migration", timeout=140)
+    m = res["sections"]["migration"]
     assert "error" not in m and "skipped" not in m, m
     assert m["worker_ms"]["median"] > 0 and m["direct_ms"]["median"] > 0
     assert m["ratio"]["median"] > 0
     assert m["worker_downtime_ms"]["median"] > 0 and m["direct_downtime_ms"]["median"] > 0
     assert m["drain_p2_wall_s"]["median"] > 0
-    text = (out / js.name.replace(".json", ".md")).read_text()
     assert "live migration: worker ÷ libvirt direct" in text
     assert "vmworker drain of 2 VMs, --parallel 2" in text
 

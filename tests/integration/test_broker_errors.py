@@ -66,6 +66,13 @@ def _assert_one_line(rc: int, out: str, err: str, took: float, shown: str, *word
     return lines[0]
 
 
+def _fails_in_one_line(url: str, command: str, *words: str, shown: str | None = None) -> str:
+    """`command` pointed at broker `url` gives up in one line that names the URL with its
+    password hidden (`shown`, else all of `url`) and `words`."""
+    rc, out, err, took = _vmworker(*_commands(url)[command])
+    return _assert_one_line(rc, out, err, took, shown or url.replace(SECRET, "***"), *words)
+
+
 @pytest.fixture
 def silent_listener() -> Iterator[int]:
     """A TCP port that accepts connections and never says a word (a hung broker)."""
@@ -95,52 +102,38 @@ def silent_listener() -> Iterator[int]:
 
 @pytest.mark.parametrize("command", list(_commands("x")))
 def test_every_command_says_in_one_line_that_nothing_listens_on_a_closed_port(command):
-    port = free_port()
-    url = f"amqp://guest:{SECRET}@127.0.0.1:{port}//"
-    rc, out, err, took = _vmworker(*_commands(url)[command])
-    _assert_one_line(
-        rc, out, err, took, f"amqp://guest:***@127.0.0.1:{port}//", "connection refused", "running"
-    )
+    url = f"amqp://guest:{SECRET}@127.0.0.1:{free_port()}//"
+    _fails_in_one_line(url, command, "connection refused", "running")
 
 
 def test_an_unknown_host_name_is_named_as_a_dns_failure():
     url = f"amqp://guest:{SECRET}@nosuchhost.invalid:5672//"
     for command in ("publish", "events"):
-        rc, out, err, took = _vmworker(*_commands(url)[command])
-        _assert_one_line(
-            rc, out, err, took, "amqp://guest:***@nosuchhost.invalid:5672//", "host name", "DNS"
-        )
+        _fails_in_one_line(url, command, "host name", "DNS")
 
 
 def test_a_wrong_password_is_an_authentication_failure():
     url = f"amqp://guest:{SECRET}@127.0.0.1:5672//"
     for command in ("publish", "replay"):
-        rc, out, err, took = _vmworker(*_commands(url)[command])
-        _assert_one_line(
-            rc, out, err, took, "amqp://guest:***@127.0.0.1:5672//", "authentication", "password"
-        )
+        _fails_in_one_line(url, command, "authentication", "password")
 
 
 def test_tls_to_a_plain_port_is_a_tls_mismatch():
     url = f"amqps://guest:{SECRET}@127.0.0.1:5672//"
     for command in ("publish", "history"):
-        rc, out, err, took = _vmworker(*_commands(url)[command])
-        _assert_one_line(rc, out, err, took, "amqps://guest:***@127.0.0.1:5672//", "TLS", "5671")
+        _fails_in_one_line(url, command, "TLS", "5671")
 
 
 def test_a_broker_that_accepts_but_never_answers_times_out(silent_listener):
-    url = f"amqp://guest:{SECRET}@127.0.0.1:{silent_listener}//"
-    rc, out, err, took = _vmworker(*_commands(url)["publish"])
-    _assert_one_line(
-        rc, out, err, took, f"amqp://guest:***@127.0.0.1:{silent_listener}//", "no answer"
+    _fails_in_one_line(
+        f"amqp://guest:{SECRET}@127.0.0.1:{silent_listener}//", "publish", "no answer"
     )
 
 
 def test_every_node_of_a_failover_list_is_tried_and_named():
     a, b = free_port(), free_port()
     url = f"amqp://guest:{SECRET}@127.0.0.1:{a}//;amqp://guest:{SECRET}@127.0.0.1:{b}//"
-    rc, out, err, took = _vmworker(*_commands(url)["events"])
-    line = _assert_one_line(rc, out, err, took, f"amqp://guest:***@127.0.0.1:{b}//", "refused")
+    line = _fails_in_one_line(url, "events", "refused", shown=f"amqp://guest:***@127.0.0.1:{b}//")
     assert f"amqp://guest:***@127.0.0.1:{a}//" in line
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,19 +43,34 @@ def client(env: Any) -> Any:
     c.close()
 
 
-def _gate_hook(hooks_root: Path, gate: Path) -> None:
-    """A before_vm_start hook that holds the start until `gate` exists (60 s at most: start the
-    worker with HOLD, a hook timeout above that)."""
+@pytest.fixture
+def gate(hooks_root: Path, tmp_path: Path) -> Path:
+    """A file a before_vm_start hook waits for: a start holds until it exists (60 s at most:
+    start the worker with HOLD, a hook timeout above that)."""
+    gate = tmp_path / "gate"
     hold = f'i=0\nwhile [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n'
     write_hook(hooks_root, "before_vm_start", "50_hold", "#!/bin/sh\n" + hold)
+    return gate
+
+
+@pytest.fixture
+def worker_vm(start_worker: Any, test_domains: list[str]) -> Callable[..., dict[str, Any]]:
+    """Starts a worker (`settings` its own) and gives a small VM named after `tag`, undefined
+    when the test ends."""
+
+    def start(tag: str, **settings: Any) -> dict[str, Any]:
+        start_worker(**settings)
+        vm = small_vm(tag)
+        test_domains.append(vm["uuid"])
+        return vm
+
+    return start
 
 
 def test_submit_is_confirmed_with_its_properties_and_result_is_the_after_event(
-    env, start_worker, test_domains, client
+    env, worker_vm, client
 ):
-    start_worker()
-    vm = small_vm("client")
-    test_domains.append(vm["uuid"])
+    vm = worker_vm("client")
     req = client.submit(
         env.host, "start_vm", vm, correlation_id="order-7", deadline=timedelta(minutes=5),
         traceparent=TRACEPARENT, tracestate="vendor=1",
@@ -74,12 +90,8 @@ def test_submit_is_confirmed_with_its_properties_and_result_is_the_after_event(
     assert req.wait_phase("before").phase == "before"
 
 
-def test_a_typed_message_is_sent_and_a_bad_one_is_refused_before_sending(
-    env, start_worker, test_domains, client
-):
-    start_worker()
-    vm = small_vm("typed")
-    test_domains.append(vm["uuid"])
+def test_a_typed_message_is_sent_and_a_bad_one_is_refused_before_sending(env, worker_vm, client):
+    vm = worker_vm("typed")
     msg = client.message("define_vm", vm)
     assert type(msg).__name__ == "DefineVm" or msg.op == "define_vm"
     assert client.submit(env.host, msg).result(20).phase == "after"
@@ -100,14 +112,8 @@ def test_a_failure_raises_with_the_error_object(env, start_worker, client):
     assert "libvirt/no_domain" in str(err)
 
 
-def test_a_timeout_leaves_the_request_alone_and_it_still_completes(
-    env, start_worker, test_domains, client, hooks_root, tmp_path
-):
-    gate = tmp_path / "gate"
-    _gate_hook(hooks_root, gate)
-    start_worker(**HOLD)
-    vm = small_vm("slow")
-    test_domains.append(vm["uuid"])
+def test_a_timeout_leaves_the_request_alone_and_it_still_completes(env, worker_vm, gate, client):
+    vm = worker_vm("slow", **HOLD)
     req = client.submit(env.host, "start_vm", vm)
     with pytest.raises(RequestTimeout) as caught:
         req.result(0.5)
@@ -117,10 +123,8 @@ def test_a_timeout_leaves_the_request_alone_and_it_still_completes(
     assert req.result(20).data["state"] == "running"
 
 
-def test_a_duplicate_resolves_like_the_original(env, start_worker, test_domains, client):
-    start_worker()
-    vm = small_vm("dup")
-    test_domains.append(vm["uuid"])
+def test_a_duplicate_resolves_like_the_original(env, worker_vm, client):
+    vm = worker_vm("dup")
     first = client.submit(env.host, "define_vm", vm).result(20)
     again = client.submit(env.host, "define_vm", vm, request_id=first.request_id).result(20)
     assert again.duplicate and again.phase == "after" and again["id"] != first["id"]
@@ -154,12 +158,8 @@ def test_watch_a_vm_gives_its_events_only(env, start_worker, test_domains, clien
     assert last.result(0).phase == "after"  # the handle saw them too
 
 
-def test_replay_as_new_runs_again_and_its_handle_gets_the_outcome(
-    env, start_worker, test_domains, client
-):
-    start_worker()
-    vm = small_vm("replay")
-    test_domains.append(vm["uuid"])
+def test_replay_as_new_runs_again_and_its_handle_gets_the_outcome(env, worker_vm, client):
+    vm = worker_vm("replay")
     first = client.submit(env.host, "define_vm", vm)
     first.result(20)
     [p] = client.replay(request_ids=[first.request_id], as_new=True, idle=0.3)
@@ -196,13 +196,9 @@ def _gone(queue: str) -> bool:
 
 
 def test_the_client_reconnects_and_gets_an_outcome_published_while_it_was_away_and_publishes_on(
-    env, start_worker, tap, test_domains, client, hooks_root, tmp_path
+    env, worker_vm, gate, tap, client
 ):
-    gate = tmp_path / "gate"
-    _gate_hook(hooks_root, gate)
-    start_worker(**HOLD)
-    vm = small_vm("away")
-    test_domains.append(vm["uuid"])
+    vm = worker_vm("away", **HOLD)
     req = client.submit(env.host, "start_vm", vm)
     watch = client.watch(vm=vm["uuid"])
     _close_connection_of(client)
@@ -224,12 +220,8 @@ def test_the_client_reconnects_and_gets_an_outcome_published_while_it_was_away_a
     assert resumed.result(20).data["state"] == "running"
 
 
-def test_the_asyncio_client(env, start_worker, test_domains, hooks_root, tmp_path):
-    gate = tmp_path / "gate"
-    _gate_hook(hooks_root, gate)
-    start_worker(**HOLD)
-    vm = small_vm("async")
-    test_domains.append(vm["uuid"])
+def test_the_asyncio_client(env, worker_vm, gate):
+    vm = worker_vm("async", **HOLD)
 
     async def main() -> dict[str, Any]:
         async with AsyncClient(BROKER, prefix=env.prefix) as client:
@@ -264,12 +256,8 @@ def test_the_asyncio_client(env, start_worker, test_domains, hooks_root, tmp_pat
     assert got["dup"]  # a replay through the asyncio client, resolved by its duplicate
 
 
-def test_publish_wait_prints_the_terminal_event_and_exits_1_on_fail(
-    env, start_worker, test_domains
-):
-    start_worker()
-    vm = small_vm("cli")
-    test_domains.append(vm["uuid"])
+def test_publish_wait_prints_the_terminal_event_and_exits_1_on_fail(env, worker_vm):
+    vm = worker_vm("cli")
     cli_env = {"VMWORKER_BROKER": BROKER, "VMWORKER_PREFIX": env.prefix}
     args = ["publish", "--host", env.host, "start_vm", "--vm-uuid", vm["uuid"], "--spec", "-"]
     res = CliRunner().invoke(main, [*args, "--wait", "20"], input=json.dumps(vm), env=cli_env)

@@ -8,9 +8,6 @@ import pytest
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """An empty hooks root (mode 0755, owned by us) a test may fill."""
-    r = tmp_path / "hooks"
-    r.mkdir()
-    r.chmod(0o755)
-    return r
+def root(hooks_root: Path) -> Path:
+    """An empty hooks root (mode 0755, owned by us) a test may fill: tests/conftest.py's."""
+    return hooks_root

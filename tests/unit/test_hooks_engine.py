@@ -23,14 +23,6 @@ DOMXML = (
 VM = "6f1c1f2e-8d4b-4d0e-9a57-2f6f4f0b9a11"
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "hooks"
-    r.mkdir(mode=0o755)
-    r.chmod(0o755)
-    return r
-
-
 def hook(root: Path, point: str, name: str, body: str, mode: int = 0o755) -> Path:
     return write_hook(root, point, name, textwrap.dedent(body).lstrip(), mode)
 

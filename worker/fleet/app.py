@@ -69,7 +69,15 @@ Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="rows per page")]
 Cursor = Annotated[str | None, Query(description="`next` of the previous page")]
 
 
+def _paging(limit: Limit = 100, cursor: Cursor = None) -> queries.Paging:
+    return {"limit": limit, "cursor": cursor}
+
+
+Paging = Annotated[queries.Paging, Depends(_paging)]
+
+
 def _filters(
+    paging: Paging,
     host: str | None = None,
     vm: Annotated[str | None, Query(description="VM uuid")] = None,
     op: str | None = None,
@@ -78,9 +86,7 @@ def _filters(
     since: Annotated[datetime | None, Query(description="ISO 8601")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601")] = None,
     text: Annotated[str | None, Query(description="text in errors and hook output")] = None,
-    limit: Limit = 100,
-    cursor: Cursor = None,
-) -> dict[str, Any]:
+) -> queries.Filters:
     return {
         "host": host,
         "vm": vm,
@@ -90,12 +96,11 @@ def _filters(
         "since": epoch(since),
         "until": epoch(until),
         "text": text,
-        "limit": limit,
-        "cursor": cursor,
+        **paging,
     }
 
 
-Filters = Annotated[dict[str, Any], Depends(_filters)]
+Filters = Annotated[queries.Filters, Depends(_filters)]
 
 
 def operator(request: Request) -> str:
@@ -198,18 +203,17 @@ def create_app(
     @app.get("/api/v1/hosts", tags=["hosts"])
     def hosts(
         conn: Conn,
+        paging: Paging,
         status: Annotated[str | None, Query(description="up, late, down or offline")] = None,
         q: Annotated[str | None, Query(description="text in the host id")] = None,
         offline_after: Annotated[
             float | None, Query(description="leave out hosts offline or down this many seconds")
         ] = None,
-        limit: Limit = 100,
-        cursor: Cursor = None,
     ) -> Any:
         """Hosts by name, with their status (up, late, down, offline) computed now."""
         return paged(
-            queries.list_hosts, conn, status=status, q=q, offline_after=offline_after,
-            limit=limit, cursor=cursor, now=clock(),
+            queries.list_hosts, conn, **paging, status=status, q=q, offline_after=offline_after,
+            now=clock(),
         )  # fmt: skip
 
     @app.get("/api/v1/hosts/{host}", tags=["hosts"])
@@ -220,17 +224,16 @@ def create_app(
     @app.get("/api/v1/vms", tags=["vms"])
     def vms(
         conn: Conn,
+        paging: Paging,
         host: str | None = None,
         state: str | None = None,
         q: Annotated[str | None, Query(description="text in the name or uuid")] = None,
         result: Annotated[str | None, Query(description="running, ok, failed, duplicate")] = None,
-        limit: Limit = 100,
-        cursor: Cursor = None,
     ) -> Any:
         """VMs by host, name and uuid; `unknown` state on a host that is down."""
         return paged(
-            queries.list_vms, conn, host=host, state=state, q=q, result=result,
-            limit=limit, cursor=cursor, now=clock(),
+            queries.list_vms, conn, **paging, host=host, state=state, q=q, result=result,
+            now=clock(),
         )  # fmt: skip
 
     @app.get("/api/v1/vms/{uuid}", tags=["vms"])
@@ -267,15 +270,12 @@ def create_app(
     @app.get("/api/v1/failures", tags=["requests"])
     def failures(
         conn: Conn,
+        paging: Paging,
         since: Annotated[datetime | None, Query(description="ISO 8601")] = None,
         host: str | None = None,
-        limit: Limit = 100,
-        cursor: Cursor = None,
     ) -> Any:
         """Failed operations, newest first, with the failing hook and its stderr."""
-        return paged(
-            queries.failures, conn, since=epoch(since), host=host, limit=limit, cursor=cursor
-        )
+        return paged(queries.failures, conn, **paging, since=epoch(since), host=host)
 
     @app.get("/api/v1/dead-letters", tags=["requests"])
     def dead_letters(conn: Conn, host: str | None = None) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Connection
 
@@ -53,6 +53,26 @@ def _hooks_text(hooks: Any) -> list[str]:
         if isinstance(h, dict):
             out += [h.get("stderr_tail") or "", h.get("stdout_tail") or ""]
     return out
+
+
+class _Seen(NamedTuple):
+    """What one event says: its host, its VM's uuid and `vm` data, its `data`, its time."""
+
+    host: str | None
+    uuid: str | None
+    vm_data: dict[str, Any]
+    data: dict[str, Any]
+    at: float
+
+
+def _error_of(data: dict[str, Any]) -> dict[str, Any]:
+    error = data.get("error")
+    return error if isinstance(error, dict) else {}
+
+
+def _search_text(data: dict[str, Any], error: dict[str, Any]) -> str | None:
+    """What a `text` filter searches: the error, its stderr and the hooks' output."""
+    return _text(_error_text(error), error.get("stderr"), *_hooks_text(data.get("hooks")))
 
 
 def _error_text(error: dict[str, Any]) -> str | None:
@@ -152,26 +172,19 @@ def _event(b: _Batch, it: StreamEvent) -> None:
     uuid = (vm_data or {}).get("uuid") or ev.get("subject")
     if host:
         b.host(host, at)
+    seen = _Seen(host, uuid, vm_data or {}, data, at)
     if words[1] == "state":
-        _state_event(b, words[2], host, uuid, vm_data or {}, data, at)
-        _store_event(b, it, "state", host, uuid, data, at, words)
+        _state_event(b, words[2], seen)
+        _store_event(b, it, "state", seen, words)
     elif data.get("phase") in ("before", "after", "fail", "progress"):
-        _op_event(b, ev, host, uuid, vm_data or {}, data, at)
-        _store_event(b, it, "op", host, uuid, data, at, words)
+        _op_event(b, ev, seen)
+        _store_event(b, it, "op", seen, words)
 
 
-def _store_event(
-    b: _Batch,
-    it: StreamEvent,
-    kind: str,
-    host: str | None,
-    uuid: str | None,
-    data: dict[str, Any],
-    at: float,
-    words: list[str],
-) -> None:
+def _store_event(b: _Batch, it: StreamEvent, kind: str, seen: _Seen, words: list[str]) -> None:
     ev = it.event
-    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    host, uuid, _, data, at = seen
+    error = _error_of(data)
     row = {
         "stream_offset": it.offset,
         "event_id": ev.get("id"),
@@ -184,13 +197,11 @@ def _store_event(
         "during_request": data.get("during_request"),
         "op": data.get("op") if kind == "op" else None,
         "phase": data.get("phase") if kind == "op" else words[2],
-        "error_code": (error or {}).get("code"),
+        "error_code": error.get("code"),
         "replay_of": data.get("replay_of"),
         "duplicate": bool(data.get("duplicate")),
         "traceparent": ev.get("traceparent"),
-        "text": _text(
-            _error_text(error or {}), (error or {}).get("stderr"), *_hooks_text(data.get("hooks"))
-        ),
+        "text": _search_text(data, error),
         "body": ev,
     }
     b.event_rows.append(row)
@@ -208,7 +219,8 @@ def _host_event(
 ) -> None:
     row = b.host(host, at)
     if kind in ("online", "offline", "inventory"):
-        _store_event(b, StreamEvent(offset, None, ev), "host", host, None, data, at, ["", "", kind])
+        seen = _Seen(host, None, {}, data, at)
+        _store_event(b, StreamEvent(offset, None, ev), "host", seen, ["", "", kind])
     if row["last_seen"] is not None and at < row["last_seen"]:
         return  # older news, seen late: the row already says something newer
     row["last_seen"] = at
@@ -337,15 +349,8 @@ def _observe(vm: dict[str, Any], state: str, at: float) -> None:
     vm["updated_at"] = max(vm["updated_at"] or 0.0, at)
 
 
-def _state_event(
-    b: _Batch,
-    word: str,
-    host: str | None,
-    uuid: str | None,
-    vm_data: dict[str, Any],
-    data: dict[str, Any],
-    at: float,
-) -> None:
+def _state_event(b: _Batch, word: str, seen: _Seen) -> None:
+    host, uuid, vm_data, data, at = seen
     if not uuid:
         return
     vm = b.vm(str(uuid), vm_data.get("name"), host)
@@ -354,18 +359,10 @@ def _state_event(
     _observe(vm, data.get("domain_state") or _STATE_OF_EVENT.get(word, "unknown"), at)
 
 
-def _op_event(
-    b: _Batch,
-    ev: dict[str, Any],
-    host: str | None,
-    uuid: str | None,
-    vm_data: dict[str, Any],
-    data: dict[str, Any],
-    at: float,
-) -> None:
+def _op_event(b: _Batch, ev: dict[str, Any], seen: _Seen) -> None:
+    host, uuid, vm_data, data, at = seen
     phase = data["phase"]
-    error = data.get("error") if isinstance(data.get("error"), dict) else {}
-    error = error or {}
+    error = _error_of(data)
     duplicate = bool(data.get("duplicate"))
     terminal = phase in ("after", "fail")
     if terminal and not duplicate and host:
@@ -375,7 +372,7 @@ def _op_event(
             m[1] += phase == "fail"
     rid = ev.get("requestid") or data.get("request_id")
     if rid:
-        _request(b, str(rid), host, uuid, vm_data, data, error, at, duplicate)
+        _request(b, str(rid), seen, error, duplicate)
     if not uuid:
         return  # a message too broken to name its VM: only in the events and failures
     op = data.get("op")
@@ -402,17 +399,8 @@ def _op_event(
         _observe(vm, str(state), at)
 
 
-def _request(
-    b: _Batch,
-    rid: str,
-    host: str | None,
-    uuid: str | None,
-    vm_data: dict[str, Any],
-    data: dict[str, Any],
-    error: dict[str, Any],
-    at: float,
-    duplicate: bool,
-) -> None:
+def _request(b: _Batch, rid: str, seen: _Seen, error: dict[str, Any], duplicate: bool) -> None:
+    host, uuid, vm_data, data, at = seen
     r = b.request(rid, at)
     phase = data["phase"]
     r["host"] = host or r["host"]
@@ -447,4 +435,4 @@ def _request(
     r["error_source"] = error.get("source")
     r["error_message"] = error.get("message")
     r["hook"] = _failing_hook(data, error) if phase == "fail" else None
-    r["text"] = _text(_error_text(error), error.get("stderr"), *_hooks_text(data.get("hooks")))
+    r["text"] = _search_text(data, error)

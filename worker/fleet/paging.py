@@ -49,22 +49,33 @@ def _limit(limit: int | None) -> int:
     return max(1, min(int(limit or DEFAULT_LIMIT), MAX_LIMIT))
 
 
-def _page(rows: list[Any], limit: int, key: Any) -> dict[str, Any]:
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {"items": rows, "next": _encode(key(rows[-1])) if more and rows else None}
+def _fetch(
+    conn: Connection, q: sa.Select[Any], order: list[Any], keys: list[Any], n: int
+) -> tuple[list[Any], str | None]:
+    """The first `n` rows of `q` in `order`, and the cursor after them (their last row's
+    `keys`) if there are more."""
+    rows = list(conn.execute(q.order_by(*order).limit(n + 1)).mappings())
+    more = len(rows) > n
+    rows = rows[:n]
+    nxt = _encode([rows[-1][k.name] for k in keys]) if more and rows else None
+    return rows, nxt
+
+
+def _asc_page(
+    conn: Connection, q: sa.Select[Any], keys: list[Any], limit: int | None, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    """Rows of `q` in the order of the columns `keys`, one page of them, and the next cursor."""
+    after = _decode(cursor, len(keys))
+    if after is not None:
+        q = q.where(sa.tuple_(*keys) > sa.tuple_(*after) if len(keys) > 1 else keys[0] > after[0])
+    return _fetch(conn, q, keys, keys, _limit(limit))
 
 
 def _desc_page(
     conn: Connection, q: sa.Select[Any], at: Any, rid: Any, limit: int | None, cursor: str | None
 ) -> tuple[list[Any], str | None]:
     """Rows of `q` newest first (`at` desc, `rid` desc), one page of them, and the next cursor."""
-    n = _limit(limit)
     after = _decode(cursor, 2)
     if after is not None:
         q = q.where(sa.or_(at < after[0], sa.and_(at == after[0], rid < after[1])))
-    rows = list(conn.execute(q.order_by(at.desc(), rid.desc()).limit(n + 1)).mappings())
-    more = len(rows) > n
-    rows = rows[:n]
-    nxt = _encode([rows[-1][at.name], rows[-1][rid.name]]) if more and rows else None
-    return rows, nxt
+    return _fetch(conn, q, [at.desc(), rid.desc()], [at, rid], _limit(limit))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypedDict, Unpack
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -23,7 +24,7 @@ from worker.fleet.overview import ops_per_minute as ops_per_minute
 from worker.fleet.paging import DEFAULT_LIMIT as DEFAULT_LIMIT
 from worker.fleet.paging import MAX_LIMIT as MAX_LIMIT
 from worker.fleet.paging import BadCursor as BadCursor
-from worker.fleet.paging import _decode, _desc_page, _limit, _page, iso
+from worker.fleet.paging import _asc_page, _desc_page, iso
 from worker.fleet.paging import _encode as _encode
 from worker.messages import redact_body
 
@@ -95,12 +96,8 @@ def list_hosts(
                 h.last_seen >= now - offline_after,
             )
         )
-    after = _decode(cursor, 1)
-    if after is not None:
-        sel = sel.where(h.host > after[0])
-    n = _limit(limit)
-    rows = list(conn.execute(sel.order_by(h.host).limit(n + 1)).mappings())
-    return _page([_host(r, now) for r in rows], n, lambda r: [r["host"]])
+    rows, nxt = _asc_page(conn, sel, [h.host], limit, cursor)
+    return {"items": [_host(r, now) for r in rows], "next": nxt}
 
 
 def get_host(
@@ -195,14 +192,8 @@ def list_vms(
         sel = sel.where(
             sa.or_(v.name.icontains(q, autoescape=True), v.uuid.icontains(q, autoescape=True))
         )
-    after = _decode(cursor, 3)
-    if after is not None:
-        sel = sel.where(sa.tuple_(v.host, v.name, v.uuid) > sa.tuple_(*after))
-    n = _limit(limit)
-    rows = list(conn.execute(sel.order_by(v.host, v.name, v.uuid).limit(n + 1)).mappings())
-    items = [_vm(r, bool(r["host_down"])) for r in rows]
-    page = _page(items, n, lambda r: [r["host"] or "", r["name"] or "", r["uuid"]])
-    return page
+    rows, nxt = _asc_page(conn, sel, [v.host, v.name, v.uuid], limit, cursor)
+    return {"items": [_vm(r, bool(r["host_down"])) for r in rows], "next": nxt}
 
 
 def get_vm(
@@ -261,76 +252,70 @@ def _request(row: Any) -> dict[str, Any]:
     }
 
 
-def _filters(
-    cols: Any,
-    *,
-    host: str | None,
-    vm: str | None,
-    op: str | None,
-    phase: str | None,
-    error_code: str | None,
-    since: float | None,
-    until: float | None,
-    text: str | None,
-) -> list[Any]:
-    out: list[Any] = []
-    if host:
-        out.append(cols.host == host)
-    if vm:
-        out.append(cols.vm_uuid == vm)
-    if op:
-        out.append(cols.op == op)
-    if phase:
-        out.append(cols.phase == phase)
-    if error_code:
-        out.append(cols.error_code == error_code)
+class Paging(TypedDict, total=False):
+    """A list's page: `limit` rows after the `cursor` (the previous page's `next`)."""
+
+    limit: int | None
+    cursor: str | None
+
+
+class Filters(Paging, total=False):
+    """What `list_requests` and `list_events` share: filters (a falsy one is not applied;
+    `since`/`until` epoch seconds, `text` a part of the errors and hooks' output) and paging."""
+
+    host: str | None
+    vm: str | None
+    op: str | None
+    phase: str | None
+    error_code: str | None
+    since: float | None
+    until: float | None
+    text: str | None
+
+
+def _newest(
+    conn: Connection,
+    table: sa.Table,
+    shape: Callable[[Any], dict[str, Any]],
+    f: Filters,
+    **equal: str | None,
+) -> dict[str, Any]:
+    """One page of `table`'s rows newest first, as `shape` makes them: those that pass the
+    filters `f` and have each column named in `equal` equal to its value (a falsy one: any)."""
+    if unknown := f.keys() - Filters.__optional_keys__:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    c = table.c
+    equal = {
+        "host": f.get("host"),
+        "vm_uuid": f.get("vm"),
+        "op": f.get("op"),
+        "phase": f.get("phase"),
+        "error_code": f.get("error_code"),
+        **equal,
+    }
+    where = [c[col] == value for col, value in equal.items() if value]
+    since, until, text = f.get("since"), f.get("until"), f.get("text")
     if since is not None:
-        out.append(cols.at >= since)
+        where.append(c.at >= since)
     if until is not None:
-        out.append(cols.at < until)
+        where.append(c.at < until)
     if text:
-        out.append(cols.text.icontains(text, autoescape=True))
-    return out
+        where.append(c.text.icontains(text, autoescape=True))
+    sel = sa.select(table).where(*where)
+    rows, nxt = _desc_page(conn, sel, c.at, c.id, f.get("limit"), f.get("cursor"))
+    return {"items": [shape(x) for x in rows], "next": nxt}
 
 
 def list_requests(
     conn: Connection,
     *,
-    host: str | None = None,
-    vm: str | None = None,
-    op: str | None = None,
-    phase: str | None = None,
-    error_code: str | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    text: str | None = None,
     result: str | None = None,
     replay_of: str | None = None,
-    limit: int | None = None,
-    cursor: str | None = None,
+    **f: Unpack[Filters],
 ) -> dict[str, Any]:
     """Requests newest first. `phase` is the request's latest (published, before, progress,
     after, fail); `since`/`until` epoch seconds; `text` searches errors and hooks' output."""
-    r = st.requests.c
-    sel = sa.select(st.requests).where(
-        *_filters(
-            r,
-            host=host,
-            vm=vm,
-            op=op,
-            phase=phase,
-            error_code=error_code,
-            since=since,
-            until=until,
-            text=text,
-        )
-    )
-    if result:
-        sel = sel.where(r.result == result)
-    if replay_of:
-        sel = sel.where(r.replay_of == replay_of)
-    rows, nxt = _desc_page(conn, sel, r.at, r.id, limit, cursor)
-    return {"items": [_request(x) for x in rows], "next": nxt}
+    return _newest(conn, st.requests, _request, f, result=result, replay_of=replay_of)
 
 
 def _message(row: Any) -> dict[str, Any]:
@@ -419,44 +404,14 @@ def _event(row: Any) -> dict[str, Any]:
 def list_events(
     conn: Connection,
     *,
-    host: str | None = None,
-    vm: str | None = None,
-    op: str | None = None,
-    phase: str | None = None,
-    error_code: str | None = None,
-    since: float | None = None,
-    until: float | None = None,
-    text: str | None = None,
     request_id: str | None = None,
     kind: str | None = None,
     type: str | None = None,
-    limit: int | None = None,
-    cursor: str | None = None,
+    **f: Unpack[Filters],
 ) -> dict[str, Any]:
     """Stored events newest first (heartbeats are not stored as events). `phase` is an
     operation's phase or a state event's word; `kind` op | state | host."""
-    e = st.events.c
-    sel = sa.select(st.events).where(
-        *_filters(
-            e,
-            host=host,
-            vm=vm,
-            op=op,
-            phase=phase,
-            error_code=error_code,
-            since=since,
-            until=until,
-            text=text,
-        )
-    )
-    if request_id:
-        sel = sel.where(e.request_id == request_id)
-    if kind:
-        sel = sel.where(e.kind == kind)
-    if type:
-        sel = sel.where(e.type == type)
-    rows, nxt = _desc_page(conn, sel, e.at, e.id, limit, cursor)
-    return {"items": [_event(x) for x in rows], "next": nxt}
+    return _newest(conn, st.events, _event, f, request_id=request_id, kind=kind, type=type)
 
 
 def _failure(row: Any) -> dict[str, Any]:
