@@ -8,6 +8,7 @@ grows a new keyword cannot make the property test quietly weaker.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -73,8 +74,21 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
 Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
 
 
+_CHECKED: set[str] = set()
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """Raise unless `schema` is valid by the 2020-12 meta-schema. The check is slow (a second
+    or so for the messages' schema): it is made once per process for equal schemas."""
+    text = json.dumps(schema, sort_keys=True)
+    if text not in _CHECKED:
+        jsonschema.Draft202012Validator.check_schema(schema)
+        _CHECKED.add(text)
+
+
 def validator(schema: dict[str, Any]) -> Any:
-    jsonschema.Draft202012Validator.check_schema(schema)
+    """A validator of `schema`, once the schema itself is checked (`check_schema`)."""
+    check_schema(schema)
     return Validator(schema)
 
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -122,19 +123,19 @@ def delete_topology(prefix: str, hosts: list[str]) -> None:
                 ch.exchange_delete(ex)
 
 
+@cache
 def _event_validator() -> Any:
+    """Made on first use: a process that checks no event (a unit test run) does not pay for it."""
     from tests.schemagen import validator
     from worker.eventschema import event_schema
 
     return validator(event_schema())
 
 
-EVENTS = _event_validator()
-
-
 def event_errors(ev: dict[str, Any]) -> list[str]:
     """Why `ev` is not an event as `vmworker schema --events` describes it (empty: it is)."""
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in EVENTS.iter_errors(ev)]
+    errors = _event_validator().iter_errors(ev)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
 
 
 @dataclass
