@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.support import write_hook as script
+from worker import service
+from worker.cli import main
 from worker.config import Settings
 from worker.hooks import HookEngine, HookRootError
 from worker.hooks.cli import hooks
@@ -27,17 +29,16 @@ PYTHON3 = Path(sys.executable).with_name("python3")
 WARM = "import sys; print('warm' if 'hooking' in sys.modules else 'cold')\n"
 
 
-def vmworker(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    """`python -m worker ARGS` as its own process, bounded, without VMWORKER_* settings."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("VMWORKER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env={**clean, "PYTHONPATH": str(REPO)},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+def vmworker(monkeypatch: pytest.MonkeyPatch, *args: str) -> Result:
+    """`vmworker ARGS` in this process, without VMWORKER_* settings; the worker's service may
+    not be started (it would connect): the test fails at once if it is, rather than hang."""
+
+    def started(*a: object, **kw: object) -> None:
+        raise AssertionError("the worker started")
+
+    monkeypatch.setattr(service, "Service", started)
+    unset = {k: None for k in os.environ if k.startswith("VMWORKER_")}
+    return CliRunner(env=unset).invoke(main, list(args))
 
 
 # --- the engine -------------------------------------------------------------------------
@@ -145,23 +146,29 @@ def test_hooks_list_and_run_exit_2_on_a_bad_root(
 
 
 @pytest.mark.parametrize("kind", ["missing", "file"])
-def test_worker_run_exits_2_before_starting_on_a_bad_root(tmp_path: Path, kind: str) -> None:
+def test_worker_run_exits_2_before_starting_on_a_bad_root(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bad, what = _bad_roots(tmp_path)[kind]
     state = tmp_path / "state"
     done = vmworker(
+        monkeypatch,
         *("run", "--hooks", str(bad), "--state-dir", str(state)),
         *("--libvirt", "test:///default", "--broker", "amqp://guest:guest@127.0.0.1:9//"),
     )
-    assert done.returncode == 2, done.stderr
-    assert done.stderr == f"Error: hooks root {bad} {what}\n"
+    assert done.exit_code == 2, (done.stderr, done.exception)
+    assert done.stdout == "" and done.stderr == f"Error: hooks root {bad} {what}\n"
     assert not state.exists()  # nothing was started: not even the journal
 
 
-def test_worker_run_resolves_a_relative_root_from_the_config(tmp_path: Path) -> None:
+def test_worker_run_resolves_a_relative_root_from_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "vmworker.toml"
     config.write_text('hooks_root = "no-such-hooks"\n')
-    done = vmworker("run", "--config", str(config), cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
+    monkeypatch.chdir(tmp_path)
+    done = vmworker(monkeypatch, "run", "--config", str(config))
+    assert done.exit_code == 2, (done.stderr, done.exception)
     assert done.stderr == f"Error: hooks root {tmp_path / 'no-such-hooks'} does not exist\n"
 
 
@@ -191,6 +198,7 @@ def as_cli_user() -> list[str]:
 
 
 def test_an_unreadable_root_stops_the_cli_and_the_worker(unreadable_root: Path) -> None:
+    """As its own process (`python -m worker`): as root, the CLI must run as another user."""
     prefix = as_cli_user()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VMWORKER_")}
     env = {**clean, "VMWORKER_HOOKS_ROOT": str(unreadable_root), "HOME": "/"}
