@@ -21,10 +21,11 @@ lint:
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# as any user: no broker, no libvirtd (a venv of one's own needs only the Debian packages)
+# as any user: no broker, no libvirtd (a venv of one's own needs only the Debian packages);
+# in parallel, one pytest-xdist worker per core (PYTEST_ARGS="-n 0" runs them in one process)
 unit:
 	@scripts/bootstrap venv
-	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n auto tests/unit $(PYTEST_ARGS)
 
 bench:
 	@scripts/bootstrap all
