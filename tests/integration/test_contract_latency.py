@@ -1,6 +1,7 @@
-"""A refused message's `fail` event goes out at once, not at the worker loop's next tick (100 ms
-when idle): one that arrived while the worker waited for the broker's confirms is flushed as soon
-as that wait ends."""
+"""A refused message's `fail` event goes out at once, never at the worker loop's next tick (100 ms
+when idle): none of 500 refusals, each sent as soon as the last one's event is seen, takes that
+long. The first refusal after start-up is not measured: its lag (0.2-2 s on this machine, which
+failed two full runs) is the worker's start-up, not its loop."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def test_a_refusal_is_published_without_waiting_for_a_loop_tick(env, tap, start_
     lag = []
     with broker_conn() as conn:
         env.topology.declare(conn)
+        # not measured: the first refusal after start-up
+        body = {"op": "pause_vm", "vm": {"uuid": "not-a-uuid"}}
+        tap.wait_terminal(publish_op(conn, env.topology, body, request_id=str(uuid.uuid4())))
         # each published as soon as the last one's event is seen: now and then while the worker
         # still waits for the confirm of the last one's dead letter
         for i in range(500):
@@ -25,5 +29,5 @@ def test_a_refusal_is_published_without_waiting_for_a_loop_tick(env, tap, start_
             )
             built = datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
             lag.append((ev["_received"] - built) * 1000)  # from refused to seen
-    slow = [round(t) for t in lag if t >= 90]  # a wait for the loop's tick takes 100 ms
-    assert not slow, f"{len(slow)} of {len(lag)} refusals waited {slow} ms"
+    slow = [(i, round(t)) for i, t in enumerate(lag) if t >= 90]  # a loop tick: 100 ms
+    assert not slow, f"{len(slow)} of {len(lag)} refusals waited (index, ms): {slow}"
