@@ -316,8 +316,7 @@ class Link:
             self._publish_pending()
             self._flushed_seq = durable
         if not n:
-            if self.outbox.durable_seq > self._flushed_seq:
-                self.wake()  # queued while we waited for confirms
+            self._wake_for_more()
             return
         settled = [self._settles.popleft() for _ in range(n)]
         current = [(s, d) for s in settled for d in s.deliveries if d.generation == self.generation]
@@ -331,8 +330,13 @@ class Link:
         with self._io.corked():  # every ack in one write
             for _, d in current:
                 d.message.ack()
+        self._wake_for_more()
+
+    def _wake_for_more(self) -> None:
+        """What came while this flush waited for confirms (a delivery taken in, an event
+        queued) is flushed at the loop's next turn, not after its next wait for the broker."""
         if self._settles or self.outbox.durable_seq > self._flushed_seq:
-            self.wake()  # taken in while we waited for confirms: flushed now, not next tick
+            self.wake()
 
     def _publish_pending(self) -> None:
         """Every durable unsent outbox event, in order, confirmed (raises if one is not)."""

@@ -2,7 +2,7 @@
 that do not wait, confirms through channel events, a read that never waits; FrameIO's frames
 handed to `on_inbound_frame`, its corked `frame_writer`, the publish that reads first only with
 the `connection.blocked` capability), a batch of outbox events published with one wait for its
-confirms, and a pool thread's wake-up ending a wait."""
+confirms, a pool thread's wake-up ending a wait, and what comes during a flush flushed at once."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from kombu import Connection
 
 from tests.support import BROKER, EventTap
 from worker.frameio import FrameIO, quiet_publishes
-from worker.jobs import Stats
+from worker.jobs import Delivery, Settle, Stats
 from worker.journal import Journal
 from worker.link import Link
 from worker.metrics import Metrics
@@ -204,3 +204,67 @@ def test_a_wake_up_ends_the_wait_for_the_broker_at_once(env, tmp_path) -> None:
         link.close()
         journal.close()
     assert waited and waited[0] < 5
+
+
+@pytest.mark.parametrize("settled_before", [False, True], ids=["nothing-settled", "dead-letter"])
+@pytest.mark.parametrize("comes", ["delivery", "event"])
+def test_what_comes_while_a_flush_waits_for_confirms_is_flushed_without_a_wait(
+    env, tmp_path, settled_before: bool, comes: str
+) -> None:
+    """A delivery taken in (its refusal to settle) or an event queued while a flush waits for
+    the broker's confirms goes out at the loop's next turn: the wait for the broker that
+    follows the flush ends at once instead of running its whole timeout (the loop's tick)."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    got: list[Any] = []
+    link = Link(
+        env.settings(),
+        env.topology,
+        journal,
+        stats=Stats(),
+        metrics=Metrics(env.host),
+        on_message=got.append,
+        on_decode_error=lambda m, e: None,
+        on_event=lambda rk, ev: during(),  # called inside the flush, once its events confirm
+    )
+    pending: list[Any] = []
+
+    def during() -> None:
+        while pending:
+            pending.pop()()
+
+    waited: list[float] = []
+
+    def serve() -> None:
+        for i in range(2):
+            env.publish("pause_vm", body={"op": "pause_vm", "n": i})
+        end = time.monotonic() + 10
+        while len(got) < 2:
+            assert time.monotonic() < end, "the two deliveries did not come"
+            link.drain(timeout=0.5)
+        first, second = (Delivery(m, link.generation) for m in got)
+        if settled_before:  # refused, dead-lettered: the flush waits for that copy's confirm
+            link.settle(Settle(0, [first], dead_letter={"x-error-code": "invalid"}))
+        else:
+            first.message.ack()
+        journal.enqueue(f"{env.host}.host.heartbeat", {"id": "e1", "data": {}})
+        if comes == "delivery":
+            pending.append(lambda: link.settle(Settle(0, [second])))
+        else:
+            second.message.ack()
+            pending.append(
+                lambda: journal.enqueue(f"{env.host}.host.heartbeat", {"id": "e2", "data": {}})
+            )
+        link.flush()
+        assert not pending  # it did come during the flush
+        t0 = time.monotonic()
+        link.drain(timeout=10)  # the loop's wait for the broker (its tick: 100 ms)
+        waited.append(time.monotonic() - t0)
+        link.flush()
+        assert link.unsettled == 0 and journal.outbox_size() == 0
+
+    try:
+        _serve_once(link, serve)
+    finally:
+        link.close()
+        journal.close()
+    assert waited and waited[0] < 5, f"the loop waited {waited[0]:.1f}s for nothing"
