@@ -51,6 +51,7 @@ def run(config: Path | None, **flags: Any) -> None:
 
     hooks_root_or_exit(s.hooks_root)  # before connecting to anything: exit 2, naming it
     logs.configure(s.log_level, host=s.host)
+    from worker.journal import JournalInUse
     from worker.service import Service
     from worker.tracing import TracingUnavailable
 
@@ -58,6 +59,8 @@ def run(config: Path | None, **flags: Any) -> None:
         svc = Service(s, freeze_gc=True)  # this process is the worker: nothing else to collect
     except TracingUnavailable as exc:
         raise BrokerFailure(f"bad configuration: {exc}") from None
+    except JournalInUse as exc:  # a second worker on this state_dir: one line, exit 2
+        raise BrokerFailure(str(exc)) from None
     svc.install_signal_handlers()
     svc.run()
 

@@ -7,6 +7,7 @@ the broker has not confirmed yet (outbox), published in order once the broker is
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -21,6 +22,30 @@ from typing import Any
 from worker import events
 
 RECEIVED, STARTED, FINISHED = "received", "started", "finished"
+
+
+class JournalInUse(RuntimeError):
+    """Another process has this journal open: two workers on one state directory would each
+    run, publish and reconcile the other's requests."""
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on `<journal>.lock`, held until `close()` or the process's death (a
+    `kill -9` frees it at once); the holder's pid is written in it, for the error message."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise JournalInUse(
+            f"the journal {path} is in use by another process (pid {holder}): each worker"
+            " needs a state_dir of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -110,27 +135,34 @@ class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # a commit writes the WAL without an fsync; `_sync` fsyncs it before a write returns
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        cols = {r[1] for r in self._db.execute("PRAGMA table_info(requests)")}
-        if "final_delivery" not in cols:  # a journal written by an older version
-            self._db.execute(
-                "ALTER TABLE requests ADD COLUMN final_delivery INTEGER NOT NULL DEFAULT 0"
-            )
-        self._lock = threading.Lock()
-        self._sync_lock = threading.Lock()
-        self._commits = 0  # commits made (in the WAL)
-        self._synced = 0  # commits made durable (fsync'd)
-        self._last_seq = 0  # the newest outbox entry written
-        self._durable_seq = 0  # the newest outbox entry fsync'd: `pending` goes no further
-        self._wal_fd: int | None = None
-        # what an earlier run left is on disk once this fsync returns: it may all be sent
-        (last,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
-        self._last_seq = int(last)
-        self._sync(1)
+        # before SQLite opens it: two processes creating one journal at once made one of them
+        # fail on "database is locked"; one journal, one process
+        self._lock_fd: int | None = _lock(path)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # a commit writes the WAL without an fsync; `_sync` fsyncs it before a write returns
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(requests)")}
+            if "final_delivery" not in cols:  # a journal written by an older version
+                self._db.execute(
+                    "ALTER TABLE requests ADD COLUMN final_delivery INTEGER NOT NULL DEFAULT 0"
+                )
+            self._lock = threading.Lock()
+            self._sync_lock = threading.Lock()
+            self._commits = 0  # commits made (in the WAL)
+            self._synced = 0  # commits made durable (fsync'd)
+            self._last_seq = 0  # the newest outbox entry written
+            self._durable_seq = 0  # the newest outbox entry fsync'd: `pending` goes no further
+            self._wal_fd: int | None = None
+            # what an earlier run left is on disk once this fsync returns: it may all be sent
+            (last,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+            self._last_seq = int(last)
+            self._sync(1)
+        except BaseException:
+            self._unlock()
+            raise
 
     def close(self) -> None:
         self._sync(self._commits)
@@ -139,6 +171,12 @@ class Journal:
             if self._wal_fd is not None:
                 os.close(self._wal_fd)
                 self._wal_fd = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the lock goes with the descriptor
+            self._lock_fd = None
 
     @contextmanager
     def _tx(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:

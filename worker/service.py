@@ -66,7 +66,10 @@ class Service:
         """`tracer_provider`: an OpenTelemetry SDK TracerProvider to trace with, whatever the
         settings say (tests give one with an in-memory exporter)."""
         self.settings = settings
-        self.tracing = Tracing.from_settings(settings, tracer_provider)
+        self.tracing = Tracing.from_settings(settings, tracer_provider)  # a bad setting: first
+        # then another worker on this state directory stops this one (JournalInUse), before
+        # it opens anything else
+        self.journal = Journal(settings.state_dir / "journal.sqlite")
         self.freeze_gc = freeze_gc
         self.host = settings.host
         self.topology = Topology.from_settings(settings)
@@ -81,7 +84,6 @@ class Service:
             state_dir=settings.state_dir / "hooks",
         )
         self.runner = Runner(settings, self.lv, self.hooks, Peers(settings))
-        self.journal = Journal(settings.state_dir / "journal.sqlite")
         self.stats = Stats()
         self.metrics = Metrics(self.host)
         self.ownership = Ownership()  # VMs our own operations are changing (domevents)
