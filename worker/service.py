@@ -82,6 +82,7 @@ class Service:
             inproc=settings.inproc_hooks,
             prewarm=settings.hook_prewarm,
             state_dir=settings.state_dir / "hooks",
+            payload_dir=settings.state_dir / "payload",
         )
         self.runner = Runner(settings, self.lv, self.hooks, Peers(settings))
         self.stats = Stats()

@@ -76,8 +76,12 @@ def test_kill9_in_before_hook_libvirt_call_and_after_hook_runs_each_op_once(
         rows = journal_rows(env.state_dir)
         assert {rows[r]["state"] for r in rids} == {"started"}
         assert all(tap.terminal(r) == [] for r in rids)  # nothing finished before the kill
+        payloads = env.state_dir / "payload"
+        left = sorted(p.name.rsplit("-", 1)[0] for p in payloads.iterdir())
+        assert left == ["vmworker-after_vm_start", "vmworker-before_vm_start"]  # A's and C's
 
         finish_after_restart(env, tap, tmp_path / "worker2.log", rids, **settings)
+        assert list(payloads.iterdir()) == []  # the restarted worker removed what was left
     finally:
         if w.proc is not None and w.proc.poll() is None:
             w.kill9()

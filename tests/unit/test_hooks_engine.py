@@ -77,6 +77,27 @@ def test_payload_file_is_deleted_after_the_chain(root: Path, tmp_path: Path) -> 
     assert not path.exists()
 
 
+def test_a_payload_dir_is_made_private_emptied_of_leftovers_and_used(
+    root: Path, tmp_path: Path
+) -> None:
+    payloads, seen = tmp_path / "state" / "payload", tmp_path / "seen"
+    payloads.mkdir(parents=True)
+    left = payloads / "vmworker-before_vm_start-k1ll3d.xml"  # a killed worker's chain
+    left.write_text(DOMXML)
+    other = payloads / "notes.txt"  # not a payload file: not ours to remove
+    other.write_text("x")
+    hook(root, "before_vm_start", "10_where", sh(f'echo "$_hook_domxml" > "{seen}"'))
+
+    engine = HookEngine(root, inproc=False, payload_dir=payloads)
+    assert not left.exists() and other.exists()
+    assert payloads.stat().st_mode & 0o777 == 0o700  # payloads are the domain's XML
+    engine.run_chain("before_vm_start", DOMXML, vm_id=VM)
+
+    used = Path(seen.read_text().strip())
+    assert used.parent == payloads and used.name.startswith("vmworker-before_vm_start-")
+    assert sorted(p.name for p in payloads.iterdir()) == ["notes.txt"]  # deleted after it
+
+
 def test_rc1_goes_on_and_fails_chain(root: Path) -> None:
     hook(root, "before_vm_start", "10_fail", sh("echo broken >&2; exit 1"))
     hook(root, "before_vm_start", "20_ok", sh("exit 0"))

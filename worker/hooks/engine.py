@@ -62,6 +62,21 @@ def _clean(value: str) -> str:
     return value.replace("\0", "")
 
 
+PAYLOAD_PREFIX = "vmworker-"
+
+
+def _fresh_payload_dir(path: Path) -> Path:
+    """`path` made (mode 0700) and emptied of payload files a killed worker left: one worker per
+    state directory (the journal's lock), so none of them is in use."""
+    path = Path(os.path.abspath(path))
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # the domain's XML: nobody else's to read
+    for left in path.glob(f"{PAYLOAD_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            left.unlink()
+    return path
+
+
 class HookEngine:
     """Runs hook chains from a hooks root. Thread-safe: chains of different VMs may overlap.
 
@@ -80,10 +95,14 @@ class HookEngine:
         runner: Runner | None = None,
         entry_point_group: str = GROUP,
         state_dir: Path | None = None,
+        payload_dir: Path | None = None,
     ) -> None:
         self.root = check_root(Path(root))
         # per-VM files scripts keep between chains (VDSM's launch flags): `_hook_state_dir`
         self.state_dir = Path(os.path.abspath(state_dir)) if state_dir is not None else None
+        # where chains' payload files are written (None: the system's temp directory); the
+        # worker gives one of its own, and what a killed worker left there goes now
+        self.payload_dir = _fresh_payload_dir(payload_dir) if payload_dir is not None else None
         self.timeout = timeout
         self.output_limit = output_limit
         self.inproc = inproc
@@ -280,11 +299,12 @@ class HookEngine:
             result.payload = good.text(hp)
         return result
 
-    @staticmethod
-    def _payload_file(hp: HookPoint, point: str, data: bytes) -> str:
-        """A new temp file (mode 0600) holding `data`; its path."""
+    def _payload_file(self, hp: HookPoint, point: str, data: bytes) -> str:
+        """A new temp file (mode 0600) holding `data`, in the payload directory; its path."""
         fd, path = tempfile.mkstemp(
-            prefix=f"vmworker-{point}-", suffix=".json" if hp.payload == "json" else ".xml"
+            prefix=f"{PAYLOAD_PREFIX}{point}-",
+            suffix=".json" if hp.payload == "json" else ".xml",
+            dir=self.payload_dir,
         )
         try:
             with os.fdopen(fd, "wb") as f:
