@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +113,7 @@ class OpPublisher:
             message_id=rid,
             timestamp=int(time.time()),
             retry=False,
+            confirm_timeout=30,  # a confirm that never comes fails the run, never hangs it
         )
         return rid
 
@@ -244,8 +245,15 @@ class EventTap:
                 self._cv.wait(min(left, 0.5))
         return got
 
-    def wait_all(self, rids: Iterable[str], timeout: float = 600.0) -> list[Seen]:
-        """The terminal event of every request id (raises if one is missing by the timeout)."""
+    def wait_all(
+        self,
+        rids: Iterable[str],
+        timeout: float = 600.0,
+        check: Callable[[], None] | None = None,
+    ) -> list[Seen]:
+        """The terminal event of every request id (raises if one is missing by the timeout).
+        `check` is called every half second meanwhile: it raises when waiting longer is
+        pointless (a consumer exited)."""
         want = list(rids)
         end = time.monotonic() + timeout
         with self._cv:
@@ -255,7 +263,12 @@ class EventTap:
                     left = end - time.monotonic()
                     if left <= 0:
                         missing = len(self._awaited)
-                        raise RuntimeError(f"{missing} of {len(want)} terminal events missing")
+                        raise RuntimeError(
+                            f"{missing} of {len(want)} terminal events missing after"
+                            f" {timeout:g}s, e.g. {next(iter(self._awaited))}"
+                        )
+                    if check is not None:
+                        check()
                     self._cv.wait(min(left, 0.5))
             finally:
                 self._awaited = set()
@@ -408,6 +421,12 @@ class Process:
         assert self.proc is not None
         return self.proc.pid
 
+    def check_running(self) -> None:
+        """Raises if the process has exited (with the end of its log)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.argv[:4]} exited ({self.proc.returncode}): {self.tail()}")
+
     def tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
 
@@ -548,7 +567,17 @@ def drain(
     for p in procs:
         p.wait_ready()
     meter = CpuMeter(*(p.pid for p in procs))
-    seen = tap.wait_all(rids)
+
+    def running() -> None:
+        for p in procs:
+            p.check_running()
+
+    try:
+        # bounded well within what a smoke pass is given, even on a slow machine
+        seen = tap.wait_all(rids, timeout=60.0 + len(rids) / 10, check=running)
+    except RuntimeError as exc:
+        logs = "; ".join(f"pid {p.pid}'s log ends: {p.tail(1500)}" for p in procs)
+        raise RuntimeError(f"{exc}; {logs}") from None
     cpu = meter.stop(len(rids))
     check_ok(seen)
     return seen, cpu

@@ -39,7 +39,10 @@ from worker.topology import Topology
 
 
 def start_worker(tmp: Path, prefix: str, host: str, **kw: Any) -> Process:
-    run_dir = tmp / prefix
+    """A worker process for `host`, with a run directory (journal, log, hooks) of its own: two
+    workers on one journal refuse to start, and on one log each would see the other's
+    readiness."""
+    run_dir = tmp / prefix / host
     run_dir.mkdir(parents=True, exist_ok=True)
     root = kw.pop("hooks_root", None) or hooks_root(run_dir)
     return worker_process(

@@ -33,13 +33,17 @@ def _smoke(tmp_path: Path, *args: str, timeout: float) -> tuple[dict[str, Any], 
     """`python -m bench.run --smoke` with `args`: its results (the JSON), its Markdown, its
     stderr."""
     out = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--smoke", *args, "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.run", "--smoke", *args, "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:  # what it was doing: the end of what it said
+        said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        pytest.fail(f"the smoke pass took over {timeout:g}s; it said:\n{said[-4000:]}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     (js,) = out.glob("*-smoke.json")
     (md,) = out.glob("*-smoke.md")
