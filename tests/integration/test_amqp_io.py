@@ -135,15 +135,17 @@ def test_py_amqp_reads_before_a_publish_only_with_the_blocked_capability(quiet: 
             ch.queue_delete(name)
 
 
-def _link(env: Any, journal: Journal) -> Link:
+def _link(env: Any, journal: Journal, on_message: Any = None, **kw: Any) -> Link:
+    """A link on `env`'s topology; `kw`: more of Link's callbacks (on_event ...)."""
     return Link(
         env.settings(),
         env.topology,
         journal,
         stats=Stats(),
         metrics=Metrics(env.host),
-        on_message=lambda m: None,
+        on_message=on_message or (lambda m: None),
         on_decode_error=lambda m, e: None,
+        **kw,
     )
 
 
@@ -216,16 +218,8 @@ def test_what_comes_while_a_flush_waits_for_confirms_is_flushed_without_a_wait(
     follows the flush ends at once instead of running its whole timeout (the loop's tick)."""
     journal = Journal(tmp_path / "journal.sqlite")
     got: list[Any] = []
-    link = Link(
-        env.settings(),
-        env.topology,
-        journal,
-        stats=Stats(),
-        metrics=Metrics(env.host),
-        on_message=got.append,
-        on_decode_error=lambda m, e: None,
-        on_event=lambda rk, ev: during(),  # called inside the flush, once its events confirm
-    )
+    # on_event is called inside the flush, once its events are confirmed
+    link = _link(env, journal, got.append, on_event=lambda rk, ev: during())
     pending: list[Any] = []
 
     def during() -> None:
