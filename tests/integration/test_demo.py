@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 
-def test_demo_prints_before_and_after_for_every_step_and_exits_0():
+def test_demo_prints_before_and_after_for_every_step_and_exits_0(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "worker", "demo"],
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "TERM": "dumb"},
+        # its state directory (journal, fleet store) under this test's own, not left in /tmp
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "TERM": "dumb", "TMPDIR": str(tmp_path)},
     )
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
@@ -33,5 +35,6 @@ def test_demo_prints_before_and_after_for_every_step_and_exits_0():
         r"fleet store \((sqlite:///\S+)\): \d+ events, (\d+) requests \((\d+) failed\)", text
     )
     assert store, text
+    assert store.group(1).startswith(f"sqlite:///{tmp_path}/vmworker-demo-")
     assert int(store.group(2)) >= 8 and int(store.group(3)) >= 1
     assert f"vmworker fleet serve --no-ingest --database-url {store.group(1)}" in text
