@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.fleetweb import HOOK_STDERR, HOOK_STDOUT, TOKEN, Fleet, module_fleet
@@ -71,18 +73,30 @@ def _shot(driver: WebDriver, name: str) -> None:
     driver.set_window_size(1400, 1000)
 
 
+def _on(driver: WebDriver, css: str, do: Callable[[WebElement], Any]) -> Any:
+    """`do` on the element. A live page replaces its parts (`data-live`) when an event comes
+    (a heartbeat is one): an element replaced between finding it and `do` is found again."""
+    for _ in range(50):
+        try:
+            return do(driver.find_element(By.CSS_SELECTOR, css))
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{css}: replaced 50 times in a row while being used")
+
+
 def _text(driver: WebDriver, css: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, css).text
+    return str(_on(driver, css, lambda e: e.text))
 
 
 def _wait(driver: WebDriver, what: str, pred: Callable[[WebDriver], Any]) -> None:
     try:
         WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(pred, message=what)
-    except Exception:
+    except Exception as exc:
         _shot(driver, "failed-" + what.replace(" ", "-"))
         logs = [e.get("message") for e in driver.get_log("browser")]
         said = {k: _text(driver, f"#{k}") for k in ("live", "updated", "ticker")}
-        raise AssertionError(f"{what}: not seen in {WAIT_S}s; {said}; console: {logs}") from None
+        why = f"not seen in {WAIT_S}s" if isinstance(exc, TimeoutException) else repr(exc)
+        raise AssertionError(f"{what}: {why}; {said}; console: {logs}") from None
 
 
 def _live(driver: WebDriver) -> None:
@@ -96,7 +110,7 @@ def test_fleet_page_shows_hosts_vms_and_the_failure(fleet: Fleet, browser: WebDr
     assert _text(browser, "[data-k=hosts-down]") == "0"
     assert _text(browser, "[data-k=failures-hour]") == "1"
     assert _text(browser, "[data-k=vms-paused]") == "1"
-    page = browser.find_element(By.TAG_NAME, "main").text
+    page = _text(browser, "main")
     assert fleet.env.host in page and fleet.host_b in page  # the per-host charts
     assert "hook_failed" in page  # the latest failures
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")
@@ -137,7 +151,7 @@ def test_request_page_shows_every_phase_and_the_message(fleet: Fleet, browser: W
     assert "failed" in facts and "hook/hook_failed" in facts and "50_quota" in facts
     events = _text(browser, "#req-history")
     assert events.index("start_vm.before") < events.index("start_vm.fail")
-    assert fleet.vms["bad"]["uuid"] in browser.find_element(By.TAG_NAME, "main").text
+    assert fleet.vms["bad"]["uuid"] in _text(browser, "main")
     _shot(browser, "04-request")
 
 
@@ -147,12 +161,12 @@ def test_failures_page_replay_dry_run_says_what_would_be_sent(fleet: Fleet, brow
     assert fleet.vms["bad"]["name"] in table and HOOK_STDERR in table
     browser.execute_script("sessionStorage.setItem('fleet-token', arguments[0])", TOKEN)
     box = f"#failures .replay[data-request='{fleet.requests['bad']}']"
-    assert not browser.find_element(By.CSS_SELECTOR, box + " button.go").is_enabled()  # dry first
-    browser.find_element(By.CSS_SELECTOR, box + " button.dry").click()
+    assert not _on(browser, box + " button.go", lambda e: e.is_enabled())  # dry first
+    _on(browser, box + " button.dry", lambda e: e.click())
     _wait(browser, "the dry run's answer", lambda d: "would send" in _text(d, box))
     # a page refresh leaves a box with an answer alone
     assert f"would send start_vm to {fleet.env.host}" in _text(browser, box)
-    assert browser.find_element(By.CSS_SELECTOR, box + " button.go").is_enabled()
+    assert _on(browser, box + " button.go", lambda e: e.is_enabled())
     _shot(browser, "05-failures-dry-run")
 
 
