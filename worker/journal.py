@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from worker import events
 
@@ -29,22 +29,24 @@ class JournalInUse(RuntimeError):
     run, publish and reconcile the other's requests."""
 
 
-def _lock(path: Path) -> int:
-    """An exclusive lock on `<journal>.lock`, held until `close()` or the process's death (a
-    `kill -9` frees it at once); the holder's pid is written in it, for the error message."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _lock(path: Path) -> IO[bytes]:
+    """An exclusive lock on `<journal>.lock`, held until `close()`, or until the process dies or
+    drops the journal unclosed (a `kill -9` frees it at once); the holder's pid is written in
+    it, for the error message."""
+    f = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held open: the lock is the open file
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+        holder = os.pread(f.fileno(), 32, 0).decode(errors="replace").strip() or "unknown"
+        f.close()
         raise JournalInUse(
             f"the journal {path} is in use by another process (pid {holder}): each worker"
             " needs a state_dir of its own"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n".encode())
+    f.flush()
+    return f
 
 
 _SCHEMA = """
@@ -137,7 +139,7 @@ class Journal:
         self.path = path
         # before SQLite opens it: two processes creating one journal at once made one of them
         # fail on "database is locked"; one journal, one process
-        self._lock_fd: int | None = _lock(path)
+        self._lock_file: IO[bytes] | None = _lock(path)
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -174,9 +176,9 @@ class Journal:
         self._unlock()
 
     def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # the lock goes with the descriptor
-            self._lock_fd = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # the lock goes with the open file
+            self._lock_file = None
 
     @contextmanager
     def _tx(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:

@@ -3,6 +3,7 @@ and by name, instead of sharing the first one's requests and outbox."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import subprocess
@@ -37,6 +38,16 @@ def test_a_second_journal_on_one_file_is_refused_naming_the_holder_until_it_clos
     again = Journal(path)  # closed: free again, with what the first one wrote
     assert again.get("r") is not None and again.get("r2") is not None
     again.close()
+
+
+def test_a_journal_dropped_unclosed_frees_its_file(tmp_path: Path) -> None:
+    # what a worker whose set-up failed after the journal opened leaves (a bad hooks root
+    # given to an embedded Service): the next try in the same process must not be refused
+    path = tmp_path / "journal.sqlite"
+    dropped = Journal(path)
+    del dropped
+    gc.collect()
+    Journal(path).close()
 
 
 def _open(path: str, go: object) -> str:
