@@ -422,10 +422,10 @@ class Process:
         return self.proc.pid
 
     def check_running(self) -> None:
-        """Raises if the process has exited (with the end of its log)."""
+        """Raises if the process has exited."""
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.argv[:4]} exited ({self.proc.returncode}): {self.tail()}")
+            raise RuntimeError(f"pid {self.proc.pid} exited ({self.proc.returncode})")
 
     def tail(self, n: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
